@@ -1,0 +1,5 @@
+"""Allow `python -m edgebox`."""
+
+from edgebox.cli import main
+
+main()

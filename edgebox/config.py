@@ -1,0 +1,252 @@
+"""One typed configuration: a TOML file plus EDGEBOX_SECTION__KEY environment overrides.
+
+Every section is a frozen dataclass; unknown sections or keys and values of the
+wrong type are rejected with the key and, when it comes from the file, its line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from edgebox.errors import ConfigError
+
+ENV_PREFIX = "EDGEBOX_"
+CONFIG_ENV = "EDGEBOX_CONFIG"
+
+
+@dataclass(frozen=True)
+class BoxSection:
+    """Who this box is and where it keeps its data."""
+
+    box_id: str = "box-0001"
+    organisation: str = "Demo Organisation"
+    site: str = "Demo Vehicle"
+    data_dir: str = "data"
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    """The HTTPS server that cameras and the web UI talk to."""
+
+    listen: str = "0.0.0.0:8443"
+    tls: bool = True
+    threads: int = 16
+    public_url: str = ""
+
+
+@dataclass(frozen=True)
+class IngestSection:
+    """Limits of the tus ingest endpoint."""
+
+    max_upload_bytes: int = 64 * 1024**3
+    expire_hours: int = 24
+    reserve_free_bytes: int = 256 * 1024**2
+    pairing_code_minutes: int = 10
+
+
+@dataclass(frozen=True)
+class VaultSection:
+    """How recordings are encrypted at rest."""
+
+    suite: str = "AES-256-GCM"
+    segment_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CustodySection:
+    """The custody log's signed checkpoints."""
+
+    checkpoint_minutes: int = 15
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole box configuration; `base_dir` anchors relative paths."""
+
+    box: BoxSection = field(default_factory=BoxSection)
+    server: ServerSection = field(default_factory=ServerSection)
+    ingest: IngestSection = field(default_factory=IngestSection)
+    vault: VaultSection = field(default_factory=VaultSection)
+    custody: CustodySection = field(default_factory=CustodySection)
+    base_dir: Path = Path(".")
+    source: str = "<defaults>"
+
+    @property
+    def data_dir(self) -> Path:
+        """The absolute data folder (database, vault, keys, uploads)."""
+        return (self.base_dir / self.box.data_dir).resolve()
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """`server.listen` split into host and port."""
+        return parse_listen(self.server.listen)
+
+    def to_dict(self) -> dict:
+        """The configuration as plain data (for `config check --json`)."""
+        return {
+            f.name: dataclasses.asdict(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name not in ("base_dir", "source")
+        }
+
+
+SUITES = ("AES-256-GCM", "ChaCha20-Poly1305")
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("base_dir", "source")}
+_BOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split `HOST:PORT` (IPv6 hosts in brackets) into its parts, or raise ConfigError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address {value!r} is not HOST:PORT", field="server.listen")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - the box serves its LAN
+
+
+def _section_class(name: str) -> type:
+    hint = typing.get_type_hints(Config)[name]
+    return hint
+
+
+def _line_of(text: str, section: str, key: str | None) -> int | None:
+    """Best-effort line number of `[section]` or of `key` inside it."""
+    current = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[([^\]]+)\]", stripped)
+        if header:
+            current = header.group(1).strip()
+            if key is None and current == section:
+                return number
+            continue
+        if current == section and key and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            return number
+    return None
+
+
+def _where(source: str, text: str | None, section: str, key: str | None) -> str:
+    line = _line_of(text, section, key) if text else None
+    name = f"{section}.{key}" if key else f"[{section}]"
+    return f"{source}:{line}: {name}" if line else f"{source}: {name}"
+
+
+def _coerce(value, kind, where: str):
+    """Check (and for env strings, convert) one value against its declared type."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        try:
+            if kind is bool:
+                if text not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                return text in ("true", "1", "yes")
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not a valid {kind.__name__}") from None
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _validate(config: Config) -> None:
+    if not _BOX_ID.match(config.box.box_id):
+        raise ConfigError(
+            "box.box_id must be 1-63 letters, digits, '.', '_' or '-'", field="box.box_id"
+        )
+    parse_listen(config.server.listen)
+    if config.vault.suite not in SUITES:
+        raise ConfigError(f"vault.suite must be one of {', '.join(SUITES)}", field="vault.suite")
+    if config.vault.segment_size < 4096 or config.vault.segment_size > 16 * 1024**2:
+        raise ConfigError("vault.segment_size must be 4 KiB to 16 MiB", field="vault.segment_size")
+    for name, minimum in (
+        ("server.threads", 1),
+        ("ingest.max_upload_bytes", 1),
+        ("ingest.expire_hours", 1),
+        ("ingest.reserve_free_bytes", 0),
+        ("ingest.pairing_code_minutes", 1),
+        ("custody.checkpoint_minutes", 1),
+    ):
+        section, key = name.split(".")
+        if getattr(getattr(config, section), key) < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}", field=name)
+
+
+def load_config(path: str | Path | None = None, environ: dict | None = None) -> Config:
+    """Load the config file (or defaults), apply environment overrides, validate, and return it."""
+    environ = os.environ if environ is None else environ
+    text = None
+    raw: dict = {}
+    source = "<defaults>"
+    base_dir = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+        base_dir = p.resolve().parent
+
+    values: dict[str, dict] = {}
+    for section, body in raw.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{_where(source, text, section, None)}: unknown section")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{_where(source, text, section, None)}: must be a table")
+        fields = {f.name: f for f in dataclasses.fields(_section_class(section))}
+        hints = typing.get_type_hints(_section_class(section))
+        for key, value in body.items():
+            where = _where(source, text, section, key)
+            if key not in fields:
+                raise ConfigError(f"{where}: unknown key")
+            values.setdefault(section, {})[key] = _coerce(value, hints[key], where)
+
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if section not in _SECTIONS:
+            raise ConfigError(f"environment {name}: unknown section {section!r}")
+        hints = typing.get_type_hints(_section_class(section))
+        if key not in hints:
+            raise ConfigError(f"environment {name}: unknown key {section}.{key}")
+        values.setdefault(section, {})[key] = _coerce(value, hints[key], f"environment {name}")
+
+    sections = {name: _section_class(name)(**values.get(name, {})) for name in _SECTIONS}
+    config = Config(**sections, base_dir=base_dir, source=source)
+    try:
+        _validate(config)
+    except ConfigError as exc:
+        if exc.field and text:
+            section, key = exc.field.split(".")
+            exc.message = f"{_where(source, text, section, key)}: {exc.message}"
+            exc.args = (exc.message,)
+        raise
+    return config
+
+
+def config_path_from(option: str | None, environ: dict | None = None) -> Path | None:
+    """The config file named by --config, else by EDGEBOX_CONFIG, else None."""
+    environ = os.environ if environ is None else environ
+    chosen = option or environ.get(CONFIG_ENV)
+    return Path(chosen) if chosen else None
+
+
+def render_config(config: Config) -> str:
+    """Write a config back as TOML text (used by `edgebox init`)."""
+    return tomli_w.dumps(config.to_dict())

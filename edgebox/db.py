@@ -1,0 +1,212 @@
+"""The metadata database: connection setup, recorded migrations and the single-writer discipline.
+
+All writes go through `Store.write()`, which serialises them on one connection
+under a lock, so the box never fights itself for SQLite's write lock. Readers
+get their own connection per thread. Checkpointing is left to SQLite's
+defaults and to Litestream: nothing here truncates or vacuums the WAL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+BUSY_TIMEOUT_MS = 10_000
+migrations = Migrations("edgebox")
+
+
+@migrations()
+def m001_core(db: sqlite_utils.Database) -> None:
+    """Devices, pairing codes, uploads, recordings, custody, checkpoints, users, outbox."""
+    db.executescript(
+        """
+        CREATE TABLE devices (
+            id TEXT PRIMARY KEY,
+            serial TEXT NOT NULL,
+            model TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            paired_at TEXT NOT NULL,
+            revoked_at TEXT,
+            last_seen_at TEXT
+        );
+        CREATE INDEX devices_serial ON devices(serial);
+        CREATE TABLE pairing_codes (
+            code_hash TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT,
+            device_id TEXT REFERENCES devices(id)
+        );
+        CREATE TABLE uploads (
+            id TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL REFERENCES devices(id),
+            recording_id TEXT NOT NULL UNIQUE,
+            length INTEGER NOT NULL,
+            metadata TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN
+                ('receiving', 'finished', 'failed', 'terminated', 'expired')),
+            resume_key TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            error TEXT
+        );
+        CREATE INDEX uploads_state ON uploads(state, expires_at);
+        CREATE TABLE recordings (
+            id TEXT PRIMARY KEY,
+            upload_id TEXT NOT NULL UNIQUE REFERENCES uploads(id),
+            device_id TEXT NOT NULL REFERENCES devices(id),
+            serial TEXT NOT NULL,
+            filename TEXT,
+            user_id TEXT,
+            started_at TEXT,
+            stopped_at TEXT,
+            trigger_on TEXT,
+            trigger_off TEXT,
+            pre_event_seconds REAL,
+            gps TEXT,
+            category TEXT,
+            warned INTEGER,
+            exemption TEXT,
+            camera_sha256 TEXT,
+            evidence_sha256 TEXT NOT NULL,
+            stored_sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            stored_size INTEGER NOT NULL,
+            vault_file TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            incident TEXT,
+            notes TEXT,
+            legal_hold INTEGER NOT NULL DEFAULT 0,
+            sync_state TEXT NOT NULL DEFAULT 'pending',
+            sealed INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX recordings_started ON recordings(started_at);
+        CREATE INDEX recordings_device ON recordings(device_id, started_at);
+        CREATE INDEX recordings_category ON recordings(category, started_at);
+        CREATE INDEX recordings_sync ON recordings(sync_state, started_at);
+        CREATE TABLE custody (
+            seq INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            event TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            subject TEXT,
+            details TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX custody_subject ON custody(subject, seq);
+        CREATE TABLE checkpoints (
+            seq INTEGER PRIMARY KEY REFERENCES custody(seq),
+            ts TEXT NOT NULL,
+            head_hash TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            signature TEXT NOT NULL
+        );
+        CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL CHECK (role IN ('crew', 'supervisor', 'admin')),
+            password_hash TEXT NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 100,
+            payload TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'queued',
+            attempts INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX outbox_queue ON outbox(state, priority, id);
+        """
+    )
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = FULL")
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    """Open the database file with WAL, foreign keys, a busy timeout and full fsync."""
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    _configure(conn)
+    db = sqlite_utils.Database(conn)
+    if db.journal_mode != "wal":
+        db.enable_wal()
+    return db
+
+
+def migrate(path: Path) -> list[str]:
+    """Apply pending migrations (backing up the file first when it already has data)."""
+    db = connect(path)
+    try:
+        pending = [m.name for m in migrations.pending(db)]
+        if pending and migrations.applied(db):
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            shutil.copy2(path, path.with_suffix(path.suffix + ".pre-migration"))
+        migrations.apply(db)
+        return pending
+    finally:
+        db.close()
+
+
+class Store:
+    """The box's database: one serialised writer, per-thread readers."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        migrate(self.path)
+        self._writer = connect(self.path)
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite_utils.Database] = []
+        self._readers_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite_utils.Database]:
+        """One write transaction on the single writer connection; nested calls join it."""
+        with self._write_lock, self._writer.atomic():
+            yield self._writer
+
+    @property
+    def read(self) -> sqlite_utils.Database:
+        """This thread's reader connection."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = connect(self.path)
+            self._local.db = db
+            with self._readers_lock:
+                self._readers.append(db)
+        return db
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[dict]:
+        """Run a read query and return plain dict rows."""
+        return [dict(row) for row in self.read.conn.execute(sql, params).fetchall()]
+
+    def one(self, sql: str, params: tuple | dict = ()) -> dict | None:
+        """Run a read query and return the first row as a dict, or None."""
+        row = self.read.conn.execute(sql, params).fetchone()
+        return dict(row) if row is not None else None
+
+    def close(self) -> None:
+        """Close every connection this store opened."""
+        with self._readers_lock:
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
+        self._writer.close()

@@ -1,0 +1,494 @@
+"""The encrypted blob format: streaming writer, random-access reader, verification, header rewrite.
+
+A vault file is a fixed-size header area followed by segments. Every segment
+holds `segment_size` bytes of plaintext (the last one fewer) sealed with
+AES-256-GCM or ChaCha20-Poly1305 under a key derived from the recording's own
+random data key. The nonce is the segment counter plus a last-segment flag (the
+STREAM construction), and every segment's associated data is the hash of the
+header's immutable core, so reordering, truncation, duplication, splicing and a
+swapped header are all detected. The full specification is docs/vault-format.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from edgebox.errors import VaultError
+
+MAGIC = b"EBVAULT\x01"
+FORMAT_VERSION = 1
+HEADER_AREA = 4096
+TAG = 16
+_PREFIX = struct.Struct(">8sII")  # magic, header area size, header body length
+CIPHERS = {"AES-256-GCM": AESGCM, "ChaCha20-Poly1305": ChaCha20Poly1305}
+
+
+def canonical(value) -> bytes:
+    """Canonical JSON bytes (sorted keys, no spaces) used for MACs and hashes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _hkdf(data_key: bytes, salt: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=purpose).derive(data_key)
+
+
+def nonce(index: int, last: bool) -> bytes:
+    """The 96-bit nonce of segment `index`: an 11-byte big-endian counter and the last flag."""
+    return index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+def segment_count(plaintext_size: int, segment_size: int) -> int:
+    """How many segments a plaintext of this size takes (an empty file still has one)."""
+    return max(1, -(-plaintext_size // segment_size))
+
+
+@dataclass
+class Header:
+    """A parsed vault header: the immutable core, the key stanzas, the core's MAC."""
+
+    core: dict
+    stanzas: list[dict]
+    mac: str
+    area: int = HEADER_AREA
+
+    @property
+    def segment_size(self) -> int:
+        """Plaintext bytes per segment."""
+        return int(self.core["segment_size"])
+
+    @property
+    def plaintext_size(self) -> int:
+        """The recording's size in bytes."""
+        return int(self.core["plaintext_size"])
+
+    @property
+    def segments(self) -> int:
+        """Number of segments the complete file holds."""
+        return segment_count(self.plaintext_size, self.segment_size)
+
+    @property
+    def stored_size(self) -> int:
+        """Size of the complete vault file in bytes."""
+        return self.area + self.plaintext_size + TAG * self.segments
+
+    @property
+    def aad(self) -> bytes:
+        """Associated data of every segment: SHA-256 of the canonical core."""
+        return hashlib.sha256(canonical(self.core)).digest()
+
+    def encode(self) -> bytes:
+        """The header area's bytes, padded to its fixed size."""
+        body = canonical({"core": self.core, "stanzas": self.stanzas, "mac": self.mac})
+        if _PREFIX.size + len(body) > self.area:
+            raise VaultError(f"header too large ({len(body)} bytes) for a {self.area}-byte area")
+        raw = _PREFIX.pack(MAGIC, self.area, len(body)) + body
+        return raw + b"\x00" * (self.area - len(raw))
+
+    def core_mac(self, data_key: bytes) -> str:
+        """HMAC-SHA256 of the core under a key derived from the data key."""
+        key = _hkdf(data_key, base64.b64decode(self.core["salt"]), b"edgebox-vault-header")
+        return hmac.new(key, canonical(self.core), hashlib.sha256).hexdigest()
+
+    def check_mac(self, data_key: bytes) -> None:
+        """Raise VaultError unless the core MAC matches under this data key."""
+        if not hmac.compare_digest(self.core_mac(data_key), self.mac):
+            raise VaultError("header MAC mismatch: the header was altered or belongs to another file")
+
+    def cipher(self, data_key: bytes):
+        """The AEAD that seals this file's segments."""
+        suite = self.core["suite"]
+        key = _hkdf(data_key, base64.b64decode(self.core["salt"]), b"edgebox-vault-payload")
+        return CIPHERS[suite](key)
+
+    def stanza(self, recipient: str) -> bytes:
+        """The wrapped data key for `recipient` (e.g. 'central:<kid>' or 'review:<kid>')."""
+        for item in self.stanzas:
+            if item["recipient"] == recipient:
+                return base64.b64decode(item["body"])
+        raise VaultError(f"no key stanza for {recipient}", status=403)
+
+    @classmethod
+    def parse(cls, raw: bytes, source: str = "vault file") -> Header:
+        """Parse header-area bytes, raising a precise VaultError on any malformation."""
+        if len(raw) < _PREFIX.size:
+            raise VaultError(f"{source}: truncated header ({len(raw)} bytes)")
+        magic, area, length = _PREFIX.unpack_from(raw)
+        if magic != MAGIC:
+            raise VaultError(f"{source}: not an EdgeBox vault file (bad magic)")
+        if area < _PREFIX.size or area > 1 << 20 or _PREFIX.size + length > area:
+            raise VaultError(f"{source}: corrupt header sizes (area {area}, body {length})")
+        if len(raw) < area:
+            raise VaultError(f"{source}: truncated header ({len(raw)} of {area} bytes)")
+        try:
+            body = json.loads(raw[_PREFIX.size : _PREFIX.size + length])
+            core, stanzas, mac = body["core"], body["stanzas"], body["mac"]
+            if core["version"] != FORMAT_VERSION or core["suite"] not in CIPHERS:
+                raise ValueError(f"unsupported version {core['version']} or suite {core['suite']}")
+            for name in ("segment_size", "plaintext_size", "salt", "recording_id"):
+                core[name]  # noqa: B018 - presence check
+        except (ValueError, KeyError, TypeError) as exc:
+            raise VaultError(f"{source}: corrupt header ({exc})") from None
+        if raw[_PREFIX.size + length : area].strip(b"\x00"):
+            raise VaultError(f"{source}: corrupt header (bytes after the header body)")
+        return cls(core=core, stanzas=stanzas, mac=mac, area=area)
+
+
+def read_header(path: Path) -> Header:
+    """Read and parse the header of a vault file."""
+    with open(path, "rb") as handle:
+        first = handle.read(_PREFIX.size)
+        if len(first) == _PREFIX.size and first[:8] == MAGIC:
+            area = _PREFIX.unpack(first)[1]
+            first += handle.read(max(0, min(area, 1 << 20) - _PREFIX.size))
+        return Header.parse(first, str(path))
+
+
+def new_header(
+    *, recording_id: str, device_id: str, plaintext_size: int, data_key: bytes,
+    stanzas: list[dict], suite: str = "AES-256-GCM", segment_size: int = 1 << 20,
+    created_at: str = "", extra: dict | None = None,
+) -> Header:
+    """Build the header of a new recording and MAC its core under the data key."""
+    if suite not in CIPHERS:
+        raise VaultError(f"unknown suite {suite!r}", status=400)
+    core = {
+        "version": FORMAT_VERSION,
+        "suite": suite,
+        "segment_size": segment_size,
+        "salt": base64.b64encode(os.urandom(16)).decode(),
+        "recording_id": recording_id,
+        "device_id": device_id,
+        "plaintext_size": plaintext_size,
+        "created_at": created_at,
+        **(extra or {}),
+    }
+    header = Header(core=core, stanzas=stanzas, mac="")
+    header.mac = header.core_mac(data_key)
+    return header
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Summary:
+    """What a finished vault file holds: sizes and both hashes."""
+
+    evidence_sha256: str
+    stored_sha256: str
+    size: int
+    stored_size: int
+    segments: int
+
+
+@dataclass
+class Mark:
+    """A writer state to roll back to (a failed tus checksum must change nothing)."""
+
+    file_length: int
+    tail: bytes
+    plain: object
+    stored: object
+    index: int
+
+
+@dataclass
+class Writer:
+    """Encrypts a recording segment by segment as its bytes arrive; memory stays ~2 segments."""
+
+    path: Path
+    header: Header
+    data_key: bytes
+    _fd: int = -1
+    _index: int = 0
+    _tail: bytearray = field(default_factory=bytearray)
+    _plain: object = field(default_factory=hashlib.sha256)
+    _stored: object = field(default_factory=hashlib.sha256)
+
+    def __post_init__(self):
+        self._aead = self.header.cipher(self.data_key)
+        self._aad = self.header.aad
+
+    @classmethod
+    def create(cls, path: Path, header: Header, data_key: bytes) -> Writer:
+        """Start a new partial vault file with its header written and synced."""
+        path = Path(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        writer = cls(path=path, header=header, data_key=data_key, _fd=fd)
+        raw = header.encode()
+        os.write(fd, raw)
+        writer._stored.update(raw)
+        os.fsync(fd)
+        _fsync_dir(path.parent)
+        return writer
+
+    @classmethod
+    def resume(cls, path: Path, data_key: bytes) -> Writer:
+        """Reopen a partial file after a restart: keep every intact full segment, drop the rest."""
+        path = Path(path)
+        header = read_header(path)
+        header.check_mac(data_key)
+        writer = cls(path=path, header=header, data_key=data_key)
+        stride = header.segment_size + TAG
+        size = path.stat().st_size
+        full = min((size - header.area) // stride, header.segments - 1)
+        with open(path, "rb") as handle:
+            writer._stored.update(handle.read(header.area))
+            for index in range(full):
+                blob = handle.read(stride)
+                try:
+                    plain = writer._aead.decrypt(nonce(index, False), blob, writer._aad)
+                except InvalidTag:
+                    break
+                writer._plain.update(plain)
+                writer._stored.update(blob)
+                writer._index = index + 1
+        keep = header.area + writer._index * stride
+        writer._fd = os.open(path, os.O_WRONLY)
+        os.ftruncate(writer._fd, keep)
+        os.lseek(writer._fd, keep, os.SEEK_SET)
+        os.fsync(writer._fd)
+        return writer
+
+    @property
+    def offset(self) -> int:
+        """Plaintext bytes accepted so far (durable segments plus the in-memory tail)."""
+        return self._index * self.header.segment_size + len(self._tail)
+
+    @property
+    def durable_offset(self) -> int:
+        """Plaintext bytes held in complete segments on disk."""
+        return self._index * self.header.segment_size
+
+    def _seal(self, data, last: bool) -> None:
+        blob = self._aead.encrypt(nonce(self._index, last), data, self._aad)
+        self._stored.update(blob)
+        view = memoryview(blob)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._index += 1
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Accept the next plaintext bytes; full segments (never the last) are sealed at once."""
+        if self.offset + len(data) > self.header.plaintext_size:
+            raise VaultError("more bytes than the recording's declared size", status=413)
+        self._plain.update(data)
+        size = self.header.segment_size
+        last_start = (self.header.segments - 1) * size
+        view = memoryview(data)
+        while view:
+            if not self._tail and len(view) >= size and self.offset + size <= last_start:
+                self._seal(view[:size], last=False)
+                view = view[size:]
+                continue
+            take = size - len(self._tail)
+            self._tail += view[:take]
+            view = view[take:]
+            if len(self._tail) == size and self.offset <= last_start:
+                self._seal(bytes(self._tail), last=False)
+                self._tail.clear()
+
+    def mark(self) -> Mark:
+        """Remember the current state so a rejected chunk can be undone."""
+        return Mark(
+            os.lseek(self._fd, 0, os.SEEK_CUR), bytes(self._tail),
+            self._plain.copy(), self._stored.copy(), self._index,
+        )
+
+    def rollback(self, mark: Mark) -> None:
+        """Undo everything written since `mark`."""
+        os.ftruncate(self._fd, mark.file_length)
+        os.lseek(self._fd, mark.file_length, os.SEEK_SET)
+        self._tail = bytearray(mark.tail)
+        self._plain, self._stored, self._index = mark.plain, mark.stored, mark.index
+
+    def sync(self) -> None:
+        """Make every sealed segment durable."""
+        os.fsync(self._fd)
+
+    def finish(self, destination: Path) -> Summary:
+        """Seal the last segment, fsync, and atomically rename the file to its final place."""
+        if self.offset != self.header.plaintext_size:
+            raise VaultError(
+                f"recording incomplete: {self.offset} of {self.header.plaintext_size} bytes", status=409
+            )
+        self._seal(bytes(self._tail), last=True)
+        self._tail.clear()
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        destination = Path(destination)
+        os.replace(self.path, destination)
+        _fsync_dir(destination.parent)
+        if destination.parent != self.path.parent:
+            _fsync_dir(self.path.parent)
+        self.path = destination
+        return Summary(
+            evidence_sha256=self._plain.hexdigest(),
+            stored_sha256=self._stored.hexdigest(),
+            size=self.header.plaintext_size,
+            stored_size=self.header.stored_size,
+            segments=self._index,
+        )
+
+    def close(self) -> None:
+        """Close the file without finishing it (it stays resumable)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Reader:
+    """Random access to a finished vault file, segment by segment."""
+
+    def __init__(self, path: Path, data_key: bytes, header: Header | None = None):
+        self.path = Path(path)
+        self.header = header or read_header(self.path)
+        self.header.check_mac(data_key)
+        self._aead = self.header.cipher(data_key)
+        self._aad = self.header.aad
+        actual = self.path.stat().st_size
+        if actual != self.header.stored_size:
+            raise VaultError(_size_problem(self.header, actual))
+
+    def segment(self, index: int) -> bytes:
+        """Decrypt and authenticate one segment."""
+        header = self.header
+        if not 0 <= index < header.segments:
+            raise VaultError(f"segment {index} out of range (0..{header.segments - 1})", status=416)
+        stride = header.segment_size + TAG
+        last = index == header.segments - 1
+        length = (header.plaintext_size - index * header.segment_size if last else header.segment_size)
+        with open(self.path, "rb") as handle:
+            handle.seek(header.area + index * stride)
+            blob = handle.read(length + TAG)
+        try:
+            return self._aead.decrypt(nonce(index, last), blob, self._aad)
+        except InvalidTag:
+            raise VaultError(
+                f"{self.path.name}: segment {index} fails authentication "
+                "(altered, reordered, duplicated or spliced)"
+            ) from None
+
+    def read_range(self, start: int, end: int) -> Iterator[bytes]:
+        """Yield plaintext bytes [start, end) decrypting only the segments they touch."""
+        size = self.header.segment_size
+        end = min(end, self.header.plaintext_size)
+        position = start
+        while position < end:
+            index = position // size
+            plain = self.segment(index)
+            begin = position - index * size
+            piece = plain[begin : min(len(plain), end - index * size)]
+            yield piece
+            position += len(piece)
+
+    def verify(self) -> str:
+        """Authenticate every segment and return the evidence SHA-256."""
+        digest = hashlib.sha256()
+        for index in range(self.header.segments):
+            digest.update(self.segment(index))
+        return digest.hexdigest()
+
+
+def _size_problem(header: Header, actual: int) -> str:
+    expected = header.stored_size
+    if actual < expected:
+        return f"file truncated: {actual} of {expected} bytes ({expected - actual} missing)"
+    return f"file too long: {actual} bytes, expected {expected} ({actual - expected} extra)"
+
+
+def check_structure(path: Path, stored_sha256: str | None = None) -> list[str]:
+    """Check a vault file without any key: header, size and stored-bytes hash. Returns problems."""
+    path = Path(path)
+    if not path.exists():
+        return [f"{path.name}: file missing"]
+    try:
+        header = read_header(path)
+    except VaultError as exc:
+        return [exc.message]
+    problems = []
+    actual = path.stat().st_size
+    if actual != header.stored_size:
+        problems.append(f"{path.name}: {_size_problem(header, actual)}")
+    if stored_sha256:
+        digest = file_sha256(path)
+        if digest != stored_sha256:
+            problems.append(
+                f"{path.name}: stored bytes changed (sha256 {digest[:16]}..., "
+                f"recorded {stored_sha256[:16]}...)"
+            )
+    return problems
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def rewrite_header(path: Path, stanzas: list[dict]) -> str:
+    """Replace the key stanzas (seal, re-wrap) rewriting only the header; returns the new file hash.
+
+    The new header is journaled next to the file first, so a crash mid-write is
+    repaired by `recover_header_journal`.
+    """
+    path = Path(path)
+    header = read_header(path)
+    header.stanzas = stanzas
+    raw = header.encode()
+    journal = path.with_name(path.name + ".header-journal")
+    fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, hashlib.sha256(raw).digest() + raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _apply_header(path, raw)
+    journal.unlink()
+    _fsync_dir(path.parent)
+    return file_sha256(path)
+
+
+def _apply_header(path: Path, raw: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, raw, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover_header_journal(folder: Path) -> list[Path]:
+    """Finish (or discard, if torn) header rewrites interrupted by a crash; returns files repaired."""
+    repaired = []
+    for journal in Path(folder).glob("*.header-journal"):
+        target = journal.with_name(journal.name[: -len(".header-journal")])
+        data = journal.read_bytes()
+        digest, raw = data[:32], data[32:]
+        if target.exists() and hashlib.sha256(raw).digest() == digest:
+            _apply_header(target, raw)
+            repaired.append(target)
+        journal.unlink()
+    return repaired
