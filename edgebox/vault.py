@@ -82,7 +82,7 @@ class Header:
     @property
     def stored_size(self) -> int:
         """Size of the complete vault file in bytes."""
-        return self.area + self.plaintext_size + TAG * self.segments
+        return self.area + self.plaintext_size + TAG * self.segments + 0
 
     @property
     def aad(self) -> bytes:
@@ -105,7 +105,10 @@ class Header:
     def check_mac(self, data_key: bytes) -> None:
         """Raise VaultError unless the core MAC matches under this data key."""
         if not hmac.compare_digest(self.core_mac(data_key), self.mac):
-            raise VaultError("header MAC mismatch: the header was altered or belongs to another file")
+            raise VaultError(
+                "header MAC mismatch: wrong data key, or the header was altered "
+                "or belongs to another file"
+            )
 
     def cipher(self, data_key: bytes):
         """The AEAD that seals this file's segments."""
@@ -137,13 +140,40 @@ class Header:
             core, stanzas, mac = body["core"], body["stanzas"], body["mac"]
             if core["version"] != FORMAT_VERSION or core["suite"] not in CIPHERS:
                 raise ValueError(f"unsupported version {core['version']} or suite {core['suite']}")
-            for name in ("segment_size", "plaintext_size", "salt", "recording_id"):
-                core[name]  # noqa: B018 - presence check
+            _check_fields(core, stanzas, mac)
         except (ValueError, KeyError, TypeError) as exc:
             raise VaultError(f"{source}: corrupt header ({exc})") from None
         if raw[_PREFIX.size + length : area].strip(b"\x00"):
             raise VaultError(f"{source}: corrupt header (bytes after the header body)")
         return cls(core=core, stanzas=stanzas, mac=mac, area=area)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_fields(core: dict, stanzas, mac) -> None:
+    # Sizes drive offsets and a keyless check_structure must not crash on them,
+    # so their types are checked here rather than trusted until the MAC is checked.
+    if not _is_int(core["segment_size"]) or core["segment_size"] < 1:
+        raise ValueError(f"bad segment_size {core['segment_size']!r}")
+    if not _is_int(core["plaintext_size"]) or core["plaintext_size"] < 0:
+        raise ValueError(f"bad plaintext_size {core['plaintext_size']!r}")
+    try:
+        salt = base64.b64decode(core["salt"], validate=True)
+    except (ValueError, TypeError):
+        salt = b""
+    if len(salt) != 16:
+        raise ValueError("bad salt: not 16 bytes of base64")
+    if not isinstance(core["recording_id"], str):
+        raise ValueError("bad recording_id")
+    if not isinstance(mac, str):
+        raise ValueError("bad mac")
+    if not isinstance(stanzas, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("recipient"), str)
+        and isinstance(item.get("body"), str) for item in stanzas
+    ):
+        raise ValueError("bad key stanzas")
 
 
 def read_header(path: Path) -> Header:
@@ -164,6 +194,11 @@ def new_header(
     """Build the header of a new recording and MAC its core under the data key."""
     if suite not in CIPHERS:
         raise VaultError(f"unknown suite {suite!r}", status=400)
+    if not (_is_int(segment_size) and segment_size > 0 and _is_int(plaintext_size)
+            and plaintext_size >= 0):
+        raise VaultError(
+            f"bad sizes (segment {segment_size!r}, plaintext {plaintext_size!r})", status=400
+        )
     core = {
         "version": FORMAT_VERSION,
         "suite": suite,
@@ -173,8 +208,13 @@ def new_header(
         "device_id": device_id,
         "plaintext_size": plaintext_size,
         "created_at": created_at,
-        **(extra or {}),
     }
+    clash = sorted(set(core) & set(extra or {}))
+    if clash:
+        raise VaultError(
+            f"extra header fields may not replace core fields: {', '.join(clash)}", status=400
+        )
+    core.update(extra or {})
     header = Header(core=core, stanzas=stanzas, mac="")
     header.mac = header.core_mac(data_key)
     return header
@@ -318,7 +358,9 @@ class Writer:
         os.ftruncate(self._fd, mark.file_length)
         os.lseek(self._fd, mark.file_length, os.SEEK_SET)
         self._tail = bytearray(mark.tail)
-        self._plain, self._stored, self._index = mark.plain, mark.stored, mark.index
+        # Copies, so the same mark stays valid for a second rollback.
+        self._plain, self._stored = mark.plain.copy(), mark.stored.copy()
+        self._index = mark.index
 
     def sync(self) -> None:
         """Make every sealed segment durable."""
@@ -480,6 +522,14 @@ def _apply_header(path: Path, raw: bytes) -> None:
         os.close(fd)
 
 
+def _whole_header(raw: bytes) -> bool:
+    # A journal must hold exactly one header area: anything longer would overwrite segments.
+    try:
+        return len(raw) == Header.parse(raw, "header journal").area
+    except VaultError:
+        return False
+
+
 def recover_header_journal(folder: Path) -> list[Path]:
     """Finish (or discard, if torn) header rewrites interrupted by a crash; returns files repaired."""
     repaired = []
@@ -487,7 +537,7 @@ def recover_header_journal(folder: Path) -> list[Path]:
         target = journal.with_name(journal.name[: -len(".header-journal")])
         data = journal.read_bytes()
         digest, raw = data[:32], data[32:]
-        if target.exists() and hashlib.sha256(raw).digest() == digest:
+        if target.exists() and hashlib.sha256(raw).digest() == digest and _whole_header(raw):
             _apply_header(target, raw)
             repaired.append(target)
         journal.unlink()

@@ -1,0 +1,213 @@
+"""Commands that set up and inspect a box: init, config, keys, recordings, status, verify, export."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import click
+
+from edgebox import custody
+from edgebox.cli import (
+    config_option, emit, handle_errors, json_option, load, main, open_box, read_secret,
+)
+from edgebox.keys import x25519_public_from_file
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--box-id", default=lambda: socket.gethostname().split(".")[0][:63] or "box-0001",
+              help="A unique name for this box (default: the host name).")
+@click.option("--organisation", default="Demo Organisation", help="Who runs the box.")
+@click.option("--site", default="Demo Vehicle", help="The vehicle or station it sits in.")
+@click.option("--listen", default="0.0.0.0:8443", help="HOST:PORT of the HTTPS server.")
+@click.option("--supervisor", default="supervisor", help="Name of the first review-key slot.")
+@click.option("--secret-file", type=click.Path(dir_okay=False), help="File holding that slot's secret.")
+@click.option("--demo", is_flag=True, help="Also make a demo central key pair (never for real use).")
+@json_option
+@handle_errors
+def init(folder, box_id, organisation, site, listen, supervisor, secret_file, demo, as_json):
+    """Create a new box in FOLDER: config, database, identity, TLS certificate, review key."""
+    from edgebox.provision import init_box
+
+    if demo and not secret_file and "EDGEBOX_REVIEW_SECRET" not in __import__("os").environ:
+        secret = "demo-supervisor"
+    else:
+        secret = read_secret(secret_file, "New supervisor review secret", confirm=True)
+    result = init_box(folder, box_id=box_id, organisation=organisation, site=site, listen=listen,
+                      supervisor=supervisor, review_secret=secret, demo=demo)
+    if demo and secret == "demo-supervisor":
+        result["demo_review_secret"] = secret
+    emit(result, as_json, lambda r: click.echo(
+        f"Box {r['box_id']} created: config {r['config']}\n"
+        + ("" if demo else "Next: edgebox keys import-central FILE --config " + r["config"] + "\n")
+    ))
+
+
+@main.group()
+def config():
+    """Inspect the box configuration."""
+
+
+@config.command("check")
+@config_option
+@json_option
+@handle_errors
+def config_check(config_file, as_json):
+    """Validate the config file and environment overrides without starting anything."""
+    cfg = load(config_file)
+    emit({"ok": True, "source": cfg.source, "config": cfg.to_dict()}, as_json,
+         lambda r: click.echo(f"{r['source']}: OK"))
+
+
+@main.group()
+def keys():
+    """Manage central's recipient key and the supervisors' review-key slots."""
+
+
+@keys.command("import-central")
+@click.argument("public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@config_option
+@json_option
+@handle_errors
+def keys_import_central(public_key, config_file, as_json):
+    """Make PUBLIC_KEY (X25519, PEM or base64) the key new recordings are wrapped to."""
+    box = open_box(config_file)
+    try:
+        kid = box.keys.import_central(x25519_public_from_file(public_key))
+        custody.record(box.store, "key.central_imported", "operator", None, {"key_id": kid})
+    finally:
+        box.store.close()
+    emit({"central_key_id": kid}, as_json, lambda r: click.echo(f"central key {kid} is active"))
+
+
+@keys.command("add-supervisor")
+@click.argument("name")
+@click.option("--secret-file", type=click.Path(dir_okay=False), help="An existing supervisor's secret.")
+@click.option("--new-secret-file", type=click.Path(dir_okay=False), help="The new supervisor's secret.")
+@config_option
+@handle_errors
+def keys_add_supervisor(name, secret_file, new_secret_file, config_file):
+    """Give supervisor NAME their own secret for the review key (needs an existing secret)."""
+    box = open_box(config_file)
+    try:
+        unlocked = box.keys.unlock_review(read_secret(secret_file, "An existing supervisor's secret"))
+        box.keys.add_review_slot(name, read_secret(new_secret_file, f"New secret for {name}", True),
+                                 unlocked)
+        custody.record(box.store, "key.review_slot_added", "operator", None, {"slot": name})
+    finally:
+        box.store.close()
+    click.echo(f"supervisor {name} can now unlock local review")
+
+
+@main.group()
+def recordings():
+    """List recordings held by the box."""
+
+
+@recordings.command("list")
+@click.option("--limit", default=50, show_default=True, help="How many, newest first.")
+@config_option
+@json_option
+@handle_errors
+def recordings_list(limit, config_file, as_json):
+    """Recordings newest first with their evidence hashes."""
+    box = open_box(config_file)
+    try:
+        rows = box.recordings(limit=limit)
+    finally:
+        box.store.close()
+
+    def text(rows):
+        for r in rows:
+            click.echo(f"{r['id']}  {r['serial']:<12} {r['size']:>12} B  {r['evidence_sha256']}")
+        click.echo(f"{len(rows)} recording(s)")
+
+    emit(rows, as_json, text)
+
+
+@main.command()
+@config_option
+@json_option
+@handle_errors
+def status(config_file, as_json):
+    """What the box holds: recordings, cameras, uploads, custody head, storage, keys."""
+    box = open_box(config_file)
+    try:
+        report = box.status()
+    finally:
+        box.store.close()
+    emit(report, as_json, lambda r: click.echo(
+        f"box {r['box_id']}: {r['recordings']['n']} recordings, {r['cameras']['paired']} cameras, "
+        f"{len(r['uploads_in_progress'])} uploads in progress, custody {r['custody']['entries']} "
+        f"entries, {r['storage']['free_bytes'] // 2**20} MiB free"
+    ))
+
+
+@main.command()
+@click.option("--deep", is_flag=True, help="Also decrypt every recording (asks for a review secret).")
+@click.option("--secret-file", type=click.Path(dir_okay=False), help="Review secret for --deep.")
+@click.option("--checkpoint/--no-checkpoint", default=False, help="Sign a checkpoint first.")
+@config_option
+@json_option
+@handle_errors
+def verify(deep, secret_file, checkpoint, config_file, as_json):
+    """Check the custody chain, its signed checkpoints and every vault file; exit 0 only if intact."""
+    from edgebox.verify import verify_box
+
+    box = open_box(config_file)
+    try:
+        if checkpoint:
+            box.checkpoint()
+        review = box.keys.unlock_review(read_secret(secret_file)) if deep else None
+        report = verify_box(box, review)
+    finally:
+        box.store.close()
+
+    def text(r):
+        for problem in r["problems"]:
+            click.echo(f"FAIL {problem}")
+        click.echo(f"{'OK' if r['ok'] else 'DAMAGED'}: {r['entries']} custody entries, "
+                   f"{r['checkpoints']} checkpoints, {r['recordings']} recordings"
+                   + (f", {r['decrypted']} decrypted" if deep else ""))
+
+    emit(report.to_dict(), as_json, text)
+    raise SystemExit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("recording_id")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the decrypted clip (its manifest goes beside it).")
+@click.option("--secret-file", type=click.Path(dir_okay=False), help="Supervisor review secret.")
+@click.option("--by", "actor", default="supervisor", help="Who exports (for the custody log).")
+@config_option
+@json_option
+@handle_errors
+def export(recording_id, out, secret_file, actor, config_file, as_json):
+    """Decrypt RECORDING_ID with a supervisor's secret and write it with a manifest."""
+    from edgebox.recordings import export_recording
+
+    box = open_box(config_file)
+    try:
+        review = box.keys.unlock_review(read_secret(secret_file))
+        result = export_recording(box, recording_id, review, out, f"user:{actor}")
+    finally:
+        box.store.close()
+    emit(result, as_json, lambda r: click.echo(f"wrote {r['file']} (sha256 {r['evidence_sha256']})"
+                                               f" and {r['manifest']}"))
+
+
+@main.command("checkpoint")
+@config_option
+@json_option
+@handle_errors
+def checkpoint_cmd(config_file, as_json):
+    """Sign the custody chain's current head now."""
+    box = open_box(config_file)
+    try:
+        row = box.checkpoint()
+    finally:
+        box.store.close()
+    emit(row or {"checkpoint": None}, as_json,
+         lambda r: click.echo("signed" if row else "nothing new since the last checkpoint"))

@@ -1,0 +1,71 @@
+"""`edgebox demo`: a demo box with simulated cameras, so a newcomer sees the whole flow."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import click
+
+from edgebox.box import Box
+from edgebox.config import load_config, parse_listen
+from edgebox.keys import certificate_fingerprint
+from edgebox.provision import CONFIG_NAME, init_box
+
+DEMO_SECRET = "demo-supervisor"
+
+
+def _free(host: str, port: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+            return port
+        except OSError:
+            sock.bind((host, 0))
+            return sock.getsockname()[1]
+
+
+def run_demo(folder: Path, *, listen: str, cameras: int, clips: int, seconds: float, once: bool,
+             log=lambda line: click.echo(line)) -> dict:
+    """Create (or reuse) the demo box, start it, and let simulated cameras deliver clips."""
+    from edgebox.camera_sim import run_camera
+
+    folder = Path(folder).resolve()
+    if not (folder / CONFIG_NAME).exists():
+        init_box(folder, box_id="demo-box", organisation="Demo Fire & Rescue", site="Engine 12",
+                 listen=listen, supervisor="supervisor", review_secret=DEMO_SECRET, demo=True)
+        log(f"created demo box in {folder}")
+    host, port = parse_listen(listen)
+    box = Box(load_config(folder / CONFIG_NAME)).start((host, _free(host, port)))
+    fingerprint = certificate_fingerprint(box.keys.tls_cert.read_bytes())
+    log(f"box serving {box.url}  (certificate sha256 {fingerprint[:16]}...)")
+    stop = threading.Event()
+    threads = []
+    for number in range(1, cameras + 1):
+        state = folder / "cameras" / f"cam-{number}"
+        code = None if (state / "camera.json").exists() else box.pairing.new_code("demo")["code"]
+        thread = threading.Thread(target=run_camera, name=f"cam-{number}", args=(state,), kwargs={
+            "box_url": box.url, "code": code, "cert_sha256": fingerprint, "clips": clips,
+            "seconds": seconds, "pre_event": 30.0, "user_id": f"firefighter-{number}",
+            "category": "incident", "chunk_size": 1 << 20, "stop": stop,
+            "log": lambda line, n=number: log(f"[cam-{n}] {line}"),
+        }, daemon=True)
+        thread.start()
+        threads.append(thread)
+    try:
+        for thread in threads:
+            thread.join()
+        status = box.status()
+        log(f"{status['recordings']['n']} recordings stored encrypted in {folder / 'data' / 'vault'}")
+        log(f"open {box.url}/ to see them (accept the box's self-signed certificate);"
+            f" review secret for exports: {DEMO_SECRET}")
+        if not once:
+            log("press Ctrl-C to stop")
+            from edgebox.cli.running import wait_for_signal
+
+            wait_for_signal(box.stop_event)
+        return status
+    finally:
+        stop.set()
+        box.stop()

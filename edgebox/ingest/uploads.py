@@ -1,0 +1,433 @@
+"""The upload service behind the tus endpoint: create, offset, append, finish, terminate, expire.
+
+Bytes go straight from the request stream into a vault Writer, which encrypts
+them segment by segment; nothing in plaintext is written anywhere. While an
+upload is unfinished its data key is kept wrapped under the box's ingest key in
+`<upload>.resume`, so after a crash the upload resumes from the last durable
+segment boundary instead of starting again.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from edgebox import custody, vault
+from edgebox.clock import iso, utcnow
+from edgebox.db import Store
+from edgebox.errors import IngestError, NotFound, VaultError
+from edgebox.ingest.metadata import parse_recording_metadata
+from edgebox.keys import HPKE_NAME, Keyring, wrap_key
+
+READ_BLOCK = 1 << 20
+CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """What the upload service needs from the config."""
+
+    data_dir: Path
+    max_upload_bytes: int
+    expire_hours: int
+    reserve_free_bytes: int
+    suite: str
+    segment_size: int
+
+
+@dataclass
+class Progress:
+    """What a tus response reports about an upload."""
+
+    upload_id: str
+    offset: int
+    length: int
+    expires_at: str
+    recording_id: str | None = None
+    evidence_sha256: str | None = None
+    finished: bool = False
+
+
+class _Active:
+    """An upload whose writer is open in memory, guarded by its own lock."""
+
+    def __init__(self, writer: vault.Writer):
+        self.writer = writer
+        self.lock = threading.Lock()
+
+
+class Uploads:
+    """Owns every unfinished upload and turns finished ones into recordings."""
+
+    def __init__(self, store: Store, keys: Keyring, settings: IngestSettings,
+                 on_progress: Callable[[str, dict], None] | None = None):
+        self.store = store
+        self.keys = keys
+        self.settings = settings
+        self.partial_dir = settings.data_dir / "uploads"
+        self.vault_dir = settings.data_dir / "vault"
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self.vault_dir.mkdir(parents=True, exist_ok=True)
+        self._active: dict[str, _Active] = {}
+        self._registry = threading.Lock()
+        self._on_progress = on_progress or (lambda device_id, info: None)
+
+    # -- paths and keys -----------------------------------------------------
+    def partial_path(self, upload_id: str) -> Path:
+        """Where an unfinished upload's encrypted bytes live."""
+        return self.partial_dir / f"{upload_id}.partial"
+
+    def _resume_path(self, upload_id: str) -> Path:
+        return self.partial_dir / f"{upload_id}.resume"
+
+    def vault_path(self, recording_id: str) -> Path:
+        """Where a finished recording's vault file lives."""
+        return self.vault_dir / f"{recording_id}.ebv"
+
+    def _store_resume_key(self, upload_id: str, data_key: bytes) -> None:
+        nonce = secrets.token_bytes(12)
+        body = AESGCM(self.keys.ingest_key()).encrypt(nonce, data_key, upload_id.encode())
+        path = self._resume_path(upload_id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(nonce + body)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _load_resume_key(self, upload_id: str) -> bytes:
+        raw = self._resume_path(upload_id).read_bytes()
+        try:
+            return AESGCM(self.keys.ingest_key()).decrypt(raw[:12], raw[12:], upload_id.encode())
+        except InvalidTag:
+            raise VaultError(f"resume key of upload {upload_id} does not open") from None
+
+    # -- lookups ------------------------------------------------------------
+    def _row(self, upload_id: str, device: dict) -> dict:
+        row = self.store.one("SELECT * FROM uploads WHERE id = ?", (upload_id,))
+        if row is None:
+            raise NotFound(f"no upload {upload_id}")
+        if row["device_id"] != device["id"]:
+            raise IngestError("this upload belongs to another camera", status=403)
+        return row
+
+    def _active_writer(self, row: dict) -> _Active:
+        with self._registry:
+            active = self._active.get(row["id"])
+            if active is None:
+                writer = vault.Writer.resume(self.partial_path(row["id"]), self._load_resume_key(row["id"]))
+                active = self._active[row["id"]] = _Active(writer)
+            return active
+
+    def _finished_progress(self, row: dict) -> Progress:
+        rec = self.store.one(
+            "SELECT id, evidence_sha256 FROM recordings WHERE upload_id = ?", (row["id"],)
+        )
+        return Progress(row["id"], row["length"], row["length"], row["expires_at"],
+                        rec["id"] if rec else None, rec["evidence_sha256"] if rec else None, True)
+
+    def _gone(self, row: dict) -> IngestError:
+        return IngestError(f"upload {row['id']} is {row['state']}: {row['error'] or 'no longer open'}",
+                           status=410)
+
+    # -- tus operations -----------------------------------------------------
+    def _check_space(self, length: int) -> None:
+        stride = self.settings.segment_size
+        needed = length + vault.HEADER_AREA + vault.TAG * vault.segment_count(length, stride)
+        pending = self.store.one(
+            "SELECT COALESCE(SUM(length), 0) AS n FROM uploads WHERE state = 'receiving'"
+        )["n"]
+        free = shutil.disk_usage(self.settings.data_dir).free
+        if free - self.settings.reserve_free_bytes - pending < needed:
+            raise IngestError(
+                f"not enough free space for {length} bytes; keep the recording and retry later",
+                status=507,
+            )
+
+    def create(self, device: dict, length_header: str | None, metadata_header: str | None) -> Progress:
+        """Start an upload (tus creation): validate everything, then write the vault header."""
+        if length_header is None:
+            raise IngestError("Upload-Length is required (deferred length is not supported)",
+                              field="Upload-Length")
+        if not length_header.isdigit():
+            raise IngestError("Upload-Length must be a non-negative integer", field="Upload-Length")
+        length = int(length_header)
+        if length > self.settings.max_upload_bytes:
+            raise IngestError(f"recording of {length} bytes exceeds the maximum "
+                              f"{self.settings.max_upload_bytes}", status=413)
+        columns, raw = parse_recording_metadata(metadata_header, device["serial"])
+        self._check_space(length)
+        upload_id = secrets.token_urlsafe(18)
+        recording_id = uuid.uuid4().hex
+        data_key = secrets.token_bytes(32)
+        central_id, central_key = self.keys.central()
+        review_id, review_key = self.keys.review_public()
+        stanzas = [
+            {"recipient": f"central:{central_id}", "type": HPKE_NAME,
+             "body": base64.b64encode(wrap_key(data_key, central_key, recording_id.encode())).decode()},
+            {"recipient": f"review:{review_id}", "type": HPKE_NAME,
+             "body": base64.b64encode(wrap_key(data_key, review_key, recording_id.encode())).decode()},
+        ]
+        now = utcnow()
+        header = vault.new_header(
+            recording_id=recording_id, device_id=device["id"], plaintext_size=length,
+            data_key=data_key, stanzas=stanzas, suite=self.settings.suite,
+            segment_size=self.settings.segment_size, created_at=iso(now),
+            extra={"serial": device["serial"], "camera_sha256": columns["camera_sha256"]},
+        )
+        expires = iso(now + dt.timedelta(hours=self.settings.expire_hours))
+        self._store_resume_key(upload_id, data_key)
+        try:
+            writer = vault.Writer.create(self.partial_path(upload_id), header, data_key)
+        except OSError as exc:
+            self._discard_files(upload_id)
+            raise _disk_error(exc) from None
+        with self.store.write() as db:
+            db["uploads"].insert({
+                "id": upload_id, "device_id": device["id"], "recording_id": recording_id,
+                "length": length, "metadata": json.dumps({"columns": columns, "raw": raw}),
+                "state": "receiving", "created_at": iso(now), "updated_at": iso(now),
+                "expires_at": expires,
+            })
+            custody.append(db, "upload.started", f"device:{device['id']}", recording_id,
+                           {"upload_id": upload_id, "length": length, "filename": columns["filename"]})
+        with self._registry:
+            self._active[upload_id] = _Active(writer)
+        progress = Progress(upload_id, 0, length, expires)
+        if length == 0:
+            return self._finish(self._row(upload_id, device), self._active[upload_id], device)
+        return progress
+
+    def head(self, upload_id: str, device: dict) -> Progress:
+        """The upload's current offset (after a crash: the last durable segment boundary)."""
+        row = self._row(upload_id, device)
+        if row["state"] == "finished":
+            return self._finished_progress(row)
+        if row["state"] != "receiving":
+            raise self._gone(row)
+        active = self._active_writer(row)
+        with active.lock:
+            return Progress(upload_id, active.writer.offset, row["length"], row["expires_at"])
+
+    def append(self, upload_id: str, device: dict, offset_header: str | None,
+               content_length: int | None, stream, checksum_header: str | None = None) -> Progress:
+        """Stream one PATCH body into the vault; a checksum mismatch undoes the whole chunk."""
+        row = self._row(upload_id, device)
+        if row["state"] == "finished":
+            raise IngestError("upload already complete", status=409)
+        if row["state"] != "receiving":
+            raise self._gone(row)
+        if offset_header is None or not offset_header.isdigit():
+            raise IngestError("Upload-Offset must be a non-negative integer", field="Upload-Offset")
+        if content_length is None:
+            raise IngestError("Content-Length is required", status=411)
+        checker = _checksum(checksum_header)
+        active = self._active_writer(row)
+        if not active.lock.acquire(blocking=False):
+            raise IngestError("another request is writing this upload", status=409)
+        try:
+            writer = active.writer
+            if int(offset_header) != writer.offset:
+                raise IngestError(
+                    f"Upload-Offset {offset_header} does not match the upload's offset {writer.offset}",
+                    status=409,
+                )
+            if writer.offset + content_length > row["length"]:
+                raise IngestError("chunk goes past Upload-Length", status=413)
+            mark = writer.mark()
+            received = self._pump(writer, stream, content_length, checker, mark)
+            if checker is not None:
+                if received < content_length:
+                    writer.rollback(mark)
+                    raise IngestError("chunk interrupted; its checksum cannot be verified", status=460)
+                if checker[1].digest() != checker[0]:
+                    writer.rollback(mark)
+                    raise IngestError("Upload-Checksum does not match the chunk", status=460)
+            writer.sync()
+            expires = iso(utcnow() + dt.timedelta(hours=self.settings.expire_hours))
+            with self.store.write() as db:
+                db.execute("UPDATE uploads SET updated_at = ?, expires_at = ? WHERE id = ?",
+                           [iso(), expires, upload_id])
+            self._on_progress(device["id"], {"upload_id": upload_id, "offset": writer.offset,
+                                             "length": row["length"]})
+            if writer.offset == row["length"]:
+                return self._finish(row, active, device)
+            return Progress(upload_id, writer.offset, row["length"], expires)
+        finally:
+            active.lock.release()
+
+    def _pump(self, writer: vault.Writer, stream, length: int, checker, mark: vault.Mark) -> int:
+        received = 0
+        try:
+            while received < length:
+                block = stream.read(min(READ_BLOCK, length - received))
+                if not block:
+                    break
+                if checker is not None:
+                    checker[1].update(block)
+                writer.write(block)
+                received += len(block)
+        except OSError as exc:
+            if exc.errno is not None and exc.errno in (28, 122):  # ENOSPC, EDQUOT
+                writer.rollback(mark)
+                raise _disk_error(exc) from None
+            # A client that vanished mid-body: keep what arrived (tus allows it).
+        return received
+
+    def _finish(self, row: dict, active: _Active, device: dict) -> Progress:
+        writer = active.writer
+        columns = json.loads(row["metadata"])["columns"]
+        evidence = writer._plain.hexdigest()  # noqa: SLF001 - peek before sealing
+        if columns["camera_sha256"] and columns["camera_sha256"] != evidence:
+            self._fail(row, device, f"file sha256 {evidence} does not match the camera's "
+                                    f"{columns['camera_sha256']}")
+            raise IngestError("the received file does not match the camera's sha256; "
+                              "the upload was discarded, upload again", status=460, field="sha256")
+        summary = writer.finish(self.vault_path(row["recording_id"]))
+        self._record(row, device, summary)
+        with self._registry:
+            self._active.pop(row["id"], None)
+        self._resume_path(row["id"]).unlink(missing_ok=True)
+        return Progress(row["id"], row["length"], row["length"], row["expires_at"],
+                        row["recording_id"], summary.evidence_sha256, True)
+
+    def _record(self, row: dict, device: dict, summary: vault.Summary) -> None:
+        meta = json.loads(row["metadata"])
+        now = iso()
+        with self.store.write() as db:
+            db["recordings"].insert({
+                "id": row["recording_id"], "upload_id": row["id"], "device_id": device["id"],
+                **meta["columns"],
+                "evidence_sha256": summary.evidence_sha256, "stored_sha256": summary.stored_sha256,
+                "size": summary.size, "stored_size": summary.stored_size,
+                "vault_file": self.vault_path(row["recording_id"]).name,
+                "metadata": json.dumps(meta["raw"], sort_keys=True), "received_at": now,
+            })
+            db.execute("UPDATE uploads SET state = 'finished', updated_at = ? WHERE id = ?",
+                       [now, row["id"]])
+            custody.append(db, "recording.ingested", f"device:{device['id']}", row["recording_id"], {
+                "upload_id": row["id"], "evidence_sha256": summary.evidence_sha256,
+                "stored_sha256": summary.stored_sha256, "size": summary.size,
+                "camera_sha256": meta["columns"]["camera_sha256"],
+            })
+            db["outbox"].insert({"kind": "recording", "ref": row["recording_id"], "priority": 100,
+                                 "payload": "{}", "created_at": now})
+
+    def _discard_files(self, upload_id: str) -> None:
+        with self._registry:
+            active = self._active.pop(upload_id, None)
+        if active is not None:
+            active.writer.close()
+        self.partial_path(upload_id).unlink(missing_ok=True)
+        self._resume_path(upload_id).unlink(missing_ok=True)
+
+    def _end(self, row: dict, state: str, actor: str, event: str, error: str | None) -> None:
+        self._discard_files(row["id"])
+        with self.store.write() as db:
+            db.execute("UPDATE uploads SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                       [state, error, iso(), row["id"]])
+            custody.append(db, event, actor, row["recording_id"],
+                           {"upload_id": row["id"], "reason": error})
+
+    def _fail(self, row: dict, device: dict, reason: str) -> None:
+        self._end(row, "failed", f"device:{device['id']}", "upload.failed", reason)
+
+    def terminate(self, upload_id: str, device: dict) -> None:
+        """tus termination: discard an unfinished upload; finished recordings are never deleted."""
+        row = self._row(upload_id, device)
+        if row["state"] == "finished":
+            raise IngestError("a finished recording cannot be deleted by a camera", status=403)
+        if row["state"] != "receiving":
+            raise self._gone(row)
+        active = self._active.get(upload_id)
+        if active is not None and not active.lock.acquire(blocking=False):
+            raise IngestError("upload is being written; try again", status=409)
+        try:
+            self._end(row, "terminated", f"device:{device['id']}", "upload.terminated",
+                      "terminated by the camera")
+        finally:
+            if active is not None:
+                active.lock.release()
+
+    def expire(self, now: dt.datetime | None = None) -> list[str]:
+        """Drop unfinished uploads idle past their expiry; returns their ids."""
+        cutoff = iso(now or utcnow())
+        expired = []
+        for row in self.store.query(
+            "SELECT * FROM uploads WHERE state = 'receiving' AND expires_at < ?", (cutoff,)
+        ):
+            active = self._active.get(row["id"])
+            if active is not None and not active.lock.acquire(blocking=False):
+                continue
+            try:
+                self._end(row, "expired", "box", "upload.expired", "idle past its expiry")
+                expired.append(row["id"])
+            finally:
+                if active is not None:
+                    active.lock.release()
+        return expired
+
+    def recover(self) -> dict:
+        """At start: finish uploads whose vault file was renamed before the crash, fail lost ones."""
+        report = {"completed": [], "lost": [], "resumable": []}
+        for row in self.store.query("SELECT * FROM uploads WHERE state = 'receiving'"):
+            final = self.vault_path(row["recording_id"])
+            device = {"id": row["device_id"]}
+            if self.partial_path(row["id"]).exists() and self._resume_path(row["id"]).exists():
+                report["resumable"].append(row["id"])
+            elif final.exists() and self._resume_path(row["id"]).exists():
+                reader = vault.Reader(final, self._load_resume_key(row["id"]))
+                summary = vault.Summary(reader.verify(), vault.file_sha256(final),
+                                        reader.header.plaintext_size, reader.header.stored_size,
+                                        reader.header.segments)
+                self._record(row, device, summary)
+                self._resume_path(row["id"]).unlink()
+                report["completed"].append(row["id"])
+            else:
+                self._fail(row, device, "upload files lost before completion")
+                report["lost"].append(row["id"])
+        vault.recover_header_journal(self.vault_dir)
+        return report
+
+    def in_progress(self) -> list[dict]:
+        """Unfinished uploads with their live offsets (for status and the dashboard)."""
+        rows = self.store.query(
+            "SELECT u.id, u.device_id, u.length, u.created_at, u.updated_at, d.serial "
+            "FROM uploads u JOIN devices d ON d.id = u.device_id WHERE u.state = 'receiving'"
+        )
+        for row in rows:
+            active = self._active.get(row["id"])
+            row["offset"] = active.writer.offset if active else None
+        return rows
+
+
+def _checksum(header: str | None):
+    if header is None:
+        return None
+    algorithm, _, value = header.strip().partition(" ")
+    factory = CHECKSUMS.get(algorithm.lower())
+    if factory is None:
+        raise IngestError(f"unsupported checksum algorithm {algorithm!r}", field="Upload-Checksum")
+    try:
+        expected = base64.b64decode(value.strip(), validate=True)
+    except ValueError:
+        raise IngestError("Upload-Checksum value is not base64", field="Upload-Checksum") from None
+    return expected, factory()
+
+
+def _disk_error(exc: OSError) -> IngestError:
+    if exc.errno in (28, 122):
+        return IngestError("the box's disk is full; keep the recording and retry later", status=507)
+    return IngestError(f"storage error: {exc.strerror}", status=500)

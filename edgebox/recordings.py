@@ -1,0 +1,56 @@
+"""Reading recordings back: unwrapping their data keys and exporting evidence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from edgebox import custody, vault
+from edgebox.errors import NotFound
+from edgebox.keys import key_id, unwrap_key
+
+
+def data_key_for(path: Path, private: X25519PrivateKey, role: str = "review") -> bytes:
+    """Unwrap a vault file's data key with the review key (or central's, role='central')."""
+    header = vault.read_header(path)
+    wrapped = header.stanza(f"{role}:{key_id(private.public_key())}")
+    data_key = unwrap_key(wrapped, private, header.core["recording_id"].encode())
+    header.check_mac(data_key)
+    return data_key
+
+
+def export_recording(box, recording_id: str, review_key: X25519PrivateKey, out: Path,
+                     actor: str) -> dict:
+    """Decrypt one recording to `out`, write `out`.manifest.json, and log the export."""
+    rec = box.store.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
+    if rec is None:
+        raise NotFound(f"no recording {recording_id}")
+    path = box.uploads.vault_path(recording_id)
+    reader = vault.Reader(path, data_key_for(path, review_key))
+    out = Path(out)
+    tmp = out.with_name(out.name + ".part")
+    with open(tmp, "wb") as handle:
+        for index in range(reader.header.segments):
+            handle.write(reader.segment(index))
+    digest = vault.file_sha256(tmp)
+    if digest != rec["evidence_sha256"]:
+        tmp.unlink()
+        raise vault.VaultError(f"decrypted content hash {digest} differs from the evidence hash")
+    tmp.replace(out)
+    trail = box.store.query("SELECT * FROM custody WHERE subject = ? ORDER BY seq", (recording_id,))
+    manifest = {
+        "box_id": box.config.box.box_id,
+        "recording": {k: v for k, v in rec.items() if k != "metadata"},
+        "camera_metadata": json.loads(rec["metadata"]),
+        "evidence_sha256": digest,
+        "file": out.name,
+        "custody": trail,
+    }
+    entry = custody.record(box.store, "recording.exported", actor, recording_id,
+                           {"file": out.name, "evidence_sha256": digest})
+    manifest["export_entry"] = entry
+    manifest_path = out.with_name(out.name + ".manifest.json")
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return {"file": str(out), "manifest": str(manifest_path), "evidence_sha256": digest}
