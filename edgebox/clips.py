@@ -106,7 +106,9 @@ def make_clip(
     if font is None:
         log.warning(
             "no TrueType font under %s: clip %s is made without the burnt-in clock "
-            "(install fonts-dejavu-core)", FONT_ROOT, target.name,
+            "(install fonts-dejavu-core)",
+            FONT_ROOT,
+            target.name,
         )
     command = _ffmpeg_command(
         partial,
@@ -150,7 +152,7 @@ def probe_clip(path: str | os.PathLike) -> ClipProbe:
 
 
 def decode_errors(path: str | os.PathLike) -> str:
-    """Decode every frame of `path` and return ffmpeg's error output ("" when it decodes cleanly)."""
+    """Decode every frame of `path`; ffmpeg's error output, or "" when it decodes cleanly."""
     result = subprocess.run(
         [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", os.fspath(path), "-f", "null", "-"],
         capture_output=True,
@@ -173,7 +175,8 @@ def _check_clip_args(seconds, pre_event_seconds, width, height, fps) -> None:
         raise ValueError(f"seconds must be positive, got {seconds!r}")
     if pre_event_seconds < 0 or pre_event_seconds > seconds:
         raise ValueError(
-            f"pre_event_seconds must be between 0 and seconds ({seconds}), got {pre_event_seconds!r}"
+            f"pre_event_seconds must be between 0 and seconds ({seconds}), "
+            f"got {pre_event_seconds!r}"
         )
     if width <= 0 or height <= 0 or width % 2 or height % 2:
         raise ValueError(f"width and height must be positive and even, got {width}x{height}")
@@ -181,29 +184,73 @@ def _check_clip_args(seconds, pre_event_seconds, width, height, fps) -> None:
         raise ValueError(f"fps must be positive, got {fps!r}")
 
 
-def _ffmpeg_command(partial: Path, *, font: Path | None, seconds, pre_event_seconds, width, height, fps, serial,
-                    started_at: dt.datetime) -> list[str]:
+def _ffmpeg_command(
+    partial: Path,
+    *,
+    font: Path | None,
+    seconds,
+    pre_event_seconds,
+    width,
+    height,
+    fps,
+    serial,
+    started_at: dt.datetime,
+) -> list[str]:
     duration = f"{seconds:.3f}"
     command = [
-        ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={duration}",
-        "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={duration}",
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={width}x{height}:rate={fps}:duration={duration}",
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=frequency=440:sample_rate=48000:duration={duration}",
     ]
     if font is not None:
         overlay = _overlay_filter(font, serial, started_at, pre_event_seconds, height)
         command += ["-vf", overlay]
     command += [
-        "-map", "0:v", "-map", "1:a",
-        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-        "-profile:v", "main", "-g", str(fps * 2),
-        "-c:a", "aac", "-b:a", "64k", "-ac", "1",
-        "-t", duration, "-movflags", "+faststart", "-f", "mp4", os.fspath(partial),
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        "-profile:v",
+        "main",
+        "-g",
+        str(fps * 2),
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+        "-ac",
+        "1",
+        "-t",
+        duration,
+        "-movflags",
+        "+faststart",
+        "-f",
+        "mp4",
+        os.fspath(partial),
     ]
     return command
 
 
-def _overlay_filter(font: Path, serial: str, started_at: dt.datetime, pre_event_seconds: float,
-                    height: int) -> str:
+def _overlay_filter(
+    font: Path, serial: str, started_at: dt.datetime, pre_event_seconds: float, height: int
+) -> str:
     """The drawtext chain: serial + running wall clock, PRE-EVENT then REC labels."""
     offset = started_at.utcoffset() or dt.timedelta(0)
     shown_epoch = started_at.timestamp() + offset.total_seconds()
@@ -211,16 +258,38 @@ def _overlay_filter(font: Path, serial: str, started_at: dt.datetime, pre_event_
     clock = "%{pts:gmtime:" + f"{shown_epoch:.3f}" + ":%Y-%m-%d %H\\:%M\\:%S}"
     size = max(10, height // 18)
     margin = max(4, size // 2)
-    common = {"fontfile": str(font), "fontsize": str(size), "box": "1",
-              "boxcolor": "black@0.55", "boxborderw": str(max(2, size // 5))}
+    common = {
+        "fontfile": str(font),
+        "fontsize": str(size),
+        "box": "1",
+        "boxcolor": "black@0.55",
+        "boxborderw": str(max(2, size // 5)),
+    }
     pre = f"{pre_event_seconds:.3f}"
     parts = [
-        {**common, "text": f"{_drawtext_literal(serial)}  {clock} {zone}",
-         "fontcolor": "white", "x": str(margin), "y": f"h-th-{margin}"},
-        {**common, "text": "PRE-EVENT", "fontcolor": "yellow",
-         "x": f"w-tw-{margin}", "y": str(margin), "enable": f"lt(t,{pre})"},
-        {**common, "text": "REC", "fontcolor": "red",
-         "x": f"w-tw-{margin}", "y": str(margin), "enable": f"gte(t,{pre})"},
+        {
+            **common,
+            "text": f"{_drawtext_literal(serial)}  {clock} {zone}",
+            "fontcolor": "white",
+            "x": str(margin),
+            "y": f"h-th-{margin}",
+        },
+        {
+            **common,
+            "text": "PRE-EVENT",
+            "fontcolor": "yellow",
+            "x": f"w-tw-{margin}",
+            "y": str(margin),
+            "enable": f"lt(t,{pre})",
+        },
+        {
+            **common,
+            "text": "REC",
+            "fontcolor": "red",
+            "x": f"w-tw-{margin}",
+            "y": str(margin),
+            "enable": f"gte(t,{pre})",
+        },
     ]
     return ",".join(_escape(_drawtext(options), _FILTER_GRAPH) for options in parts)
 
@@ -248,8 +317,9 @@ def _format_offset(offset: dt.timedelta) -> str:
 
 def _run_ffmpeg(command: list[str], *, timeout: float) -> None:
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                check=False)
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"ffmpeg did not finish within {timeout:.0f} s") from exc
     if result.returncode != 0:

@@ -82,7 +82,7 @@ class Header:
     @property
     def stored_size(self) -> int:
         """Size of the complete vault file in bytes."""
-        return self.area + self.plaintext_size + TAG * self.segments + 0
+        return self.area + self.plaintext_size + TAG * self.segments
 
     @property
     def aad(self) -> bytes:
@@ -370,7 +370,8 @@ class Writer:
         """Seal the last segment, fsync, and atomically rename the file to its final place."""
         if self.offset != self.header.plaintext_size:
             raise VaultError(
-                f"recording incomplete: {self.offset} of {self.header.plaintext_size} bytes", status=409
+                f"recording incomplete: {self.offset} of {self.header.plaintext_size} bytes",
+                status=409,
             )
         self._seal(bytes(self._tail), last=True)
         self._tail.clear()
@@ -418,7 +419,8 @@ class Reader:
             raise VaultError(f"segment {index} out of range (0..{header.segments - 1})", status=416)
         stride = header.segment_size + TAG
         last = index == header.segments - 1
-        length = (header.plaintext_size - index * header.segment_size if last else header.segment_size)
+        size = header.segment_size
+        length = header.plaintext_size - index * size if last else size
         with open(self.path, "rb") as handle:
             handle.seek(header.area + index * stride)
             blob = handle.read(length + TAG)
@@ -531,7 +533,7 @@ def _whole_header(raw: bytes) -> bool:
 
 
 def recover_header_journal(folder: Path) -> list[Path]:
-    """Finish (or discard, if torn) header rewrites interrupted by a crash; returns files repaired."""
+    """Finish (or discard, if torn) header rewrites cut short by a crash; returns files repaired."""
     repaired = []
     for journal in Path(folder).glob("*.header-journal"):
         target = journal.with_name(journal.name[: -len(".header-journal")])

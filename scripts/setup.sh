@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install everything EdgeBox and its tests need on a Debian machine (as root), then the venv.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(mosquitto ffmpeg fonts-dejavu-core python3 python3-venv python3-dev gcc openssl ca-certificates)
+VENV=${EDGEBOX_VENV:-.venv}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The broker is started by the tests on free ports; a packaged instance on 1883 is not needed.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+  systemctl stop mosquitto || true
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q -e ".[test${EDGEBOX_EXTRAS:+,$EDGEBOX_EXTRAS}]" 2>&1 \
+  | grep -v "^WARNING: Location" >&2 || true
+"$VENV/bin/python" -c "import edgebox, flask, cryptography, paho.mqtt" \
+  || { echo "setup: the venv is incomplete" >&2; exit 1; }
