@@ -355,46 +355,56 @@ class CameraSim:
         if not path.is_file():
             self._drop(entry)
             return self._result(entry, "missing", message=f"{path} no longer exists")
-        failures = restarts = sent = 0
-        offset: int | None = None
+        progress = _Progress()
         with path.open("rb") as handle:
-            while True:
-                if stop.is_set():
-                    return self._result(entry, "deferred", bytes_sent=sent, message="stopped")
+            while not stop.is_set():
                 try:
-                    if entry["upload_url"] is None:
-                        self._create_upload(entry)
-                        offset = 0
-                    elif offset is None:
-                        offset, confirmation = self._server_offset(entry)
-                        if confirmation:
-                            return self._finish(entry, confirmation, sent)
-                    if offset >= entry["size"]:
-                        raise _Retry("the box has every byte but sent no evidence hash yet")
-                    handle.seek(offset)
-                    chunk = handle.read(chunk_size)
-                    offset, confirmation = self._patch(entry, offset, chunk)
-                    sent += len(chunk)
-                    failures = 0
+                    confirmation = self._step(entry, handle, progress, chunk_size)
                     if confirmation:
-                        return self._finish(entry, confirmation, sent)
+                        return self._finish(entry, confirmation, progress.sent)
                 except _Gone as gone:
-                    restarts += 1
-                    if restarts > _MAX_RESTARTS:
-                        return self._result(entry, "deferred", bytes_sent=sent, message=str(gone))
+                    progress.restarts += 1
+                    if progress.restarts > _MAX_RESTARTS:
+                        return self._result(
+                            entry, "deferred", bytes_sent=progress.sent, message=str(gone)
+                        )
                     self._log(f"[{self.serial}] {entry['file']}: {gone}; starting a new upload")
                     self._set(entry, upload_url=None)
-                    offset = None
+                    progress.offset = None
                 except _Rejected as rejected:
                     self._set(entry, status="rejected", message=str(rejected))
                     self._log(f"[{self.serial}] {entry['file']} rejected: {rejected}")
-                    return self._result(entry, "rejected", bytes_sent=sent, message=str(rejected))
+                    return self._result(
+                        entry, "rejected", bytes_sent=progress.sent, message=str(rejected)
+                    )
                 except _Retry as retry:
-                    failures += 1
-                    offset = None
-                    outcome = self._pause(entry, retry, failures, stop)
+                    progress.failures += 1
+                    progress.offset = None  # ask the box where to continue
+                    outcome = self._pause(entry, retry, progress.failures, stop)
                     if outcome is not None:
-                        return self._result(entry, "deferred", bytes_sent=sent, message=outcome)
+                        return self._result(
+                            entry, "deferred", bytes_sent=progress.sent, message=outcome
+                        )
+        return self._result(entry, "deferred", bytes_sent=progress.sent, message="stopped")
+
+    def _step(self, entry: dict, handle, progress: _Progress, chunk_size: int) -> dict | None:
+        """One protocol step (create, learn the offset, or send a chunk); the box's
+        confirmation once the upload is complete."""
+        if entry["upload_url"] is None:
+            self._create_upload(entry)
+            progress.offset = 0
+        elif progress.offset is None:
+            progress.offset, confirmation = self._server_offset(entry)
+            if confirmation:
+                return confirmation
+        if progress.offset >= entry["size"]:
+            raise _Retry("the box has every byte but sent no evidence hash yet")
+        handle.seek(progress.offset)
+        chunk = handle.read(chunk_size)
+        progress.offset, confirmation = self._patch(entry, progress.offset, chunk)
+        progress.sent += len(chunk)
+        progress.failures = 0
+        return confirmation
 
     def _pause(
         self, entry: dict, retry: _Retry, failures: int, stop: threading.Event
@@ -417,7 +427,7 @@ class CameraSim:
     def _create_upload(self, entry: dict) -> None:
         response = self._request(
             "POST",
-            urljoin(self.box_url + "/", TUS_PATH.lstrip("/")),
+            self.box_url + TUS_PATH,
             headers={
                 "Upload-Length": str(entry["size"]),
                 "Upload-Metadata": encode_tus_metadata(entry["metadata"]),
@@ -451,7 +461,10 @@ class CameraSim:
             },
         )
         _raise_for_tus(response, expected=204)
-        return _header_int(response, "Upload-Offset"), _confirmation(response)
+        new_offset = _header_int(response, "Upload-Offset")
+        if new_offset > offset + len(chunk):
+            raise _Gone(f"the box reports offset {new_offset} past the {offset + len(chunk)} sent")
+        return new_offset, _confirmation(response)
 
     def _finish(self, entry: dict, confirmation: dict, sent: int) -> UploadResult:
         evidence = confirmation["evidence_sha256"].lower()
@@ -693,6 +706,16 @@ class _Retry(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+@dataclass
+class _Progress:
+    """Where one upload stands: offset None means "ask the box"."""
+
+    offset: int | None = None
+    sent: int = 0
+    failures: int = 0
+    restarts: int = 0
 
 
 class _Gone(Exception):

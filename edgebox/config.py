@@ -139,12 +139,12 @@ def _where(source: str, text: str | None, section: str, key: str | None) -> str:
     return f"{source}:{line}: {name}" if line else f"{source}: {name}"
 
 
-def _coerce(value, kind, where: str):
+def _coerce(value, kind, where: str, from_env: bool = False):
     """Check (and for env strings, convert) one value against its declared type."""
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
-    if isinstance(value, str) and kind is not str:
+    if from_env and kind is not str:
         text = value.strip().lower()
         try:
             if kind is bool:
@@ -225,7 +225,7 @@ def load_config(path: str | Path | None = None, environ: dict | None = None) -> 
         hints = typing.get_type_hints(_section_class(section))
         if key not in hints:
             raise ConfigError(f"environment {name}: unknown key {section}.{key}")
-        values.setdefault(section, {})[key] = _coerce(value, hints[key], f"environment {name}")
+        values.setdefault(section, {})[key] = _coerce(value, hints[key], f"environment {name}", from_env=True)
 
     sections = {name: _section_class(name)(**values.get(name, {})) for name in _SECTIONS}
     config = Config(**sections, base_dir=base_dir, source=source)

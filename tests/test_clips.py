@@ -265,7 +265,7 @@ class _BoxHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def box(tmp_path):
+def tus_box(tmp_path):
     cert_path, key_path, fingerprint = _self_signed(tmp_path)
     state = _BoxState()
     handler = type("Handler", (_BoxHandler,), {"box": state})
@@ -287,116 +287,116 @@ def box(tmp_path):
 
 
 @pytest.fixture
-def camera(tmp_path, box):
+def sim_camera(tmp_path, tus_box):
     with CameraSim(tmp_path / "cam", serial="BWC-7", backoff=0.01, max_backoff=0.05,
                    **SMALL) as cam:
-        cam.pair(box.url, CODE, box.fingerprint)
+        cam.pair(tus_box.url, CODE, tus_box.fingerprint)
         yield cam
 
 
-def test_pairing_refuses_a_wrong_certificate_without_sending_the_code(tmp_path, box):
+def test_pairing_refuses_a_wrong_certificate_without_sending_the_code(tmp_path, tus_box):
     cam = CameraSim(tmp_path / "cam", serial="BWC-7")
     wrong = hashlib.sha256(b"another box").hexdigest()
     with pytest.raises(PinningError, match="refusing to pair"):
-        cam.pair(box.url, CODE, wrong)
-    assert box.requests == [], "not a single HTTP request may reach an unpinned box"
+        cam.pair(tus_box.url, CODE, wrong)
+    assert tus_box.requests == [], "not a single HTTP request may reach an unpinned box"
     assert not cam.paired
     state = json.loads((tmp_path / "cam" / "camera.json").read_text())
     assert state["token"] is None and state["cert_pem"] is None
     assert CODE not in (tmp_path / "cam" / "camera.json").read_text()
 
 
-def test_pairing_with_the_right_certificate_stores_token_privately(tmp_path, box):
+def test_pairing_with_the_right_certificate_stores_token_privately(tmp_path, tus_box):
     cam = CameraSim(tmp_path / "cam", serial="BWC-7")
-    assert cam.pair(box.url, CODE, box.fingerprint.upper()) == "dev-1"
-    assert [r[:2] for r in box.requests] == [("POST", "/api/v1/cameras/enroll")]
+    assert cam.pair(tus_box.url, CODE, tus_box.fingerprint.upper()) == "dev-1"
+    assert [r[:2] for r in tus_box.requests] == [("POST", "/api/v1/cameras/enroll")]
     state_file = tmp_path / "cam" / "camera.json"
     assert state_file.stat().st_mode & 0o777 == 0o600
     state = json.loads(state_file.read_text())
-    assert state["token"] == TOKEN and state["cert_sha256"] == box.fingerprint
+    assert state["token"] == TOKEN and state["cert_sha256"] == tus_box.fingerprint
     assert CameraSim(tmp_path / "cam").paired, "a restarted camera stays paired"
 
 
-def test_upload_delivers_over_one_connection_and_deletes_local_copy(camera, box):
-    path = camera.record(2, pre_event_seconds=1, user_id="u-42", category="traffic",
+def test_upload_delivers_over_one_connection_and_deletes_local_copy(sim_camera, tus_box):
+    path = sim_camera.record(2, pre_event_seconds=1, user_id="u-42", category="traffic",
                          exemption="large group")
     expected = hashlib.sha256(path.read_bytes()).hexdigest()
-    [result] = camera.upload_pending(chunk_size=8 << 10)
+    [result] = sim_camera.upload_pending(chunk_size=8 << 10)
     assert result.status == "delivered", result.message
     assert result.evidence_sha256 == expected and result.recording_id == "rec-u1"
-    assert not path.exists() and camera.pending == []
-    upload = box.uploads["u1"]
+    assert not path.exists() and sim_camera.pending == []
+    upload = tus_box.uploads["u1"]
     assert hashlib.sha256(upload["data"]).hexdigest() == expected
     meta = upload["metadata"]
     assert meta["sha256"] == expected and meta["serial"] == "BWC-7"
     assert meta["user_id"] == "u-42" and meta["category"] == "traffic"
     assert meta["exemption"] == "large group" and "warned" not in meta
     assert meta["pre_event_seconds"] == "1" and meta["filename"] == path.name
-    tus_ports = {port for _, where, port in box.requests if where.startswith("/tus/")}
+    tus_ports = {port for _, where, port in tus_box.requests if where.startswith("/tus/")}
     assert len(tus_ports) == 1, "every chunk reuses one connection"
-    assert sum(method == "PATCH" for method, _, _ in box.requests) > 2
+    assert sum(method == "PATCH" for method, _, _ in tus_box.requests) > 2
 
 
-def test_metadata_passes_the_box_parser(camera):
+def test_metadata_passes_the_box_parser(sim_camera):
     from edgebox.ingest.metadata import parse_recording_metadata
 
-    camera.record(1, pre_event_seconds=0.5)
-    entry = camera.pending[0]
+    sim_camera.record(1, pre_event_seconds=0.5)
+    entry = sim_camera.pending[0]
     columns, _ = parse_recording_metadata(encode_tus_metadata(entry["metadata"]), "BWC-7")
     assert columns["camera_sha256"] == entry["sha256"]
     assert columns["warned"] == 1 and columns["exemption"] is None
     assert columns["pre_event_seconds"] == 0.5
 
 
-def test_upload_resumes_from_a_lower_offset_after_the_box_crashed(camera, box):
-    path = camera.record(2, pre_event_seconds=1)
+def test_upload_resumes_from_a_lower_offset_after_the_box_crashed(sim_camera, tus_box):
+    path = sim_camera.record(2, pre_event_seconds=1)
     expected = hashlib.sha256(path.read_bytes()).hexdigest()
-    box.crash_once_at, box.lose_to = 20 << 10, 10 << 10  # crash in the 3rd chunk, keep 10 KiB
-    [result] = camera.upload_pending(chunk_size=8 << 10)
+    tus_box.crash_once_at, tus_box.lose_to = 20 << 10, 10 << 10  # crash in chunk 3, keep 10 KiB
+    [result] = sim_camera.upload_pending(chunk_size=8 << 10)
     assert result.status == "delivered", result.message
-    assert hashlib.sha256(box.uploads["u1"]["data"]).hexdigest() == expected
-    methods = [method for method, _, _ in box.requests]
+    assert hashlib.sha256(tus_box.uploads["u1"]["data"]).hexdigest() == expected
+    methods = [method for method, _, _ in tus_box.requests]
     assert methods.count("POST") == 2  # enroll + one upload: resumed, not restarted
     assert "HEAD" in methods
 
 
-def test_lost_final_answer_is_recovered_by_head_without_a_second_upload(camera, box):
-    path = camera.record(1, pre_event_seconds=0)
-    box.drop_final_answer = True
-    [result] = camera.upload_pending(chunk_size=8 << 10)
+def test_lost_final_answer_is_recovered_by_head_without_a_second_upload(sim_camera, tus_box):
+    path = sim_camera.record(1, pre_event_seconds=0)
+    tus_box.drop_final_answer = True
+    [result] = sim_camera.upload_pending(chunk_size=8 << 10)
     assert result.status == "delivered", result.message
-    assert result.recording_id == "rec-u1" and len(box.uploads) == 1
-    assert box.requests[-1][0] == "HEAD" and not path.exists()
+    assert result.recording_id == "rec-u1" and len(tus_box.uploads) == 1
+    assert tus_box.requests[-1][0] == "HEAD" and not path.exists()
 
 
-def test_restarted_camera_resumes_its_upload(tmp_path, camera, box):
-    path = camera.record(2, pre_event_seconds=1)
-    box.fail_patches_after = 8 << 10
-    camera.max_attempts = 2
-    [result] = camera.upload_pending(chunk_size=8 << 10)
+def test_restarted_camera_resumes_its_upload(tmp_path, sim_camera, tus_box):
+    path = sim_camera.record(2, pre_event_seconds=1)
+    tus_box.fail_patches_after = 8 << 10
+    sim_camera.max_attempts = 2
+    [result] = sim_camera.upload_pending(chunk_size=8 << 10)
     assert result.status == "deferred" and path.exists()
-    camera.close()
-    box.fail_patches_after = None
+    sim_camera.close()
+    tus_box.fail_patches_after = None
 
     with CameraSim(tmp_path / "cam", backoff=0.01) as restarted:
         assert restarted.pending[0]["upload_url"].endswith("/tus/u1")
         [result] = restarted.upload_pending(chunk_size=8 << 10)
     assert result.status == "delivered", result.message
-    assert len(box.uploads) == 1, "the restarted camera continued the same upload"
+    assert len(tus_box.uploads) == 1, "the restarted camera continued the same upload"
     assert not path.exists()
 
 
-def test_evidence_hash_mismatch_keeps_the_local_copy(camera, box):
-    path = camera.record(1, pre_event_seconds=0)
-    box.wrong_evidence = True
-    [result] = camera.upload_pending()
+def test_evidence_hash_mismatch_keeps_the_local_copy(sim_camera, tus_box):
+    path = sim_camera.record(1, pre_event_seconds=0)
+    tus_box.wrong_evidence = True
+    [result] = sim_camera.upload_pending()
     assert result.status == "mismatch"
-    assert path.exists() and camera.pending[0]["status"] == "mismatch"
-    assert camera.upload_pending() == [], "a mismatched clip is not re-sent blindly"
+    assert path.exists() and sim_camera.pending[0]["status"] == "mismatch"
+    assert sim_camera.upload_pending() == [], "a mismatched clip is not re-sent blindly"
 
 
-def test_refused_token_raises_and_keeps_the_clip(camera, box, tmp_path):
-    path = camera.record(1, pre_event_seconds=0)
+def test_refused_token_raises_and_keeps_the_clip(sim_camera, tus_box, tmp_path):
+    path = sim_camera.record(1, pre_event_seconds=0)
     state_file = tmp_path / "cam" / "camera.json"
     state = json.loads(state_file.read_text())
     state["token"] = "revoked"
@@ -406,14 +406,14 @@ def test_refused_token_raises_and_keeps_the_clip(camera, box, tmp_path):
     assert path.exists()
 
 
-def test_cameras_in_threads_each_deliver(tmp_path, box):
+def test_cameras_in_threads_each_deliver(tmp_path, tus_box):
     results, errors = {}, []
 
     def one(index):
         try:
             results[index] = camera_sim.run_camera(
-                tmp_path / f"cam{index}", box_url=box.url, code=CODE,
-                cert_sha256=box.fingerprint, clips=1, seconds=1, pre_event=30,
+                tmp_path / f"cam{index}", box_url=tus_box.url, code=CODE,
+                cert_sha256=tus_box.fingerprint, clips=1, seconds=1, pre_event=30,
                 chunk_size=16 << 10, log=lambda line: None,
             )
         except Exception as exc:  # reported below, in the test thread
@@ -426,5 +426,5 @@ def test_cameras_in_threads_each_deliver(tmp_path, box):
         thread.join(120)
     assert errors == []
     assert all([r.status for r in results[i]] == ["delivered"] for i in range(3))
-    serials = {upload["metadata"]["serial"] for upload in box.uploads.values()}
+    serials = {upload["metadata"]["serial"] for upload in tus_box.uploads.values()}
     assert len(serials) == 3
