@@ -32,6 +32,7 @@ MAGIC = b"EBVAULT\x01"
 FORMAT_VERSION = 1
 HEADER_AREA = 4096
 TAG = 16
+HOLD_LIMIT = 8 << 20  # ciphertext a checksummed chunk may keep in memory before writing
 _PREFIX = struct.Struct(">8sII")  # magic, header area size, header body length
 CIPHERS = {"AES-256-GCM": AESGCM, "ChaCha20-Poly1305": ChaCha20Poly1305}
 
@@ -262,6 +263,13 @@ class Writer:
     _tail: bytearray = field(default_factory=bytearray)
     _plain: object = field(default_factory=hashlib.sha256)
     _stored: object = field(default_factory=hashlib.sha256)
+    # Tags of segments sealed since the last mark, and of segments a rollback discarded:
+    # a discarded index may only be sealed again with the same bytes (same tag), never
+    # with different ones, or one nonce would protect two plaintexts.
+    _since_mark: dict | None = None
+    _held: list | None = None
+    _held_bytes: int = 0
+    _retired: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self._aead = self.header.cipher(self.data_key)
@@ -319,12 +327,36 @@ class Writer:
         return self._index * self.header.segment_size
 
     def _seal(self, data, last: bool) -> None:
+        key = (self._index, last)
         blob = self._aead.encrypt(nonce(self._index, last), data, self._aad)
+        retired = self._retired.get(key)
+        if retired is not None and retired != blob[-TAG:]:
+            raise VaultError(
+                f"segment {self._index} was already stored with different bytes; "
+                "resend the original data from the upload's offset", status=409,
+            )
         self._stored.update(blob)
+        self._index += 1
+        if self._held is not None and self._held_bytes + len(blob) <= HOLD_LIMIT:
+            self._held.append((key, blob))
+            self._held_bytes += len(blob)
+            return
+        self._flush_held()
+        self._put(key, blob)
+
+    def _put(self, key: tuple, blob: bytes) -> None:
+        if self._since_mark is not None:
+            self._since_mark[key] = bytes(blob[-TAG:])
         view = memoryview(blob)
         while view:
             view = view[os.write(self._fd, view) :]
-        self._index += 1
+
+    def _flush_held(self) -> None:
+        for key, blob in self._held or ():
+            self._put(key, blob)
+        if self._held:
+            self._held = []
+            self._held_bytes = 0
 
     def write(self, data: bytes | memoryview) -> None:
         """Accept the next plaintext bytes; full segments (never the last) are sealed at once."""
@@ -346,8 +378,17 @@ class Writer:
                 self._seal(bytes(self._tail), last=False)
                 self._tail.clear()
 
-    def mark(self) -> Mark:
-        """Remember the current state so a rejected chunk can be undone."""
+    def mark(self, hold: bool = False) -> Mark:
+        """Remember the current state so a rejected chunk can be undone.
+
+        With `hold`, sealed segments stay in memory (up to HOLD_LIMIT) until
+        `release()`, so a chunk that fails its checksum never reaches the disk
+        and its segments can later be sealed again with the right bytes.
+        """
+        self._flush_held()
+        self._since_mark = {}
+        self._held = [] if hold else None
+        self._held_bytes = 0
         return Mark(
             os.lseek(self._fd, 0, os.SEEK_CUR), bytes(self._tail),
             self._plain.copy(), self._stored.copy(), self._index,
@@ -361,9 +402,19 @@ class Writer:
         # Copies, so the same mark stays valid for a second rollback.
         self._plain, self._stored = mark.plain.copy(), mark.stored.copy()
         self._index = mark.index
+        self._held, self._held_bytes = None, 0  # never written: nothing to retire
+        self._retired.update(self._since_mark or {})
+        self._since_mark = None
+
+    def release(self) -> None:
+        """Write the segments held since `mark(hold=True)`: the chunk was accepted."""
+        self._flush_held()
+        self._held = None
+        self._since_mark = None
 
     def sync(self) -> None:
-        """Make every sealed segment durable."""
+        """Make every sealed segment durable (writing any held ones first)."""
+        self.release()
         os.fsync(self._fd)
 
     def finish(self, destination: Path) -> Summary:
@@ -375,6 +426,7 @@ class Writer:
             )
         self._seal(bytes(self._tail), last=True)
         self._tail.clear()
+        self.release()
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1

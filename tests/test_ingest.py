@@ -377,3 +377,42 @@ def test_plaintext_never_reaches_the_disk(box_process):
             scanned += 1
             assert marker not in path.read_bytes(), f"plaintext found in {path}"
     assert scanned > 5
+
+
+def test_corrected_chunk_after_checksum_failure_is_accepted(box, camera):
+    """A chunk that fails its checksum never reaches the disk, so the right bytes may follow."""
+    data = os.urandom(3 * MIB)
+    location = camera.create(len(data)).headers["Location"]
+    corrupted = bytearray(data[: 2 * MIB])
+    corrupted[MIB + 5] ^= 0xFF
+    claimed = base64.b64encode(hashlib.sha256(data[: 2 * MIB]).digest()).decode()
+    response = camera.patch(location, 0, bytes(corrupted), Upload_Checksum=f"sha256 {claimed}")
+    assert response.status_code == 460
+    response = camera.patch(location, 0, data[: 2 * MIB], Upload_Checksum=f"sha256 {claimed}")
+    assert response.status_code == 204
+    response = camera.patch(location, 2 * MIB, data[2 * MIB :])
+    assert response.headers["EdgeBox-Evidence-Sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_different_bytes_where_segments_were_stored_are_refused(box):
+    """Without a checksum, sealed segments are written at once; a rolled-back offset then only
+    takes the same bytes again, never others (one nonce must not protect two plaintexts)."""
+    from edgebox.vault import Writer, new_header
+
+    key = os.urandom(32)
+    header = new_header(recording_id="r", device_id="d", plaintext_size=4 * MIB, data_key=key,
+                        stanzas=[])
+    writer = Writer.create(box.uploads.partial_dir / "nonce-test.partial", header, key)
+    mark = writer.mark()
+    first = os.urandom(2 * MIB)
+    writer.write(first)
+    writer.rollback(mark)
+    mark = writer.mark()
+    from edgebox.errors import VaultError
+
+    with pytest.raises(VaultError, match="already stored with different bytes"):
+        writer.write(os.urandom(2 * MIB))
+    writer.rollback(mark)
+    writer.write(first)
+    assert writer.durable_offset == 2 * MIB
+    writer.close()

@@ -432,7 +432,7 @@ def test_mark_and_rollback_restore_state_exactly(tmp_path):
     writer, key = start(tmp_path, data)
     part = tmp_path / "up.part"
     writer.write(data[: S + 100])  # one sealed segment and a partial tail
-    mark = writer.mark()
+    mark = writer.mark(hold=True)
     state = (part.read_bytes(), writer.offset, writer.durable_offset)
 
     bogus = bytes(3 * S)  # a chunk whose checksum fails: crosses several segment boundaries
@@ -441,6 +441,7 @@ def test_mark_and_rollback_restore_state_exactly(tmp_path):
     writer.rollback(mark)
     assert (part.read_bytes(), writer.offset, writer.durable_offset) == state
 
+    mark = writer.mark(hold=True)
     writer.write(b"\xff" * (2 * S))  # rejected again, rolled back to the same mark
     writer.rollback(mark)
     assert (part.read_bytes(), writer.offset, writer.durable_offset) == state

@@ -246,7 +246,7 @@ class Uploads:
                 )
             if writer.offset + content_length > row["length"]:
                 raise IngestError("chunk goes past Upload-Length", status=413)
-            mark = writer.mark()
+            mark = writer.mark(hold=checker is not None)
             received = self._pump(writer, stream, content_length, checker, mark)
             if checker is not None:
                 if received < content_length:
@@ -279,6 +279,9 @@ class Uploads:
                     checker[1].update(block)
                 writer.write(block)
                 received += len(block)
+        except VaultError:
+            writer.rollback(mark)
+            raise
         except OSError as exc:
             if exc.errno is not None and exc.errno in (28, 122):  # ENOSPC, EDQUOT
                 writer.rollback(mark)

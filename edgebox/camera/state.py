@@ -1,0 +1,161 @@
+"""A camera's persistent state, so a restarted camera resumes instead of starting over.
+
+State directory layout::
+
+    camera.json        device id, token, pinned certificate, pending uploads (mode 0600)
+    box-cert.pem       the pinned certificate as a file, the CA bundle for `verify=`
+    outbox/*.mp4       recorded clips waiting for the box
+
+Every change to camera.json is written through at once, atomically and with mode 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+from pathlib import Path
+
+from edgebox.camera.errors import CameraError
+
+STATE_FILE = "camera.json"
+CERT_FILE = "box-cert.pem"
+OUTBOX = "outbox"
+_KEEP_DELIVERED = 50
+
+
+class CameraState:
+    """camera.json of one camera, held in memory and saved on every change.
+
+    `lock` is re-entrant; every method that changes the state holds it, and the camera
+    holds it too around work that must not interleave (pairing, a round of uploads).
+    """
+
+    def __init__(self, state_dir: str | os.PathLike, serial: str | None, model: str):
+        self.state_dir = Path(state_dir)
+        self.outbox = self.state_dir / OUTBOX
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self._data = self._load(serial, model)
+
+    def __getitem__(self, key: str):
+        """One field of camera.json, e.g. state["serial"]."""
+        return self._data[key]
+
+    def get(self, key: str, default=None):
+        """One field of camera.json, or `default` when it is missing."""
+        return self._data.get(key, default)
+
+    def pending(self) -> list[dict]:
+        """A copy of the queued clips, oldest first, with their tus upload URL if started."""
+        with self.lock:
+            return json.loads(json.dumps(self._data["pending"]))
+
+    def pair(self, **identity) -> None:
+        """Store a new pairing (box URL, certificate, device id, token) in one write.
+
+        Uploads started under an earlier pairing are forgotten: they belong to the old one.
+        """
+        with self.lock:
+            self._data.update(identity)
+            for entry in self._data["pending"]:
+                entry["upload_url"] = None
+            self.save()  # the commit point: token and pinned certificate together
+
+    def take_sequence(self) -> int:
+        """The next clip sequence number, persisted as used."""
+        with self.lock:
+            sequence = self._data["next_sequence"]
+            self._data["next_sequence"] = sequence + 1
+            self.save()
+            return sequence
+
+    def enqueue(self, entry: dict) -> None:
+        """Queue a recorded clip for upload."""
+        with self.lock:
+            self._data["pending"].append(entry)
+            self.save()
+
+    def update_entry(self, entry: dict, **changes) -> None:
+        """Apply `changes` to a queued clip and to the caller's copy `entry`, and save."""
+        with self.lock:
+            entry.update(changes)
+            for stored in self._data["pending"]:
+                if stored["file"] == entry["file"]:
+                    stored.update(changes)
+            self.save()
+
+    def drop(self, entry: dict, delivered: dict | None = None) -> None:
+        """Remove a clip from the queue; record it in the delivery history if `delivered`."""
+        with self.lock:
+            self._data["pending"] = [
+                e for e in self._data["pending"] if e["file"] != entry["file"]
+            ]
+            if delivered is not None:
+                history = self._data["delivered"] + [{"file": entry["file"], **delivered}]
+                self._data["delivered"] = history[-_KEEP_DELIVERED:]
+            self.save()
+
+    def cert_file(self) -> Path:
+        """The pinned certificate as a file for `verify=`, rewritten from the state if stale."""
+        path = self.state_dir / CERT_FILE
+        pem = self._data["cert_pem"].encode("ascii")
+        if not path.is_file() or path.read_bytes() != pem:
+            write_private(path, pem)
+        return path
+
+    def save(self) -> None:
+        """Write camera.json atomically with mode 0600."""
+        write_private(
+            self.state_dir / STATE_FILE,
+            json.dumps(self._data, indent=2, sort_keys=True).encode("utf-8"),
+        )
+
+    def _load(self, serial: str | None, model: str) -> dict:
+        path = self.state_dir / STATE_FILE
+        if path.is_file():
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if serial and serial != state["serial"] and state.get("token"):
+                raise CameraError(
+                    f"{self.state_dir} belongs to camera {state['serial']}, "
+                    f"not {serial}; use another state directory"
+                )
+            if serial:
+                state["serial"] = serial
+            return state
+        self._data = {
+            "version": 1,
+            "serial": serial or f"SIM-{secrets.token_hex(3).upper()}",
+            "model": model,
+            "box_url": None,
+            "cert_sha256": None,
+            "cert_pem": None,
+            "device_id": None,
+            "token": None,
+            "next_sequence": 1,
+            "pending": [],
+            "delivered": [],
+        }
+        self.save()
+        return self._data
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file atomically (temp file, fsync, rename) with mode 0600."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
