@@ -29,7 +29,7 @@ def _free(host: str, port: int) -> int:
 def run_demo(folder: Path, *, listen: str, cameras: int, clips: int, seconds: float, once: bool,
              log=lambda line: click.echo(line)) -> dict:
     """Create (or reuse) the demo box, start it, and let simulated cameras deliver clips."""
-    from edgebox.camera_sim import run_camera
+    from edgebox.camera import run_camera
 
     folder = Path(folder).resolve()
     if not (folder / CONFIG_NAME).exists():

@@ -251,11 +251,12 @@ def test_not_enough_space_at_creation(tmp_path):
 
     config = make_box(tmp_path / "small")
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
-    reserve = {"EDGEBOX_INGEST__RESERVE_FREE_BYTES": str(free - 10 * MIB)}
+    # Leave 4 GiB above the reserve: wide enough for other work on a shared disk.
+    reserve = {"EDGEBOX_INGEST__RESERVE_FREE_BYTES": str(free - 4096 * MIB)}
     running = Box(load_config(config, environ=reserve)).start(("127.0.0.1", 0))
     try:
         camera = enroll(running.url, running.keys.tls_cert, running.pairing.new_code()["code"])
-        response = camera.create(20 * MIB)
+        response = camera.create(32 * 1024 * MIB)
         assert response.status_code == 507 and response.headers["Retry-After"]
         assert rows(running, "SELECT * FROM uploads") == []
         assert camera.create(MIB).status_code == 201
@@ -416,3 +417,24 @@ def test_different_bytes_where_segments_were_stored_are_refused(box):
     writer.write(first)
     assert writer.durable_offset == 2 * MIB
     writer.close()
+
+
+def test_chunked_patch_bodies(box, camera):
+    data = os.urandom(2 * MIB + 3)
+    location = camera.create(len(data)).headers["Location"]
+
+    def pieces(raw: bytes, size: int = 300_000):
+        for start in range(0, len(raw), size):
+            yield raw[start : start + size]
+
+    response = camera.session.patch(box.url + location, data=pieces(data[:MIB]), headers=camera.headers(
+        Upload_Offset="0", Content_Type="application/offset+octet-stream"))
+    assert response.status_code == 204 and response.headers["Upload-Offset"] == str(MIB)
+    too_much = camera.session.patch(box.url + location, data=pieces(data[MIB:] + b"extra"),
+                                    headers=camera.headers(Upload_Offset=str(MIB),
+                                                           Content_Type="application/offset+octet-stream"))
+    assert too_much.status_code == 413
+    assert camera.head(location).headers["Upload-Offset"] == str(MIB)
+    response = camera.session.patch(box.url + location, data=pieces(data[MIB:]), headers=camera.headers(
+        Upload_Offset=str(MIB), Content_Type="application/offset+octet-stream"))
+    assert response.headers["EdgeBox-Evidence-Sha256"] == hashlib.sha256(data).hexdigest()

@@ -37,7 +37,10 @@ class CameraState:
         self.outbox = self.state_dir / OUTBOX
         self.outbox.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
-        self._data = self._load(serial, model)
+        self._data = self._load(serial)
+        if self._data is None:
+            self._data = _new_state(serial, model)
+            self.save()
 
     def __getitem__(self, key: str):
         """One field of camera.json, e.g. state["serial"]."""
@@ -89,9 +92,7 @@ class CameraState:
     def drop(self, entry: dict, delivered: dict | None = None) -> None:
         """Remove a clip from the queue; record it in the delivery history if `delivered`."""
         with self.lock:
-            self._data["pending"] = [
-                e for e in self._data["pending"] if e["file"] != entry["file"]
-            ]
+            self._data["pending"] = [e for e in self._data["pending"] if e["file"] != entry["file"]]
             if delivered is not None:
                 history = self._data["delivered"] + [{"file": entry["file"], **delivered}]
                 self._data["delivered"] = history[-_KEEP_DELIVERED:]
@@ -112,33 +113,35 @@ class CameraState:
             json.dumps(self._data, indent=2, sort_keys=True).encode("utf-8"),
         )
 
-    def _load(self, serial: str | None, model: str) -> dict:
+    def _load(self, serial: str | None) -> dict | None:
         path = self.state_dir / STATE_FILE
-        if path.is_file():
-            state = json.loads(path.read_text(encoding="utf-8"))
-            if serial and serial != state["serial"] and state.get("token"):
-                raise CameraError(
-                    f"{self.state_dir} belongs to camera {state['serial']}, "
-                    f"not {serial}; use another state directory"
-                )
-            if serial:
-                state["serial"] = serial
-            return state
-        self._data = {
-            "version": 1,
-            "serial": serial or f"SIM-{secrets.token_hex(3).upper()}",
-            "model": model,
-            "box_url": None,
-            "cert_sha256": None,
-            "cert_pem": None,
-            "device_id": None,
-            "token": None,
-            "next_sequence": 1,
-            "pending": [],
-            "delivered": [],
-        }
-        self.save()
-        return self._data
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if serial and serial != state["serial"] and state.get("token"):
+            raise CameraError(
+                f"{self.state_dir} belongs to camera {state['serial']}, "
+                f"not {serial}; use another state directory"
+            )
+        if serial:
+            state["serial"] = serial
+        return state
+
+
+def _new_state(serial: str | None, model: str) -> dict:
+    return {
+        "version": 1,
+        "serial": serial or f"SIM-{secrets.token_hex(3).upper()}",
+        "model": model,
+        "box_url": None,
+        "cert_sha256": None,
+        "cert_pem": None,
+        "device_id": None,
+        "token": None,
+        "next_sequence": 1,
+        "pending": [],
+        "delivered": [],
+    }
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -71,7 +71,7 @@ def demo(folder, listen, camera_count, clips, seconds, once):
 def camera_sim(state_dir, box_url, code, cert_sha256, clips, seconds, pre_event, user_id, category,
                chunk_mib):
     """Act as a body-worn camera: pair once, record real MP4 clips, upload them with tus."""
-    from edgebox.camera_sim import run_camera
+    from edgebox.camera import run_camera
 
     run_camera(state_dir, box_url=box_url, code=code, cert_sha256=cert_sha256, clips=clips,
                seconds=seconds, pre_event=pre_event, user_id=user_id, category=category,

@@ -223,7 +223,11 @@ class Uploads:
 
     def append(self, upload_id: str, device: dict, offset_header: str | None,
                content_length: int | None, stream, checksum_header: str | None = None) -> Progress:
-        """Stream one PATCH body into the vault; a checksum mismatch undoes the whole chunk."""
+        """Stream one PATCH body into the vault; a checksum mismatch undoes the whole chunk.
+
+        `content_length` None means a chunked body: it is read to its end, and bytes
+        past Upload-Length undo the chunk (413).
+        """
         row = self._row(upload_id, device)
         if row["state"] == "finished":
             raise IngestError("upload already complete", status=409)
@@ -231,8 +235,6 @@ class Uploads:
             raise self._gone(row)
         if offset_header is None or not offset_header.isdigit():
             raise IngestError("Upload-Offset must be a non-negative integer", field="Upload-Offset")
-        if content_length is None:
-            raise IngestError("Content-Length is required", status=411)
         checker = _checksum(checksum_header)
         active = self._active_writer(row)
         if not active.lock.acquire(blocking=False):
@@ -244,12 +246,13 @@ class Uploads:
                     f"Upload-Offset {offset_header} does not match the upload's offset {writer.offset}",
                     status=409,
                 )
-            if writer.offset + content_length > row["length"]:
+            remaining = row["length"] - writer.offset
+            if content_length is not None and content_length > remaining:
                 raise IngestError("chunk goes past Upload-Length", status=413)
             mark = writer.mark(hold=checker is not None)
             received = self._pump(writer, stream, content_length, checker, mark)
             if checker is not None:
-                if received < content_length:
+                if content_length is not None and received < content_length:
                     writer.rollback(mark)
                     raise IngestError("chunk interrupted; its checksum cannot be verified", status=460)
                 if checker[1].digest() != checker[0]:
@@ -268,11 +271,13 @@ class Uploads:
         finally:
             active.lock.release()
 
-    def _pump(self, writer: vault.Writer, stream, length: int, checker, mark: vault.Mark) -> int:
+    def _pump(self, writer: vault.Writer, stream, length: int | None, checker,
+              mark: vault.Mark) -> int:
+        """Copy the body into the writer; `length` None means a chunked body read to its end."""
         received = 0
         try:
-            while received < length:
-                block = stream.read(min(READ_BLOCK, length - received))
+            while length is None or received < length:
+                block = stream.read(READ_BLOCK if length is None else min(READ_BLOCK, length - received))
                 if not block:
                     break
                 if checker is not None:

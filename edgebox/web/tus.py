@@ -104,6 +104,8 @@ def patch(upload_id: str):
     device = _device()
     if request.mimetype != "application/offset+octet-stream":
         raise IngestError("Content-Type must be application/offset+octet-stream", status=415)
+    if request.content_length is None and not request.environ.get("wsgi.input_terminated"):
+        raise IngestError("Content-Length or chunked transfer encoding is required", status=411)
     progress = _box().uploads.append(
         upload_id, device, request.headers.get("Upload-Offset"), request.content_length,
         request.stream, request.headers.get("Upload-Checksum"),
