@@ -27,12 +27,18 @@ class Box:
         self.store = Store(data / "box.db")
         self.keys = Keyring(data / "keys")
         self.pairing = Pairing(self.store, config.ingest.pairing_code_minutes)
-        self.uploads = Uploads(self.store, self.keys, IngestSettings(
-            data_dir=data, max_upload_bytes=config.ingest.max_upload_bytes,
-            expire_hours=config.ingest.expire_hours,
-            reserve_free_bytes=config.ingest.reserve_free_bytes,
-            suite=config.vault.suite, segment_size=config.vault.segment_size,
-        ))
+        self.uploads = Uploads(
+            self.store,
+            self.keys,
+            IngestSettings(
+                data_dir=data,
+                max_upload_bytes=config.ingest.max_upload_bytes,
+                expire_hours=config.ingest.expire_hours,
+                reserve_free_bytes=config.ingest.reserve_free_bytes,
+                suite=config.vault.suite,
+                segment_size=config.vault.segment_size,
+            ),
+        )
         self._running: list = []
         self.stop_event = threading.Event()
 
@@ -47,9 +53,15 @@ class Box:
         from edgebox.server import WebServer
 
         report = self.uploads.recover()
-        custody.record(self.store, "box.started", "box", None, {
-            "recovered": {k: len(v) for k, v in report.items()},
-        })
+        custody.record(
+            self.store,
+            "box.started",
+            "box",
+            None,
+            {
+                "recovered": {k: len(v) for k, v in report.items()},
+            },
+        )
         server = WebServer(self, listen or self.config.listen_address).start()
         self._running.append(server)
         self._running.append(start_scheduler(self))
@@ -102,14 +114,26 @@ class Box:
             "organisation": self.config.box.organisation,
             "site": self.config.box.site,
             "time": iso(),
-            "recordings": q("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM recordings"),
-            "cameras": q("SELECT COUNT(*) AS paired, COALESCE(SUM(revoked_at IS NOT NULL), 0) AS revoked "
-                         "FROM devices"),
+            "recordings": q(
+                "SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM recordings"
+            ),
+            "cameras": q(
+                "SELECT COUNT(*) AS paired, COALESCE(SUM(revoked_at IS NOT NULL), 0) AS revoked "
+                "FROM devices"
+            ),
             "uploads_in_progress": self.uploads.in_progress(),
-            "custody": {"entries": head.get("seq", 0), "head_hash": head.get("hash"),
-                        "last_checkpoint": last_cp},
-            "storage": {"total_bytes": disk.total, "free_bytes": disk.free,
-                        "used_fraction": round(1 - disk.free / disk.total, 4)},
-            "keys": {"central_key_id": central,
-                     "box_certificate_sha256": certificate_fingerprint(self.keys.tls_cert.read_bytes())},
+            "custody": {
+                "entries": head.get("seq", 0),
+                "head_hash": head.get("hash"),
+                "last_checkpoint": last_cp,
+            },
+            "storage": {
+                "total_bytes": disk.total,
+                "free_bytes": disk.free,
+                "used_fraction": round(1 - disk.free / disk.total, 4),
+            },
+            "keys": {
+                "central_key_id": central,
+                "box_certificate_sha256": certificate_fingerprint(self.keys.tls_cert.read_bytes()),
+            },
         }

@@ -100,7 +100,9 @@ class Config:
 
 
 SUITES = ("AES-256-GCM", "ChaCha20-Poly1305")
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("base_dir", "source")}
+_SECTIONS = {
+    f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("base_dir", "source")
+}
 _BOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -155,7 +157,9 @@ def _coerce(value, kind, where: str, from_env: bool = False):
         except ValueError:
             raise ConfigError(f"{where}: {value!r} is not a valid {kind.__name__}") from None
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}"
+        )
     return value
 
 
@@ -219,13 +223,15 @@ def load_config(path: str | Path | None = None, environ: dict | None = None) -> 
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
             continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if section not in _SECTIONS:
             raise ConfigError(f"environment {name}: unknown section {section!r}")
         hints = typing.get_type_hints(_section_class(section))
         if key not in hints:
             raise ConfigError(f"environment {name}: unknown key {section}.{key}")
-        values.setdefault(section, {})[key] = _coerce(value, hints[key], f"environment {name}", from_env=True)
+        values.setdefault(section, {})[key] = _coerce(
+            value, hints[key], f"environment {name}", from_env=True
+        )
 
     sections = {name: _section_class(name)(**values.get(name, {})) for name in _SECTIONS}
     config = Config(**sections, base_dir=base_dir, source=source)

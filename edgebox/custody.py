@@ -26,12 +26,20 @@ GENESIS = "0" * 64
 
 def entry_hash(entry: dict) -> str:
     """The chain hash of one entry (its fields plus the previous hash)."""
-    fields = {k: entry[k] for k in ("seq", "ts", "event", "actor", "subject", "details", "prev_hash")}
+    fields = {
+        k: entry[k] for k in ("seq", "ts", "event", "actor", "subject", "details", "prev_hash")
+    }
     return hashlib.sha256(canonical(fields)).hexdigest()
 
 
-def append(db, event: str, actor: str, subject: str | None = None, details: dict | None = None,
-           ts: str | None = None) -> dict:
+def append(
+    db,
+    event: str,
+    actor: str,
+    subject: str | None = None,
+    details: dict | None = None,
+    ts: str | None = None,
+) -> dict:
     """Append one event inside the caller's write transaction (`db` from `Store.write()`)."""
     last = db.execute("SELECT seq, hash FROM custody ORDER BY seq DESC LIMIT 1").fetchone()
     entry = {
@@ -48,8 +56,9 @@ def append(db, event: str, actor: str, subject: str | None = None, details: dict
     return entry
 
 
-def record(store: Store, event: str, actor: str, subject: str | None = None,
-           details: dict | None = None) -> dict:
+def record(
+    store: Store, event: str, actor: str, subject: str | None = None, details: dict | None = None
+) -> dict:
     """Append one event in its own transaction."""
     with store.write() as db:
         return append(db, event, actor, subject, details)
@@ -71,7 +80,9 @@ def make_checkpoint(store: Store, box_id: str, identity: Ed25519PrivateKey) -> d
         ts = iso()
         signature = identity.sign(checkpoint_message(box_id, head[0], head[1], ts))
         row = {
-            "seq": head[0], "ts": ts, "head_hash": head[1],
+            "seq": head[0],
+            "ts": ts,
+            "head_hash": head[1],
             "key_id": key_id(identity.public_key()),
             "signature": base64.b64encode(signature).decode(),
         }
@@ -107,7 +118,9 @@ def verify_chain(store: Store, box_id: str, public: Ed25519PublicKey) -> ChainRe
         if entry["seq"] != expected_seq:
             problems.append(f"custody: entries {expected_seq}..{entry['seq'] - 1} are missing")
         if entry["prev_hash"] != prev:
-            problems.append(f"custody entry {entry['seq']}: prev_hash does not match entry before it")
+            problems.append(
+                f"custody entry {entry['seq']}: prev_hash does not match entry before it"
+            )
         if entry_hash(entry) != entry["hash"]:
             problems.append(f"custody entry {entry['seq']} ({entry['event']}): content altered")
         try:
@@ -129,4 +142,6 @@ def verify_chain(store: Store, box_id: str, public: Ed25519PublicKey) -> ChainRe
                 f"checkpoint at entry {cp['seq']}: chain head differs from the signed one "
                 "(history rewritten)"
             )
-    return ChainReport(entries=count, checkpoints=len(checkpoints), head_hash=prev, problems=problems)
+    return ChainReport(
+        entries=count, checkpoints=len(checkpoints), head_hash=prev, problems=problems
+    )

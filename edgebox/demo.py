@@ -13,7 +13,7 @@ from edgebox.config import load_config, parse_listen
 from edgebox.keys import certificate_fingerprint
 from edgebox.provision import CONFIG_NAME, init_box
 
-DEMO_SECRET = "demo-supervisor"
+DEMO_SECRET = "demo-supervisor"  # noqa: S105 - the demo's published review secret
 
 
 def _free(host: str, port: int) -> int:
@@ -26,15 +26,31 @@ def _free(host: str, port: int) -> int:
             return sock.getsockname()[1]
 
 
-def run_demo(folder: Path, *, listen: str, cameras: int, clips: int, seconds: float, once: bool,
-             log=lambda line: click.echo(line)) -> dict:
+def run_demo(
+    folder: Path,
+    *,
+    listen: str,
+    cameras: int,
+    clips: int,
+    seconds: float,
+    once: bool,
+    log=lambda line: click.echo(line),
+) -> dict:
     """Create (or reuse) the demo box, start it, and let simulated cameras deliver clips."""
     from edgebox.camera import run_camera
 
     folder = Path(folder).resolve()
     if not (folder / CONFIG_NAME).exists():
-        init_box(folder, box_id="demo-box", organisation="Demo Fire & Rescue", site="Engine 12",
-                 listen=listen, supervisor="supervisor", review_secret=DEMO_SECRET, demo=True)
+        init_box(
+            folder,
+            box_id="demo-box",
+            organisation="Demo Fire & Rescue",
+            site="Engine 12",
+            listen=listen,
+            supervisor="supervisor",
+            review_secret=DEMO_SECRET,
+            demo=True,
+        )
         log(f"created demo box in {folder}")
     host, port = parse_listen(listen)
     box = Box(load_config(folder / CONFIG_NAME)).start((host, _free(host, port)))
@@ -45,21 +61,37 @@ def run_demo(folder: Path, *, listen: str, cameras: int, clips: int, seconds: fl
     for number in range(1, cameras + 1):
         state = folder / "cameras" / f"cam-{number}"
         code = None if (state / "camera.json").exists() else box.pairing.new_code("demo")["code"]
-        thread = threading.Thread(target=run_camera, name=f"cam-{number}", args=(state,), kwargs={
-            "box_url": box.url, "code": code, "cert_sha256": fingerprint, "clips": clips,
-            "seconds": seconds, "pre_event": 30.0, "user_id": f"firefighter-{number}",
-            "category": "incident", "chunk_size": 1 << 20, "stop": stop,
-            "log": lambda line, n=number: log(f"[cam-{n}] {line}"),
-        }, daemon=True)
+        thread = threading.Thread(
+            target=run_camera,
+            name=f"cam-{number}",
+            args=(state,),
+            kwargs={
+                "box_url": box.url,
+                "code": code,
+                "cert_sha256": fingerprint,
+                "clips": clips,
+                "seconds": seconds,
+                "pre_event": 30.0,
+                "user_id": f"firefighter-{number}",
+                "category": "incident",
+                "chunk_size": 1 << 20,
+                "stop": stop,
+                "log": lambda line, n=number: log(f"[cam-{n}] {line}"),
+            },
+            daemon=True,
+        )
         thread.start()
         threads.append(thread)
     try:
         for thread in threads:
             thread.join()
         status = box.status()
-        log(f"{status['recordings']['n']} recordings stored encrypted in {folder / 'data' / 'vault'}")
-        log(f"open {box.url}/ to see them (accept the box's self-signed certificate);"
-            f" review secret for exports: {DEMO_SECRET}")
+        vault_dir = folder / "data" / "vault"
+        log(f"{status['recordings']['n']} recordings stored encrypted in {vault_dir}")
+        log(
+            f"open {box.url}/ to see them (accept the box's self-signed certificate);"
+            f" review secret for exports: {DEMO_SECRET}"
+        )
         if not once:
             log("press Ctrl-C to stop")
             from edgebox.cli.running import wait_for_signal

@@ -85,7 +85,9 @@ def pem_private(key) -> bytes:
 
 def pem_public(key) -> bytes:
     """Serialise a public key as SubjectPublicKeyInfo PEM."""
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -170,7 +172,9 @@ class Keyring:
         write_private(root / "identity.key", pem_private(identity))
         (root / "identity.pub").write_bytes(pem_public(identity.public_key()))
         names = ["localhost", "127.0.0.1", "::1", socket.gethostname(), f"{box_id}.local"]
-        tls_key, tls_cert = generate_tls_certificate(box_id, list(dict.fromkeys(names + (hosts or []))))
+        tls_key, tls_cert = generate_tls_certificate(
+            box_id, list(dict.fromkeys(names + (hosts or [])))
+        )
         write_private(root / "tls.key", tls_key)
         (root / "tls.crt").write_bytes(tls_cert)
         write_private(root / "ingest.key", secrets.token_bytes(32))
@@ -238,7 +242,9 @@ class Keyring:
         folder = self.root / "review-slots"
         return sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
 
-    def add_review_slot(self, name: str, secret: str, unlocked: X25519PrivateKey | None = None) -> None:
+    def add_review_slot(
+        self, name: str, secret: str, unlocked: X25519PrivateKey | None = None
+    ) -> None:
         """Let a supervisor unlock the review key with `secret` (needs it unlocked, or fresh)."""
         if not _SLOT_NAME.match(name):
             raise KeyAccessError(f"invalid slot name {name!r}", status=400)
@@ -250,7 +256,9 @@ class Keyring:
         salt = secrets.token_bytes(16)
         nonce = secrets.token_bytes(12)
         raw = private.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
         )
         body = AESGCM(_derive(secret, salt)).encrypt(nonce, raw, name.encode())
         slot = {
@@ -276,7 +284,8 @@ class Keyring:
             )
             try:
                 raw = AESGCM(key).decrypt(
-                    base64.b64decode(slot["nonce"]), base64.b64decode(slot["ciphertext"]),
+                    base64.b64decode(slot["nonce"]),
+                    base64.b64decode(slot["ciphertext"]),
                     slot_name.encode(),
                 )
             except InvalidTag:

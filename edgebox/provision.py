@@ -16,8 +16,17 @@ from edgebox.keys import Keyring, key_id, pem_private, pem_public, write_private
 CONFIG_NAME = "edgebox.toml"
 
 
-def init_box(folder: Path, *, box_id: str, organisation: str, site: str, listen: str,
-             supervisor: str, review_secret: str, demo: bool = False) -> dict:
+def init_box(
+    folder: Path,
+    *,
+    box_id: str,
+    organisation: str,
+    site: str,
+    listen: str,
+    supervisor: str,
+    review_secret: str,
+    demo: bool = False,
+) -> dict:
     """Create a new box in `folder`; with `demo`, also a demo central key pair beside it."""
     folder = Path(folder)
     config_path = folder / CONFIG_NAME
@@ -37,8 +46,13 @@ def init_box(folder: Path, *, box_id: str, organisation: str, site: str, listen:
         (data / sub).mkdir(parents=True, exist_ok=True)
     keys = Keyring.create(data / "keys", box_id)
     keys.add_review_slot(supervisor, review_secret)
-    result = {"config": str(config_path), "data_dir": str(data), "box_id": box_id,
-              "review_key_id": keys.review_public()[0], "supervisor": supervisor}
+    result = {
+        "config": str(config_path),
+        "data_dir": str(data),
+        "box_id": box_id,
+        "review_key_id": keys.review_public()[0],
+        "supervisor": supervisor,
+    }
     if demo:
         central = X25519PrivateKey.generate()
         demo_dir = folder / "central-demo"
@@ -49,13 +63,25 @@ def init_box(folder: Path, *, box_id: str, organisation: str, site: str, listen:
     store = Store(data / "box.db")
     try:
         with store.write() as db:
-            custody.append(db, "box.initialised", "operator", box_id, {
-                "identity_key_id": key_id(keys.identity_public()),
-                "review_key_id": result["review_key_id"], "supervisor_slot": supervisor,
-            })
+            custody.append(
+                db,
+                "box.initialised",
+                "operator",
+                box_id,
+                {
+                    "identity_key_id": key_id(keys.identity_public()),
+                    "review_key_id": result["review_key_id"],
+                    "supervisor_slot": supervisor,
+                },
+            )
             if demo:
-                custody.append(db, "key.central_imported", "operator", None,
-                               {"key_id": key_id(central.public_key()), "demo": True})
+                custody.append(
+                    db,
+                    "key.central_imported",
+                    "operator",
+                    None,
+                    {"key_id": key_id(central.public_key()), "demo": True},
+                )
         custody.make_checkpoint(store, box_id, keys.identity())
     finally:
         store.close()

@@ -21,8 +21,9 @@ def data_key_for(path: Path, private: X25519PrivateKey, role: str = "review") ->
     return data_key
 
 
-def export_recording(box, recording_id: str, review_key: X25519PrivateKey, out: Path,
-                     actor: str) -> dict:
+def export_recording(
+    box, recording_id: str, review_key: X25519PrivateKey, out: Path, actor: str
+) -> dict:
     """Decrypt one recording to `out`, write `out`.manifest.json, and log the export."""
     rec = box.store.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
     if rec is None:
@@ -48,8 +49,13 @@ def export_recording(box, recording_id: str, review_key: X25519PrivateKey, out: 
         "file": out.name,
         "custody": trail,
     }
-    entry = custody.record(box.store, "recording.exported", actor, recording_id,
-                           {"file": out.name, "evidence_sha256": digest})
+    entry = custody.record(
+        box.store,
+        "recording.exported",
+        actor,
+        recording_id,
+        {"file": out.name, "evidence_sha256": digest},
+    )
     manifest["export_entry"] = entry
     manifest_path = out.with_name(out.name + ".manifest.json")
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -31,9 +31,16 @@ class _Jobs:
 
 def start_scheduler(box) -> _Jobs:
     """Start the background scheduler with the box's jobs."""
-    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
-    scheduler.add_job(custody_checkpoint, "interval", args=[box], id="custody_checkpoint",
-                      minutes=box.config.custody.checkpoint_minutes)
+    scheduler = BackgroundScheduler(
+        timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1}
+    )
+    scheduler.add_job(
+        custody_checkpoint,
+        "interval",
+        args=[box],
+        id="custody_checkpoint",
+        minutes=box.config.custody.checkpoint_minutes,
+    )
     scheduler.add_job(expire_uploads, "interval", args=[box], id="expire_uploads", minutes=10)
     scheduler.start()
     return _Jobs(scheduler)

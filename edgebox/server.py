@@ -20,11 +20,18 @@ class WebServer:
     def __init__(self, box, address: tuple[str, int]):
         self.box = box
         self.app = create_app(box)
-        self.server = wsgi.Server(address, self.app, numthreads=box.config.server.threads,
-                                  server_name="edgebox", timeout=60)
+        self.server = wsgi.Server(
+            address,
+            self.app,
+            numthreads=box.config.server.threads,
+            server_name="edgebox",
+            timeout=60,
+        )
         self.server.max_request_body_size = 0
         if box.config.server.tls:
-            self.server.ssl_adapter = BuiltinSSLAdapter(str(box.keys.tls_cert), str(box.keys.tls_key))
+            self.server.ssl_adapter = BuiltinSSLAdapter(
+                str(box.keys.tls_cert), str(box.keys.tls_key)
+            )
         self._thread: threading.Thread | None = None
 
     def start(self) -> WebServer:

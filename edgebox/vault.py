@@ -171,8 +171,10 @@ def _check_fields(core: dict, stanzas, mac) -> None:
     if not isinstance(mac, str):
         raise ValueError("bad mac")
     if not isinstance(stanzas, list) or not all(
-        isinstance(item, dict) and isinstance(item.get("recipient"), str)
-        and isinstance(item.get("body"), str) for item in stanzas
+        isinstance(item, dict)
+        and isinstance(item.get("recipient"), str)
+        and isinstance(item.get("body"), str)
+        for item in stanzas
     ):
         raise ValueError("bad key stanzas")
 
@@ -188,15 +190,26 @@ def read_header(path: Path) -> Header:
 
 
 def new_header(
-    *, recording_id: str, device_id: str, plaintext_size: int, data_key: bytes,
-    stanzas: list[dict], suite: str = "AES-256-GCM", segment_size: int = 1 << 20,
-    created_at: str = "", extra: dict | None = None,
+    *,
+    recording_id: str,
+    device_id: str,
+    plaintext_size: int,
+    data_key: bytes,
+    stanzas: list[dict],
+    suite: str = "AES-256-GCM",
+    segment_size: int = 1 << 20,
+    created_at: str = "",
+    extra: dict | None = None,
 ) -> Header:
     """Build the header of a new recording and MAC its core under the data key."""
     if suite not in CIPHERS:
         raise VaultError(f"unknown suite {suite!r}", status=400)
-    if not (_is_int(segment_size) and segment_size > 0 and _is_int(plaintext_size)
-            and plaintext_size >= 0):
+    if not (
+        _is_int(segment_size)
+        and segment_size > 0
+        and _is_int(plaintext_size)
+        and plaintext_size >= 0
+    ):
         raise VaultError(
             f"bad sizes (segment {segment_size!r}, plaintext {plaintext_size!r})", status=400
         )
@@ -333,7 +346,8 @@ class Writer:
         if retired is not None and retired != blob[-TAG:]:
             raise VaultError(
                 f"segment {self._index} was already stored with different bytes; "
-                "resend the original data from the upload's offset", status=409,
+                "resend the original data from the upload's offset",
+                status=409,
             )
         self._stored.update(blob)
         self._index += 1
@@ -390,8 +404,11 @@ class Writer:
         self._held = [] if hold else None
         self._held_bytes = 0
         return Mark(
-            os.lseek(self._fd, 0, os.SEEK_CUR), bytes(self._tail),
-            self._plain.copy(), self._stored.copy(), self._index,
+            os.lseek(self._fd, 0, os.SEEK_CUR),
+            bytes(self._tail),
+            self._plain.copy(),
+            self._stored.copy(),
+            self._index,
         )
 
     def rollback(self, mark: Mark) -> None:

@@ -26,19 +26,29 @@ class Report:
 
     def to_dict(self) -> dict:
         """Plain data for --json."""
-        return {"ok": self.ok, "entries": self.entries, "checkpoints": self.checkpoints,
-                "recordings": self.recordings, "decrypted": self.decrypted, "problems": self.problems}
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "checkpoints": self.checkpoints,
+            "recordings": self.recordings,
+            "decrypted": self.decrypted,
+            "problems": self.problems,
+        }
 
 
 def verify_box(box, review_key=None) -> Report:
-    """Check chain and checkpoints, then each recording's file (and with a review key, decrypt it)."""
+    """Check chain and checkpoints, then each recording's file (with a review key, decrypt it)."""
     from edgebox.recordings import data_key_for
 
     chain = custody.verify_chain(box.store, box.config.box.box_id, box.keys.identity_public())
-    report = Report(entries=chain.entries, checkpoints=chain.checkpoints, problems=list(chain.problems))
+    report = Report(
+        entries=chain.entries, checkpoints=chain.checkpoints, problems=list(chain.problems)
+    )
     ingested = {
         row["subject"]: json.loads(row["details"]).get("evidence_sha256")
-        for row in box.store.query("SELECT subject, details FROM custody WHERE event = 'recording.ingested'")
+        for row in box.store.query(
+            "SELECT subject, details FROM custody WHERE event = 'recording.ingested'"
+        )
     }
     known = set()
     for rec in box.store.query("SELECT * FROM recordings ORDER BY received_at"):
@@ -47,7 +57,9 @@ def verify_box(box, review_key=None) -> Report:
         known.add(path.name)
         where = f"recording {rec['id']}"
         if ingested.get(rec["id"]) != rec["evidence_sha256"]:
-            report.problems.append(f"{where}: evidence hash in the database differs from the custody log")
+            report.problems.append(
+                f"{where}: evidence hash in the database differs from the custody log"
+            )
         for problem in vault.check_structure(path, rec["stored_sha256"]):
             report.problems.append(f"{where}: {problem}")
         if review_key is not None and path.exists():
@@ -58,7 +70,9 @@ def verify_box(box, review_key=None) -> Report:
                 continue
             report.decrypted += 1
             if evidence != rec["evidence_sha256"]:
-                report.problems.append(f"{where}: decrypted content hash differs from the evidence hash")
+                report.problems.append(
+                    f"{where}: decrypted content hash differs from the evidence hash"
+                )
     for orphan in sorted(p.name for p in box.uploads.vault_dir.glob("*.ebv")):
         if orphan not in known:
             report.problems.append(f"vault file {orphan} has no recording in the database")

@@ -31,9 +31,16 @@ def free_port() -> int:
 
 def make_box(folder: Path, box_id: str = "test-box", **env) -> Path:
     """Create a demo-keyed box in `folder` and return its config path."""
-    init_box(folder, box_id=box_id, organisation="Test Org", site="Test Van",
-             listen=f"127.0.0.1:{free_port()}", supervisor="supervisor", review_secret=SECRET,
-             demo=True)
+    init_box(
+        folder,
+        box_id=box_id,
+        organisation="Test Org",
+        site="Test Van",
+        listen=f"127.0.0.1:{free_port()}",
+        supervisor="supervisor",
+        review_secret=SECRET,
+        demo=True,
+    )
     return folder / CONFIG_NAME
 
 
@@ -55,7 +62,13 @@ class Camera:
     """A paired camera's credentials plus a tiny raw tus client for precise protocol tests."""
 
     def __init__(self, url: str, cert: Path, device_id: str, token: str, serial: str):
-        self.url, self.cert, self.device_id, self.token, self.serial = url, cert, device_id, token, serial
+        self.url, self.cert, self.device_id, self.token, self.serial = (
+            url,
+            cert,
+            device_id,
+            token,
+            serial,
+        )
         self.session = requests.Session()
         self.session.verify = str(cert)
         self.session.trust_env = False  # else $REQUESTS_CA_BUNDLE overrides the pinned cert
@@ -71,14 +84,23 @@ class Camera:
         import base64
 
         meta = {"serial": self.serial, **(metadata or {})}
-        encoded = ",".join(f"{k} {base64.b64encode(str(v).encode()).decode()}" for k, v in meta.items())
-        return self.session.post(f"{self.url}/tus/", headers=self.headers(
-            Upload_Length=str(length), Upload_Metadata=encoded, **extra))
+        encoded = ",".join(
+            f"{k} {base64.b64encode(str(v).encode()).decode()}" for k, v in meta.items()
+        )
+        return self.session.post(
+            f"{self.url}/tus/",
+            headers=self.headers(Upload_Length=str(length), Upload_Metadata=encoded, **extra),
+        )
 
     def patch(self, location: str, offset: int, body: bytes, **extra) -> requests.Response:
         """PATCH one chunk at `offset`."""
-        return self.session.patch(self.url + location, data=body, headers=self.headers(
-            Upload_Offset=str(offset), Content_Type="application/offset+octet-stream", **extra))
+        return self.session.patch(
+            self.url + location,
+            data=body,
+            headers=self.headers(
+                Upload_Offset=str(offset), Content_Type="application/offset+octet-stream", **extra
+            ),
+        )
 
     def head(self, location: str) -> requests.Response:
         """HEAD the upload."""
@@ -87,8 +109,11 @@ class Camera:
 
 def enroll(url: str, cert: Path, code: str, serial: str = "CAM-0001") -> Camera:
     """Enroll a camera with a pairing code over real HTTPS."""
-    response = requests.post(f"{url}/api/v1/cameras/enroll", verify=str(cert),
-                             json={"code": code, "serial": serial, "model": "TestCam 1"})
+    response = requests.post(
+        f"{url}/api/v1/cameras/enroll",
+        verify=str(cert),
+        json={"code": code, "serial": serial, "model": "TestCam 1"},
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     return Camera(url, cert, body["device_id"], body["token"], serial)
@@ -114,9 +139,19 @@ class BoxProcess:
         """Start the box and wait until it answers."""
         with open(self.config.parent / "box.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgebox", "run", "--config", str(self.config),
-                 "--listen", f"127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                [
+                    sys.executable,
+                    "-m",
+                    "edgebox",
+                    "run",
+                    "--config",
+                    str(self.config),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -152,11 +187,18 @@ def box_process(box_config):
     process.stop()
 
 
-def run_cli(*args: str, config: Path | None = None, input: str | None = None,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, config: Path | None = None, input: str | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m edgebox ARGS` for real and capture its output."""
     command = [sys.executable, "-m", "edgebox", *args]
     if config is not None:
         command += ["--config", str(config)]
-    return subprocess.run(command, capture_output=True, text=True, input=input, timeout=300,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )

@@ -73,13 +73,29 @@ def test_add_supervisor_slot(box_config, tmp_path):
     old, new = tmp_path / "old", tmp_path / "new"
     old.write_text(SECRET)
     new.write_text("second-supervisor-secret")
-    result = run_cli("keys", "add-supervisor", "sgt-peeters", "--secret-file", str(old),
-                     "--new-secret-file", str(new), config=box_config)
+    result = run_cli(
+        "keys",
+        "add-supervisor",
+        "sgt-peeters",
+        "--secret-file",
+        str(old),
+        "--new-secret-file",
+        str(new),
+        config=box_config,
+    )
     assert result.returncode == 0, result.stderr
     wrong = tmp_path / "wrong"
     wrong.write_text("not the secret at all")
-    result = run_cli("keys", "add-supervisor", "intruder", "--secret-file", str(wrong),
-                     "--new-secret-file", str(new), config=box_config)
+    result = run_cli(
+        "keys",
+        "add-supervisor",
+        "intruder",
+        "--secret-file",
+        str(wrong),
+        "--new-secret-file",
+        str(new),
+        config=box_config,
+    )
     assert result.returncode == 2 and "wrong review secret" in result.stderr
 
 
@@ -87,7 +103,8 @@ def test_listing_status_and_cameras(filled_box):
     process, payloads, _ = filled_box
     listed = json.loads(run_cli("recordings", "list", "--json", config=process.config).stdout)
     assert sorted(r["evidence_sha256"] for r in listed) == sorted(
-        hashlib.sha256(p).hexdigest() for p in payloads)
+        hashlib.sha256(p).hexdigest() for p in payloads
+    )
     status = json.loads(run_cli("status", "--json", config=process.config).stdout)
     assert status["recordings"]["n"] == 2 and status["cameras"]["paired"] == 1
     cams = json.loads(run_cli("cameras", "list", "--json", config=process.config).stdout)
@@ -110,7 +127,9 @@ def test_verify_healthy_then_damaged(filled_box):
     victim.write_bytes(bytes(raw))
     damaged = run_cli("verify", config=process.config)
     assert damaged.returncode == 1
-    assert f"FAIL recording {listed[0]['id']}: {victim.name}: stored bytes changed" in damaged.stdout
+    assert (
+        f"FAIL recording {listed[0]['id']}: {victim.name}: stored bytes changed" in damaged.stdout
+    )
     other = process.config.parent / "data" / "vault" / f"{listed[1]['id']}.ebv"
     other.write_bytes(other.read_bytes()[:-10])
     damaged = json.loads(run_cli("verify", "--json", config=process.config).stdout)
@@ -119,7 +138,9 @@ def test_verify_healthy_then_damaged(filled_box):
 
 def test_verify_deep_detects_tampered_segment(filled_box):
     process, _, secret = filled_box
-    deep = run_cli("verify", "--deep", "--secret-file", str(secret), "--json", config=process.config)
+    deep = run_cli(
+        "verify", "--deep", "--secret-file", str(secret), "--json", config=process.config
+    )
     assert deep.returncode == 0 and json.loads(deep.stdout)["decrypted"] == 2
 
 
@@ -145,17 +166,41 @@ def test_export_with_secret(filled_box, tmp_path):
     out.parent.mkdir()
     wrong = tmp_path / "wrong"
     wrong.write_text("wrong secret here")
-    refused = run_cli("export", target["id"], "--out", str(out), "--secret-file", str(wrong),
-                      config=process.config)
+    refused = run_cli(
+        "export",
+        target["id"],
+        "--out",
+        str(out),
+        "--secret-file",
+        str(wrong),
+        config=process.config,
+    )
     assert refused.returncode == 2 and "wrong review secret" in refused.stderr and not out.exists()
-    result = run_cli("export", target["id"], "--out", str(out), "--secret-file", str(secret),
-                     "--by", "sgt-peeters", "--json", config=process.config)
+    result = run_cli(
+        "export",
+        target["id"],
+        "--out",
+        str(out),
+        "--secret-file",
+        str(secret),
+        "--by",
+        "sgt-peeters",
+        "--json",
+        config=process.config,
+    )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == payloads[0]
     manifest = json.loads((tmp_path / "export" / "clip.mp4.manifest.json").read_text())
     assert manifest["evidence_sha256"] == hashlib.sha256(payloads[0]).hexdigest()
     assert [e["event"] for e in manifest["custody"]] == ["upload.started", "recording.ingested"]
     assert manifest["export_entry"]["actor"] == "user:sgt-peeters"
-    missing = run_cli("export", "no-such-id", "--out", str(tmp_path / "x"), "--secret-file",
-                      str(secret), config=process.config)
+    missing = run_cli(
+        "export",
+        "no-such-id",
+        "--out",
+        str(tmp_path / "x"),
+        "--secret-file",
+        str(secret),
+        config=process.config,
+    )
     assert missing.returncode == 2 and "no recording no-such-id" in missing.stderr

@@ -41,15 +41,18 @@ def test_tus_metadata_encoding():
     )
     assert header == "filename YS5tcDQ=,warned dHJ1ZQ==,empty,gps NTAuMSw0LjI="
     assert decode_tus_metadata(header) == {
-        "filename": "a.mp4", "warned": "true", "empty": "", "gps": "50.1,4.2"
+        "filename": "a.mp4",
+        "warned": "true",
+        "empty": "",
+        "gps": "50.1,4.2",
     }
 
 
 def test_tus_metadata_is_utf8_and_rejects_bad_keys():
     header = encode_tus_metadata({"exemption": "groupe trop nombreux, émeute"})
-    assert header == "exemption " + base64.b64encode(
-        "groupe trop nombreux, émeute".encode()
-    ).decode()
+    assert (
+        header == "exemption " + base64.b64encode("groupe trop nombreux, émeute".encode()).decode()
+    )
     for bad in ("with space", "a,b", "", "x" * 65):
         with pytest.raises(ValueError):
             encode_tus_metadata({bad: "v"})
@@ -57,9 +60,7 @@ def test_tus_metadata_is_utf8_and_rejects_bad_keys():
 
 def test_rfc3339_is_utc_with_z():
     brussels = dt.timezone(dt.timedelta(hours=1))
-    assert rfc3339(dt.datetime(2026, 11, 28, 17, 0, tzinfo=brussels)) == (
-        "2026-11-28T16:00:00Z"
-    )
+    assert rfc3339(dt.datetime(2026, 11, 28, 17, 0, tzinfo=brussels)) == ("2026-11-28T16:00:00Z")
 
 
 # -- a real HTTPS box: enrollment and a small tus 1.0.0 server ---------------------------
@@ -77,18 +78,27 @@ def _self_signed(tmp_path):
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp_path / "box.pem", tmp_path / "box.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path, cert.fingerprint(hashes.SHA256()).hex()
 
 
@@ -127,8 +137,11 @@ class _BoxHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status, message):
-        self._reply(status, {"Content-Type": "application/json"},
-                    json.dumps({"error": "IngestError", "message": message}).encode())
+        self._reply(
+            status,
+            {"Content-Type": "application/json"},
+            json.dumps({"error": "IngestError", "message": message}).encode(),
+        )
 
     def _body(self):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -160,14 +173,18 @@ class _BoxHandler(BaseHTTPRequestHandler):
             request = json.loads(body)
             if request.get("code") != CODE:
                 return self._error(403, "pairing code is unknown")
-            return self._reply(201, {"Content-Type": "application/json"},
-                               json.dumps({"device_id": "dev-1", "token": TOKEN}).encode())
+            return self._reply(
+                201,
+                {"Content-Type": "application/json"},
+                json.dumps({"device_id": "dev-1", "token": TOKEN}).encode(),
+            )
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
             return self._error(401, "unknown device token")
         with self.box.lock:
             upload_id = f"u{len(self.box.uploads) + 1}"
             self.box.uploads[upload_id] = {
-                "id": upload_id, "length": int(self.headers["Upload-Length"]),
+                "id": upload_id,
+                "length": int(self.headers["Upload-Length"]),
                 "data": bytearray(),
                 "metadata": decode_tus_metadata(self.headers.get("Upload-Metadata", "")),
             }
@@ -197,7 +214,7 @@ class _BoxHandler(BaseHTTPRequestHandler):
         upload["data"] += chunk
         if box.crash_once_at is not None and len(upload["data"]) > box.crash_once_at:
             box.crash_once_at = None
-            del upload["data"][box.lose_to:]  # the partial segment is lost in the crash
+            del upload["data"][box.lose_to :]  # the partial segment is lost in the crash
             self.close_connection = True  # and the client never sees an answer
             return None
         if box.drop_final_answer and len(upload["data"]) == upload["length"]:
@@ -231,8 +248,9 @@ def tus_box(tmp_path):
 
 @pytest.fixture
 def sim_camera(tmp_path, tus_box):
-    with CameraSim(tmp_path / "cam", serial="BWC-7", backoff=0.01, max_backoff=0.05,
-                   **SMALL) as cam:
+    with CameraSim(
+        tmp_path / "cam", serial="BWC-7", backoff=0.01, max_backoff=0.05, **SMALL
+    ) as cam:
         cam.pair(tus_box.url, CODE, tus_box.fingerprint)
         yield cam
 
@@ -261,8 +279,9 @@ def test_pairing_with_the_right_certificate_stores_token_privately(tmp_path, tus
 
 
 def test_upload_delivers_over_one_connection_and_deletes_local_copy(sim_camera, tus_box):
-    path = sim_camera.record(2, pre_event_seconds=1, user_id="u-42", category="traffic",
-                         exemption="large group")
+    path = sim_camera.record(
+        2, pre_event_seconds=1, user_id="u-42", category="traffic", exemption="large group"
+    )
     expected = hashlib.sha256(path.read_bytes()).hexdigest()
     [result] = sim_camera.upload_pending(chunk_size=8 << 10)
     assert result.status == "delivered", result.message
@@ -355,9 +374,15 @@ def test_cameras_in_threads_each_deliver(tmp_path, tus_box):
     def one(index):
         try:
             results[index] = run_camera(
-                tmp_path / f"cam{index}", box_url=tus_box.url, code=CODE,
-                cert_sha256=tus_box.fingerprint, clips=1, seconds=1, pre_event=30,
-                chunk_size=16 << 10, log=lambda line: None,
+                tmp_path / f"cam{index}",
+                box_url=tus_box.url,
+                code=CODE,
+                cert_sha256=tus_box.fingerprint,
+                clips=1,
+                seconds=1,
+                pre_event=30,
+                chunk_size=16 << 10,
+                log=lambda line: None,
             )
         except Exception as exc:  # reported below, in the test thread
             errors.append(exc)

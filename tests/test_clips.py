@@ -56,8 +56,16 @@ def test_clip_arguments_are_checked(tmp_path):
 
 
 def test_serial_with_filter_syntax_characters_is_drawn_literally(tmp_path):
-    info = make_clip(tmp_path / "odd.mp4", seconds=1, pre_event_seconds=0, serial="A:B,'C'[1];50%",
-                     started_at=START, width=160, height=90, fps=10)
+    info = make_clip(
+        tmp_path / "odd.mp4",
+        seconds=1,
+        pre_event_seconds=0,
+        serial="A:B,'C'[1];50%",
+        started_at=START,
+        width=160,
+        height=90,
+        fps=10,
+    )
     assert decode_errors(info.path) == ""
 
 

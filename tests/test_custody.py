@@ -71,8 +71,10 @@ def test_rewritten_history_after_checkpoint(chain):
         row["prev_hash"] = prev
         row["hash"] = custody.entry_hash(row)
         prev = row["hash"]
-        conn.execute("UPDATE custody SET details=?, prev_hash=?, hash=? WHERE seq=?",
-                     [row["details"], row["prev_hash"], row["hash"], row["seq"]])
+        conn.execute(
+            "UPDATE custody SET details=?, prev_hash=?, hash=? WHERE seq=?",
+            [row["details"], row["prev_hash"], row["hash"], row["seq"]],
+        )
     conn.commit()
     conn.close()
     problems = custody.verify_chain(store, "box-a", key.public_key()).problems
@@ -88,8 +90,11 @@ def test_forged_checkpoint_signature(chain):
     import base64
 
     message = custody.checkpoint_message("box-a", 4, "0" * 64, "2026-01-01T00:00:00.000000Z")
-    tamper(path, "UPDATE checkpoints SET signature = ? WHERE seq = 4",
-           [base64.b64encode(other.sign(message)).decode()])
+    tamper(
+        path,
+        "UPDATE checkpoints SET signature = ? WHERE seq = 4",
+        [base64.b64encode(other.sign(message)).decode()],
+    )
     problems = custody.verify_chain(store, "box-a", key.public_key()).problems
     assert problems == ["checkpoint at entry 4: signature invalid"]
 

@@ -1,4 +1,4 @@
-"""Every command has help text and a place in the README; every module and public function a docstring."""
+"""Every command has help and a place in the README; every public definition a docstring."""
 
 from __future__ import annotations
 
@@ -41,8 +41,11 @@ def public_definitions(tree: ast.Module):
         if isinstance(node, kinds) and not node.name.startswith("_"):
             yield node
             if isinstance(node, ast.ClassDef):
-                yield from (item for item in node.body
-                            if isinstance(item, kinds) and not item.name.startswith("_"))
+                yield from (
+                    item
+                    for item in node.body
+                    if isinstance(item, kinds) and not item.name.startswith("_")
+                )
 
 
 def test_every_public_function_has_a_docstring():

@@ -1,4 +1,4 @@
-"""The tus ingest end to end over real HTTPS: happy paths, resume, kill -9, errors, plaintext scan."""
+"""tus ingest end to end over real HTTPS: happy paths, resume, kill -9, errors, plaintext scan."""
 
 from __future__ import annotations
 
@@ -45,7 +45,11 @@ def test_options_advertises_protocol(box, camera):
     assert response.status_code == 204
     assert response.headers["Tus-Version"] == "1.0.0"
     assert set(response.headers["Tus-Extension"].split(",")) == {
-        "creation", "checksum", "termination", "expiration"}
+        "creation",
+        "checksum",
+        "termination",
+        "expiration",
+    }
     assert int(response.headers["Tus-Max-Size"]) == box.config.ingest.max_upload_bytes
     assert "sha256" in response.headers["Tus-Checksum-Algorithm"]
 
@@ -57,14 +61,28 @@ def test_tuspy_upload_stores_encrypted_recording(box, camera, tmp_path, monkeypa
     digest = hashlib.sha256(data).hexdigest()
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(box.keys.tls_cert))  # tuspy coerces verify to bool
     stream = open(source, "rb")  # noqa: SIM115 - tuspy leaks files it opens itself
-    uploader = tus_client.TusClient(f"{box.url}/tus/", headers={
-        "Authorization": f"Bearer {camera.token}"}).uploader(
-        file_stream=stream, chunk_size=MIB, upload_checksum=True,
-        metadata={"serial": camera.serial, "filename": "clip.mp4", "sha256": digest,
-                  "started_at": "2026-11-28T10:00:00Z", "stopped_at": "2026-11-28T10:01:10Z",
-                  "pre_event_seconds": "30", "category": "traffic", "warned": "true",
-                  "gps": "50.8503,4.3517", "user_id": "officer-7", "trigger_on": "holster",
-                  "trigger_off": "button", "x-vendor-field": "kept"})
+    uploader = tus_client.TusClient(
+        f"{box.url}/tus/", headers={"Authorization": f"Bearer {camera.token}"}
+    ).uploader(
+        file_stream=stream,
+        chunk_size=MIB,
+        upload_checksum=True,
+        metadata={
+            "serial": camera.serial,
+            "filename": "clip.mp4",
+            "sha256": digest,
+            "started_at": "2026-11-28T10:00:00Z",
+            "stopped_at": "2026-11-28T10:01:10Z",
+            "pre_event_seconds": "30",
+            "category": "traffic",
+            "warned": "true",
+            "gps": "50.8503,4.3517",
+            "user_id": "officer-7",
+            "trigger_on": "holster",
+            "trigger_off": "button",
+            "x-vendor-field": "kept",
+        },
+    )
     uploader.upload()
     stream.close()
     [rec] = rows(box, "SELECT * FROM recordings")
@@ -77,7 +95,9 @@ def test_tuspy_upload_stores_encrypted_recording(box, camera, tmp_path, monkeypa
     review = box.keys.unlock_review(SECRET)
     reader = vault.Reader(path, data_key_for(path, review))
     assert reader.verify() == digest
-    events = [r["event"] for r in rows(box, "SELECT event FROM custody WHERE subject = ?", (rec["id"],))]
+    events = [
+        r["event"] for r in rows(box, "SELECT event FROM custody WHERE subject = ?", (rec["id"],))
+    ]
     assert events == ["upload.started", "recording.ingested"]
     assert not list(box.uploads.partial_dir.iterdir())
 
@@ -87,9 +107,13 @@ def test_tuspy_resumes_a_stopped_upload(box, camera, tmp_path, monkeypatch):
     source = tmp_path / "clip.bin"
     source.write_bytes(data)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(box.keys.tls_cert))
-    client = tus_client.TusClient(f"{box.url}/tus/", headers={"Authorization": f"Bearer {camera.token}"})
+    client = tus_client.TusClient(
+        f"{box.url}/tus/", headers={"Authorization": f"Bearer {camera.token}"}
+    )
     with open(source, "rb") as stream:
-        first = client.uploader(file_stream=stream, chunk_size=MIB, metadata={"serial": camera.serial})
+        first = client.uploader(
+            file_stream=stream, chunk_size=MIB, metadata={"serial": camera.serial}
+        )
         first.upload(stop_at=2 * MIB + 100)
     with open(source, "rb") as stream:
         second = client.uploader(file_stream=stream, url=first.url, chunk_size=MIB)
@@ -117,8 +141,10 @@ def test_empty_recording(box, camera):
 
 
 def test_four_cameras_at_once(box):
-    cameras = [enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"], f"CAM-{i}")
-               for i in range(4)]
+    cameras = [
+        enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"], f"CAM-{i}")
+        for i in range(4)
+    ]
     payloads = [os.urandom(4 * MIB + i * 1000) for i in range(4)]
     errors = []
 
@@ -128,29 +154,40 @@ def test_four_cameras_at_once(box):
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
-    threads = [threading.Thread(target=deliver, args=pair) for pair in zip(cameras, payloads)]
+    threads = [
+        threading.Thread(target=deliver, args=pair) for pair in zip(cameras, payloads, strict=True)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert not errors
     stored = {r["serial"]: r["evidence_sha256"] for r in rows(box, "SELECT * FROM recordings")}
-    assert stored == {c.serial: hashlib.sha256(d).hexdigest() for c, d in zip(cameras, payloads)}
+    assert stored == {
+        c.serial: hashlib.sha256(d).hexdigest() for c, d in zip(cameras, payloads, strict=True)
+    }
 
 
 # -- errors: precise status, nothing changed -------------------------------------------------
 
+
 def snapshot(box) -> tuple:
     """Everything an error must leave untouched."""
-    return (rows(box, "SELECT * FROM recordings"), rows(box, "SELECT id, state FROM uploads"),
-            sorted(p.name for p in box.uploads.vault_dir.iterdir()))
+    return (
+        rows(box, "SELECT * FROM recordings"),
+        rows(box, "SELECT id, state FROM uploads"),
+        sorted(p.name for p in box.uploads.vault_dir.iterdir()),
+    )
 
 
 def test_unknown_and_missing_token(box, camera):
     camera.token = "not-a-token"
     assert camera.create(10).status_code == 401
-    response = requests.post(f"{box.url}/tus/", verify=str(box.keys.tls_cert),
-                             headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10"})
+    response = requests.post(
+        f"{box.url}/tus/",
+        verify=str(box.keys.tls_cert),
+        headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10"},
+    )
     assert response.status_code == 401 and response.json()["message"] == "missing bearer token"
 
 
@@ -182,7 +219,9 @@ def test_wrong_offset_conflicts(box, camera):
 
 def test_checksum_mismatch_discards_the_chunk(box, camera):
     data = os.urandom(2 * MIB + 5)
-    location = camera.create(len(data), {"sha256": hashlib.sha256(data).hexdigest()}).headers["Location"]
+    location = camera.create(len(data), {"sha256": hashlib.sha256(data).hexdigest()}).headers[
+        "Location"
+    ]
     assert camera.patch(location, 0, data[: MIB + 3]).status_code == 204
     wrong = base64.b64encode(hashlib.sha256(b"something else").digest()).decode()
     response = camera.patch(location, MIB + 3, data[MIB + 3 :], Upload_Checksum=f"sha256 {wrong}")
@@ -205,16 +244,22 @@ def test_whole_file_hash_mismatch_is_rejected(box, camera):
     assert camera.head(location).status_code == 410
 
 
-@pytest.mark.parametrize("metadata, field", [
-    ({"started_at": "yesterday"}, "started_at"),
-    ({"gps": "91,0"}, "gps"),
-    ({"pre_event_seconds": "-1"}, "pre_event_seconds"),
-    ({"warned": "maybe"}, "warned"),
-    ({"sha256": "xyz"}, "sha256"),
-    ({"filename": "../../etc/passwd"}, "filename"),
-    ({"started_at": "2026-11-28T10:00:00Z", "stopped_at": "2026-11-28T09:00:00Z"}, "stopped_at"),
-    ({"warned": "true", "exemption": "crowd"}, "exemption"),
-])
+@pytest.mark.parametrize(
+    "metadata, field",
+    [
+        ({"started_at": "yesterday"}, "started_at"),
+        ({"gps": "91,0"}, "gps"),
+        ({"pre_event_seconds": "-1"}, "pre_event_seconds"),
+        ({"warned": "maybe"}, "warned"),
+        ({"sha256": "xyz"}, "sha256"),
+        ({"filename": "../../etc/passwd"}, "filename"),
+        (
+            {"started_at": "2026-11-28T10:00:00Z", "stopped_at": "2026-11-28T09:00:00Z"},
+            "stopped_at",
+        ),
+        ({"warned": "true", "exemption": "crowd"}, "exemption"),
+    ],
+)
 def test_bad_metadata_names_the_field(box, camera, metadata, field):
     before = snapshot(box)
     response = camera.create(100, metadata)
@@ -224,8 +269,10 @@ def test_bad_metadata_names_the_field(box, camera, metadata, field):
 
 
 def test_malformed_metadata_encoding(box, camera):
-    response = camera.session.post(f"{box.url}/tus/", headers=camera.headers(
-        Upload_Length="10", Upload_Metadata="filename !!!notbase64"))
+    response = camera.session.post(
+        f"{box.url}/tus/",
+        headers=camera.headers(Upload_Length="10", Upload_Metadata="filename !!!notbase64"),
+    )
     assert response.status_code == 400 and response.json()["field"] == "filename"
 
 
@@ -265,11 +312,16 @@ def test_not_enough_space_at_creation(tmp_path):
 
 
 def test_wrong_tus_version_and_content_type(box, camera):
-    response = camera.session.post(f"{box.url}/tus/", headers={**camera.headers(), "Tus-Resumable": "0.2"})
+    response = camera.session.post(
+        f"{box.url}/tus/", headers={**camera.headers(), "Tus-Resumable": "0.2"}
+    )
     assert response.status_code == 412 and response.headers["Tus-Version"] == "1.0.0"
     location = camera.create(10).headers["Location"]
-    response = camera.session.patch(box.url + location, data=b"x", headers=camera.headers(
-        Upload_Offset="0", Content_Type="text/plain"))
+    response = camera.session.patch(
+        box.url + location,
+        data=b"x",
+        headers=camera.headers(Upload_Offset="0", Content_Type="text/plain"),
+    )
     assert response.status_code == 415
 
 
@@ -302,36 +354,50 @@ def test_expiration_discards_idle_uploads(box, camera):
 
 # -- crashes -----------------------------------------------------------------------------------
 
-def _send_partial(url: str, cert: Path, token: str, location: str, offset: int, total: int,
-                  send: int, on_sent) -> None:
+
+def _send_partial(
+    url: str, cert: Path, token: str, location: str, offset: int, total: int, send: int, on_sent
+) -> None:
     """Send a PATCH announcing `total` bytes but only `send` of them, then call on_sent()."""
     host, port = url.split("//")[1].split(":")
     context = ssl.create_default_context(cafile=str(cert))
     conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
     conn.putrequest("PATCH", location)
-    for name, value in {"Tus-Resumable": "1.0.0", "Authorization": f"Bearer {token}",
-                        "Upload-Offset": str(offset), "Content-Length": str(total),
-                        "Content-Type": "application/offset+octet-stream"}.items():
+    for name, value in {
+        "Tus-Resumable": "1.0.0",
+        "Authorization": f"Bearer {token}",
+        "Upload-Offset": str(offset),
+        "Content-Length": str(total),
+        "Content-Type": "application/offset+octet-stream",
+    }.items():
         conn.putheader(name, value)
     conn.endheaders()
     return conn
 
 
 def test_kill9_mid_upload_then_resume(box_process, tmp_path):
+    import json
+
     from edgebox.ingest.pairing import Pairing  # noqa: F401 - pairing via the CLI below
     from tests.conftest import run_cli
 
-    import json
-
-    code = json.loads(run_cli("cameras", "pair", "--json", config=box_process.config).stdout)["code"]
+    code = json.loads(run_cli("cameras", "pair", "--json", config=box_process.config).stdout)[
+        "code"
+    ]
     camera = enroll(box_process.url, box_process.cert, code)
     data = os.urandom(12 * MIB + 777)
-    location = camera.create(len(data), {"sha256": hashlib.sha256(data).hexdigest()}).headers["Location"]
-    conn = _send_partial(box_process.url, box_process.cert, camera.token, location, 0, len(data), 0, None)
+    location = camera.create(len(data), {"sha256": hashlib.sha256(data).hexdigest()}).headers[
+        "Location"
+    ]
+    conn = _send_partial(
+        box_process.url, box_process.cert, camera.token, location, 0, len(data), 0, None
+    )
     sent = 7 * MIB + 1234
     conn.send(data[:sent])
     # Wait until the box has sealed at least the first segments, then kill it mid-body.
-    partial = box_process.config.parent / "data" / "uploads" / f"{location.rsplit('/', 1)[1]}.partial"
+    partial = (
+        box_process.config.parent / "data" / "uploads" / f"{location.rsplit('/', 1)[1]}.partial"
+    )
     import time
 
     deadline = time.monotonic() + 20
@@ -361,12 +427,16 @@ def test_plaintext_never_reaches_the_disk(box_process):
 
     marker = b"EDGEBOX-PLAINTEXT-MARKER-0123456789-"
     data = (marker * (6 * MIB // len(marker) + 1))[: 6 * MIB]
-    code = json.loads(run_cli("cameras", "pair", "--json", config=box_process.config).stdout)["code"]
+    code = json.loads(run_cli("cameras", "pair", "--json", config=box_process.config).stdout)[
+        "code"
+    ]
     camera = enroll(box_process.url, box_process.cert, code)
     upload_all(camera, data, chunk=2 * MIB + 11)
     # An interrupted upload: the body stops half way and the connection drops.
     location = camera.create(len(data)).headers["Location"]
-    conn = _send_partial(box_process.url, box_process.cert, camera.token, location, 0, len(data), 0, None)
+    conn = _send_partial(
+        box_process.url, box_process.cert, camera.token, location, 0, len(data), 0, None
+    )
     conn.send(data[: 3 * MIB + 99])
     time.sleep(0.5)
     conn.close()
@@ -401,8 +471,9 @@ def test_different_bytes_where_segments_were_stored_are_refused(box):
     from edgebox.vault import Writer, new_header
 
     key = os.urandom(32)
-    header = new_header(recording_id="r", device_id="d", plaintext_size=4 * MIB, data_key=key,
-                        stanzas=[])
+    header = new_header(
+        recording_id="r", device_id="d", plaintext_size=4 * MIB, data_key=key, stanzas=[]
+    )
     writer = Writer.create(box.uploads.partial_dir / "nonce-test.partial", header, key)
     mark = writer.mark()
     first = os.urandom(2 * MIB)
@@ -427,14 +498,26 @@ def test_chunked_patch_bodies(box, camera):
         for start in range(0, len(raw), size):
             yield raw[start : start + size]
 
-    response = camera.session.patch(box.url + location, data=pieces(data[:MIB]), headers=camera.headers(
-        Upload_Offset="0", Content_Type="application/offset+octet-stream"))
+    response = camera.session.patch(
+        box.url + location,
+        data=pieces(data[:MIB]),
+        headers=camera.headers(Upload_Offset="0", Content_Type="application/offset+octet-stream"),
+    )
     assert response.status_code == 204 and response.headers["Upload-Offset"] == str(MIB)
-    too_much = camera.session.patch(box.url + location, data=pieces(data[MIB:] + b"extra"),
-                                    headers=camera.headers(Upload_Offset=str(MIB),
-                                                           Content_Type="application/offset+octet-stream"))
+    too_much = camera.session.patch(
+        box.url + location,
+        data=pieces(data[MIB:] + b"extra"),
+        headers=camera.headers(
+            Upload_Offset=str(MIB), Content_Type="application/offset+octet-stream"
+        ),
+    )
     assert too_much.status_code == 413
     assert camera.head(location).headers["Upload-Offset"] == str(MIB)
-    response = camera.session.patch(box.url + location, data=pieces(data[MIB:]), headers=camera.headers(
-        Upload_Offset=str(MIB), Content_Type="application/offset+octet-stream"))
+    response = camera.session.patch(
+        box.url + location,
+        data=pieces(data[MIB:]),
+        headers=camera.headers(
+            Upload_Offset=str(MIB), Content_Type="application/offset+octet-stream"
+        ),
+    )
     assert response.headers["EdgeBox-Evidence-Sha256"] == hashlib.sha256(data).hexdigest()

@@ -20,7 +20,9 @@ def vm(pid: int, field: str) -> int:
 
 
 def test_large_upload_does_not_grow_the_box(box_process):
-    code = json.loads(run_cli("cameras", "pair", "--json", config=box_process.config).stdout)["code"]
+    code = json.loads(run_cli("cameras", "pair", "--json", config=box_process.config).stdout)[
+        "code"
+    ]
     camera = enroll(box_process.url, box_process.cert, code)
     block = hashlib.sha256(b"seed").digest() * (MIB // 32)  # 1 MiB of bytes that are not zeros
     total = 768 * MIB
@@ -39,10 +41,13 @@ def test_large_upload_does_not_grow_the_box(box_process):
     offset = 0
     while offset < total:
         # A generator body goes out chunked, so the client never holds a chunk either.
-        response = camera.session.patch(box_process.url + location, data=body(chunk),
-                                        headers=camera.headers(
-                                            Upload_Offset=str(offset),
-                                            Content_Type="application/offset+octet-stream"))
+        response = camera.session.patch(
+            box_process.url + location,
+            data=body(chunk),
+            headers=camera.headers(
+                Upload_Offset=str(offset), Content_Type="application/offset+octet-stream"
+            ),
+        )
         assert response.status_code == 204, response.text
         offset = int(response.headers["Upload-Offset"])
     for _ in range(total // MIB):

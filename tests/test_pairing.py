@@ -7,12 +7,13 @@ import datetime as dt
 import pytest
 import requests
 
-from edgebox.errors import IngestError
 from tests.conftest import enroll
 
 
 def post_enroll(box, **body):
-    return requests.post(f"{box.url}/api/v1/cameras/enroll", json=body, verify=str(box.keys.tls_cert))
+    return requests.post(
+        f"{box.url}/api/v1/cameras/enroll", json=body, verify=str(box.keys.tls_cert)
+    )
 
 
 def test_code_is_single_use(box):
@@ -38,11 +39,14 @@ def test_expired_code_is_refused(box):
     assert box.pairing.devices() == []
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"serial": "CAM", "model": "m"}, "code"),
-    ({"code": "X", "serial": "bad serial!", "model": "m"}, "serial"),
-    ({"code": "X", "serial": "CAM", "model": ""}, "model"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"serial": "CAM", "model": "m"}, "code"),
+        ({"code": "X", "serial": "bad serial!", "model": "m"}, "serial"),
+        ({"code": "X", "serial": "CAM", "model": ""}, "model"),
+    ],
+)
 def test_malformed_enrollment(box, body, field):
     response = post_enroll(box, **body)
     assert response.status_code == 400 and response.json()["field"] == field
@@ -50,14 +54,16 @@ def test_malformed_enrollment(box, body, field):
 
 
 def test_not_json(box):
-    response = requests.post(f"{box.url}/api/v1/cameras/enroll", data="code=1",
-                             verify=str(box.keys.tls_cert))
+    response = requests.post(
+        f"{box.url}/api/v1/cameras/enroll", data="code=1", verify=str(box.keys.tls_cert)
+    )
     assert response.status_code == 400
 
 
 def test_guessing_is_throttled(box):
-    statuses = [post_enroll(box, code=f"WRONG{i}", serial="CAM", model="m").status_code
-                for i in range(25)]
+    statuses = [
+        post_enroll(box, code=f"WRONG{i}", serial="CAM", model="m").status_code for i in range(25)
+    ]
     assert statuses[:20] == [403] * 20 and statuses[-1] == 429
     good = box.pairing.new_code()["code"]
     assert post_enroll(box, code=good, serial="CAM", model="m").status_code == 429

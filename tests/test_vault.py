@@ -81,15 +81,26 @@ def stanzas_for(recording_id: str, data_key: bytes):
 
 
 def record(
-    folder: Path, data: bytes, *, name: str = "rec", segment_size: int = S,
-    suite: str = "AES-256-GCM", chunks: list[int] | None = None,
+    folder: Path,
+    data: bytes,
+    *,
+    name: str = "rec",
+    segment_size: int = S,
+    suite: str = "AES-256-GCM",
+    chunks: list[int] | None = None,
 ) -> Rec:
     """Write `data` through a Writer (in `chunks`-sized writes, cycled) and finish it."""
     key = os.urandom(32)
     stanzas, central, review = stanzas_for(name, key)
     header = new_header(
-        recording_id=name, device_id="cam-1", plaintext_size=len(data), data_key=key,
-        stanzas=stanzas, suite=suite, segment_size=segment_size, created_at="2025-01-01T00:00:00Z",
+        recording_id=name,
+        device_id="cam-1",
+        plaintext_size=len(data),
+        data_key=key,
+        stanzas=stanzas,
+        suite=suite,
+        segment_size=segment_size,
+        created_at="2025-01-01T00:00:00Z",
     )
     writer = Writer.create(folder / f"{name}.part", header, key)
     view, position, turn = memoryview(data), 0, 0
@@ -199,8 +210,10 @@ def test_format_matches_specification(tmp_path):
         assert body == json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
         core = parsed["core"]
         assert core["version"] == 1 and core["suite"] == suite and core["segment_size"] == S
-        assert core["plaintext_size"] == len(data) and core["recording_id"] == rec.header.core[
-            "recording_id"]
+        assert (
+            core["plaintext_size"] == len(data)
+            and core["recording_id"] == rec.header.core["recording_id"]
+        )
         salt = base64.b64decode(core["salt"])
         assert len(salt) == 16
         canon = json.dumps(core, sort_keys=True, separators=(",", ":")).encode()
@@ -293,9 +306,19 @@ def test_read_range_on_odd_boundaries(tmp_path):
     rec = record(tmp_path, data)
     reader = Reader(rec.path, rec.key)
     ranges = [
-        (0, 1), (1, S - 1), (S - 1, S + 1), (S, 2 * S), (3, 4 * S + 5), (2 * S + 7, 2 * S + 7),
-        (5 * S, size), (size - 1, size), (size - 5, size + 1000), (0, size), (4 * S + 1, 5 * S + 1),
-        (size, size + 10), (S + 11, S + 12),
+        (0, 1),
+        (1, S - 1),
+        (S - 1, S + 1),
+        (S, 2 * S),
+        (3, 4 * S + 5),
+        (2 * S + 7, 2 * S + 7),
+        (5 * S, size),
+        (size - 1, size),
+        (size - 5, size + 1000),
+        (0, size),
+        (4 * S + 1, 5 * S + 1),
+        (size, size + 10),
+        (S + 11, S + 12),
     ]
     for start, end in ranges:
         assert b"".join(reader.read_range(start, end)) == data[start:end], (start, end)
@@ -334,8 +357,13 @@ def test_segment_out_of_range(tmp_path):
 def start(folder: Path, data: bytes, name: str = "up", suite: str = "AES-256-GCM"):
     key = os.urandom(32)
     header = new_header(
-        recording_id=name, device_id="cam", plaintext_size=len(data), data_key=key,
-        stanzas=[], suite=suite, segment_size=S,
+        recording_id=name,
+        device_id="cam",
+        plaintext_size=len(data),
+        data_key=key,
+        stanzas=[],
+        suite=suite,
+        segment_size=S,
     )
     return Writer.create(folder / f"{name}.part", header, key), key
 
@@ -678,7 +706,8 @@ def test_segment_spliced_from_another_recording(tmp_path, rec):
     other = record(tmp_path, payload(SIZE, seed=100), name="other")
     raw = bytearray(rec.path.read_bytes())
     raw[segment_offset(2) : segment_offset(3)] = other.path.read_bytes()[
-        segment_offset(2) : segment_offset(3)]
+        segment_offset(2) : segment_offset(3)
+    ]
     rec.path.write_bytes(raw)
     with pytest.raises(VaultError, match="segment 2 fails authentication"):
         Reader(rec.path, rec.key).verify()
@@ -706,8 +735,12 @@ def test_header_from_another_recording_with_same_key_fails_on_aad(tmp_path):
     paths = []
     for name in ("a", "b"):
         header = new_header(
-            recording_id=name, device_id="d", plaintext_size=len(data), data_key=key,
-            stanzas=[], segment_size=S,
+            recording_id=name,
+            device_id="d",
+            plaintext_size=len(data),
+            data_key=key,
+            stanzas=[],
+            segment_size=S,
         )
         writer = Writer.create(tmp_path / f"{name}.part", header, key)
         writer.write(data)
@@ -740,8 +773,14 @@ def test_check_structure_without_key(tmp_path, rec):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("segment_size", 0), ("segment_size", "4096"), ("plaintext_size", -1),
-     ("plaintext_size", 1.5), ("salt", "not base64!"), ("recording_id", None)],
+    [
+        ("segment_size", 0),
+        ("segment_size", "4096"),
+        ("plaintext_size", -1),
+        ("plaintext_size", 1.5),
+        ("salt", "not base64!"),
+        ("recording_id", None),
+    ],
 )
 def test_malformed_core_is_reported_not_crashed_on(tmp_path, rec, field, value):
     header = read_header(rec.path)

@@ -14,7 +14,10 @@ from edgebox.config import config_path_from, load_config
 from edgebox.errors import EdgeboxError
 
 config_option = click.option(
-    "--config", "config_file", metavar="FILE", envvar="EDGEBOX_CONFIG",
+    "--config",
+    "config_file",
+    metavar="FILE",
+    envvar="EDGEBOX_CONFIG",
     help="The box's config file (default: $EDGEBOX_CONFIG).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -45,8 +48,9 @@ def emit(data, as_json: bool, text=None) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
 
 
-def read_secret(secret_file: str | None, prompt: str = "Supervisor review secret",
-                confirm: bool = False) -> str:
+def read_secret(
+    secret_file: str | None, prompt: str = "Supervisor review secret", confirm: bool = False
+) -> str:
     """A review secret from --secret-file, $EDGEBOX_REVIEW_SECRET, or an interactive prompt."""
     if secret_file:
         with open(secret_file, encoding="utf-8") as handle:

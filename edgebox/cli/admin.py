@@ -1,7 +1,8 @@
-"""Commands that set up and inspect a box: init, config, keys, recordings, status, verify, export."""
+"""Commands that set up and inspect a box: init, config, keys, recordings, verify, export."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -9,39 +10,71 @@ import click
 
 from edgebox import custody
 from edgebox.cli import (
-    config_option, emit, handle_errors, json_option, load, main, open_box, read_secret,
+    config_option,
+    emit,
+    handle_errors,
+    json_option,
+    load,
+    main,
+    open_box,
+    read_secret,
 )
 from edgebox.keys import x25519_public_from_file
 
 
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--box-id", default=lambda: socket.gethostname().split(".")[0][:63] or "box-0001",
-              help="A unique name for this box (default: the host name).")
+@click.option(
+    "--box-id",
+    default=lambda: socket.gethostname().split(".")[0][:63] or "box-0001",
+    help="A unique name for this box (default: the host name).",
+)
 @click.option("--organisation", default="Demo Organisation", help="Who runs the box.")
 @click.option("--site", default="Demo Vehicle", help="The vehicle or station it sits in.")
 @click.option("--listen", default="0.0.0.0:8443", help="HOST:PORT of the HTTPS server.")
 @click.option("--supervisor", default="supervisor", help="Name of the first review-key slot.")
-@click.option("--secret-file", type=click.Path(dir_okay=False), help="File holding that slot's secret.")
-@click.option("--demo", is_flag=True, help="Also make a demo central key pair (never for real use).")
+@click.option(
+    "--secret-file", type=click.Path(dir_okay=False), help="File holding that slot's secret."
+)
+@click.option(
+    "--demo", is_flag=True, help="Also make a demo central key pair (never for real use)."
+)
 @json_option
 @handle_errors
 def init(folder, box_id, organisation, site, listen, supervisor, secret_file, demo, as_json):
     """Create a new box in FOLDER: config, database, identity, TLS certificate, review key."""
+    from edgebox.demo import DEMO_SECRET
     from edgebox.provision import init_box
 
-    if demo and not secret_file and "EDGEBOX_REVIEW_SECRET" not in __import__("os").environ:
-        secret = "demo-supervisor"
+    demo_secret = demo and not secret_file and not os.environ.get("EDGEBOX_REVIEW_SECRET")
+    if demo_secret:
+        secret = DEMO_SECRET
     else:
         secret = read_secret(secret_file, "New supervisor review secret", confirm=True)
-    result = init_box(folder, box_id=box_id, organisation=organisation, site=site, listen=listen,
-                      supervisor=supervisor, review_secret=secret, demo=demo)
-    if demo and secret == "demo-supervisor":
+    result = init_box(
+        folder,
+        box_id=box_id,
+        organisation=organisation,
+        site=site,
+        listen=listen,
+        supervisor=supervisor,
+        review_secret=secret,
+        demo=demo,
+    )
+    if demo_secret:
         result["demo_review_secret"] = secret
-    emit(result, as_json, lambda r: click.echo(
-        f"Box {r['box_id']} created: config {r['config']}\n"
-        + ("" if demo else "Next: edgebox keys import-central FILE --config " + r["config"] + "\n")
-    ))
+    emit(
+        result,
+        as_json,
+        lambda r: click.echo(
+            f"Box {r['box_id']} created: config {r['config']}\n"
+            + (
+                ""
+                if demo
+                else "Next: edgebox keys import-central FILE --config " + r["config"] + "\n"
+            )
+        ),
+    )
 
 
 @main.group()
@@ -56,8 +89,11 @@ def config():
 def config_check(config_file, as_json):
     """Validate the config file and environment overrides without starting anything."""
     cfg = load(config_file)
-    emit({"ok": True, "source": cfg.source, "config": cfg.to_dict()}, as_json,
-         lambda r: click.echo(f"{r['source']}: OK"))
+    emit(
+        {"ok": True, "source": cfg.source, "config": cfg.to_dict()},
+        as_json,
+        lambda r: click.echo(f"{r['source']}: OK"),
+    )
 
 
 @main.group()
@@ -83,17 +119,24 @@ def keys_import_central(public_key, config_file, as_json):
 
 @keys.command("add-supervisor")
 @click.argument("name")
-@click.option("--secret-file", type=click.Path(dir_okay=False), help="An existing supervisor's secret.")
-@click.option("--new-secret-file", type=click.Path(dir_okay=False), help="The new supervisor's secret.")
+@click.option(
+    "--secret-file", type=click.Path(dir_okay=False), help="An existing supervisor's secret."
+)
+@click.option(
+    "--new-secret-file", type=click.Path(dir_okay=False), help="The new supervisor's secret."
+)
 @config_option
 @handle_errors
 def keys_add_supervisor(name, secret_file, new_secret_file, config_file):
     """Give supervisor NAME their own secret for the review key (needs an existing secret)."""
     box = open_box(config_file)
     try:
-        unlocked = box.keys.unlock_review(read_secret(secret_file, "An existing supervisor's secret"))
-        box.keys.add_review_slot(name, read_secret(new_secret_file, f"New secret for {name}", True),
-                                 unlocked)
+        unlocked = box.keys.unlock_review(
+            read_secret(secret_file, "An existing supervisor's secret")
+        )
+        box.keys.add_review_slot(
+            name, read_secret(new_secret_file, f"New secret for {name}", True), unlocked
+        )
         custody.record(box.store, "key.review_slot_added", "operator", None, {"slot": name})
     finally:
         box.store.close()
@@ -137,22 +180,29 @@ def status(config_file, as_json):
         report = box.status()
     finally:
         box.store.close()
-    emit(report, as_json, lambda r: click.echo(
-        f"box {r['box_id']}: {r['recordings']['n']} recordings, {r['cameras']['paired']} cameras, "
-        f"{len(r['uploads_in_progress'])} uploads in progress, custody {r['custody']['entries']} "
-        f"entries, {r['storage']['free_bytes'] // 2**20} MiB free"
-    ))
+    emit(
+        report,
+        as_json,
+        lambda r: click.echo(
+            f"box {r['box_id']}: {r['recordings']['n']} recordings, "
+            f"{r['cameras']['paired']} cameras, {len(r['uploads_in_progress'])} uploads in "
+            f"progress, custody {r['custody']['entries']} entries, "
+            f"{r['storage']['free_bytes'] // 2**20} MiB free"
+        ),
+    )
 
 
 @main.command()
-@click.option("--deep", is_flag=True, help="Also decrypt every recording (asks for a review secret).")
+@click.option(
+    "--deep", is_flag=True, help="Also decrypt every recording (asks for a review secret)."
+)
 @click.option("--secret-file", type=click.Path(dir_okay=False), help="Review secret for --deep.")
 @click.option("--checkpoint/--no-checkpoint", default=False, help="Sign a checkpoint first.")
 @config_option
 @json_option
 @handle_errors
 def verify(deep, secret_file, checkpoint, config_file, as_json):
-    """Check the custody chain, its signed checkpoints and every vault file; exit 0 only if intact."""
+    """Check the custody chain, signed checkpoints and every vault file; exit 0 only if intact."""
     from edgebox.verify import verify_box
 
     box = open_box(config_file)
@@ -167,9 +217,11 @@ def verify(deep, secret_file, checkpoint, config_file, as_json):
     def text(r):
         for problem in r["problems"]:
             click.echo(f"FAIL {problem}")
-        click.echo(f"{'OK' if r['ok'] else 'DAMAGED'}: {r['entries']} custody entries, "
-                   f"{r['checkpoints']} checkpoints, {r['recordings']} recordings"
-                   + (f", {r['decrypted']} decrypted" if deep else ""))
+        click.echo(
+            f"{'OK' if r['ok'] else 'DAMAGED'}: {r['entries']} custody entries, "
+            f"{r['checkpoints']} checkpoints, {r['recordings']} recordings"
+            + (f", {r['decrypted']} decrypted" if deep else "")
+        )
 
     emit(report.to_dict(), as_json, text)
     raise SystemExit(0 if report.ok else 1)
@@ -177,8 +229,12 @@ def verify(deep, secret_file, checkpoint, config_file, as_json):
 
 @main.command()
 @click.argument("recording_id")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the decrypted clip (its manifest goes beside it).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the decrypted clip (its manifest goes beside it).",
+)
 @click.option("--secret-file", type=click.Path(dir_okay=False), help="Supervisor review secret.")
 @click.option("--by", "actor", default="supervisor", help="Who exports (for the custody log).")
 @config_option
@@ -194,8 +250,13 @@ def export(recording_id, out, secret_file, actor, config_file, as_json):
         result = export_recording(box, recording_id, review, out, f"user:{actor}")
     finally:
         box.store.close()
-    emit(result, as_json, lambda r: click.echo(f"wrote {r['file']} (sha256 {r['evidence_sha256']})"
-                                               f" and {r['manifest']}"))
+    emit(
+        result,
+        as_json,
+        lambda r: click.echo(
+            f"wrote {r['file']} (sha256 {r['evidence_sha256']}) and {r['manifest']}"
+        ),
+    )
 
 
 @main.command("checkpoint")
@@ -209,5 +270,8 @@ def checkpoint_cmd(config_file, as_json):
         row = box.checkpoint()
     finally:
         box.store.close()
-    emit(row or {"checkpoint": None}, as_json,
-         lambda r: click.echo("signed" if row else "nothing new since the last checkpoint"))
+    emit(
+        row or {"checkpoint": None},
+        as_json,
+        lambda r: click.echo("signed" if row else "nothing new since the last checkpoint"),
+    )

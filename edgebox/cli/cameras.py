@@ -37,10 +37,14 @@ def pair(config_file, as_json):
         result["cert_sha256"] = certificate_fingerprint(box.keys.tls_cert.read_bytes())
     finally:
         box.store.close()
-    emit(result, as_json, lambda r: click.echo(
-        f"pairing code {r['code']} (expires {r['expires_at']})\nbox {r['box_url']}\n"
-        f"certificate sha256 {r['cert_sha256']}"
-    ))
+    emit(
+        result,
+        as_json,
+        lambda r: click.echo(
+            f"pairing code {r['code']} (expires {r['expires_at']})\nbox {r['box_url']}\n"
+            f"certificate sha256 {r['cert_sha256']}"
+        ),
+    )
 
 
 @cameras.command("list")
@@ -57,7 +61,11 @@ def list_cameras(config_file, as_json):
 
     def text(rows):
         for r in rows:
-            state = f"revoked {r['revoked_at']}" if r["revoked_at"] else f"last seen {r['last_seen_at']}"
+            state = (
+                f"revoked {r['revoked_at']}"
+                if r["revoked_at"]
+                else f"last seen {r['last_seen_at']}"
+            )
             click.echo(f"{r['id']}  {r['serial']:<16} {r['model']:<16} {state}")
 
     emit(rows, as_json, text)

@@ -14,6 +14,7 @@ from edgebox.config import parse_listen
 
 def wait_for_signal(stop: threading.Event) -> None:
     """Block until SIGINT/SIGTERM (or `stop` is set by someone else)."""
+
     def _stop(signum, frame):
         stop.set()
 
@@ -40,12 +41,22 @@ def run(config_file, listen):
 
 
 @main.command()
-@click.option("--dir", "folder", default="demo-box", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Where the demo box lives.")
-@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT for the web UI.")
+@click.option(
+    "--dir",
+    "folder",
+    default="demo-box",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the demo box lives.",
+)
+@click.option(
+    "--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT for the web UI."
+)
 @click.option("--cameras", "camera_count", default=2, show_default=True, help="Simulated cameras.")
 @click.option("--clips", default=2, show_default=True, help="Clips each camera records.")
-@click.option("--seconds", default=40.0, show_default=True, help="Length of each clip (30 s pre-event).")
+@click.option(
+    "--seconds", default=40.0, show_default=True, help="Length of each clip (30 s pre-event)."
+)
 @click.option("--once", is_flag=True, help="Exit when the cameras are done instead of serving on.")
 @handle_errors
 def demo(folder, listen, camera_count, clips, seconds, once):
@@ -56,8 +67,13 @@ def demo(folder, listen, camera_count, clips, seconds, once):
 
 
 @main.command("camera-sim")
-@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The camera's own folder (identity, pinned certificate, clips not yet delivered).")
+@click.option(
+    "--state",
+    "state_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The camera's own folder (identity, pinned certificate, clips not yet delivered).",
+)
 @click.option("--box-url", help="The box's URL, e.g. https://192.168.50.1:8443 (needed to pair).")
 @click.option("--code", help="One-time pairing code from `edgebox cameras pair`.")
 @click.option("--cert-sha256", help="The box certificate's SHA-256 printed with the code.")
@@ -68,11 +84,22 @@ def demo(folder, listen, camera_count, clips, seconds, once):
 @click.option("--category", default="patrol", show_default=True, help="Recording category.")
 @click.option("--chunk-mib", default=4, show_default=True, help="tus PATCH size in MiB.")
 @handle_errors
-def camera_sim(state_dir, box_url, code, cert_sha256, clips, seconds, pre_event, user_id, category,
-               chunk_mib):
+def camera_sim(
+    state_dir, box_url, code, cert_sha256, clips, seconds, pre_event, user_id, category, chunk_mib
+):
     """Act as a body-worn camera: pair once, record real MP4 clips, upload them with tus."""
     from edgebox.camera import run_camera
 
-    run_camera(state_dir, box_url=box_url, code=code, cert_sha256=cert_sha256, clips=clips,
-               seconds=seconds, pre_event=pre_event, user_id=user_id, category=category,
-               chunk_size=chunk_mib << 20, log=lambda line: click.echo(line, err=True))
+    run_camera(
+        state_dir,
+        box_url=box_url,
+        code=code,
+        cert_sha256=cert_sha256,
+        clips=clips,
+        seconds=seconds,
+        pre_event=pre_event,
+        user_id=user_id,
+        category=category,
+        chunk_size=chunk_mib << 20,
+        log=lambda line: click.echo(line, err=True),
+    )

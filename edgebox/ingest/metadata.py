@@ -21,17 +21,23 @@ def decode_header(header: str | None) -> dict[str, str]:
     if not header:
         return {}
     if len(header) > MAX_HEADER:
-        raise IngestError(f"Upload-Metadata longer than {MAX_HEADER} bytes", field="Upload-Metadata")
+        raise IngestError(
+            f"Upload-Metadata longer than {MAX_HEADER} bytes", field="Upload-Metadata"
+        )
     values: dict[str, str] = {}
     for pair in header.split(","):
         parts = pair.strip().split(" ")
         key = parts[0]
         if not _KEY.match(key) or len(parts) > 2:
-            raise IngestError(f"malformed metadata pair {pair.strip()[:40]!r}", field="Upload-Metadata")
+            raise IngestError(
+                f"malformed metadata pair {pair.strip()[:40]!r}", field="Upload-Metadata"
+            )
         if key in values:
             raise IngestError(f"metadata key {key!r} given twice", field=key)
         try:
-            values[key] = base64.b64decode(parts[1], validate=True).decode("utf-8") if len(parts) == 2 else ""
+            values[key] = (
+                base64.b64decode(parts[1], validate=True).decode("utf-8") if len(parts) == 2 else ""
+            )
         except (binascii.Error, UnicodeDecodeError):
             raise IngestError(f"metadata {key!r} is not base64 of UTF-8 text", field=key) from None
     return values
@@ -62,8 +68,9 @@ def _time(values: dict, key: str) -> str | None:
     try:
         return parse_rfc3339(text).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     except ValueError:
-        raise IngestError(f"{key} must be an RFC 3339 time with a zone, e.g. 2026-11-28T16:00:00Z",
-                          field=key) from None
+        raise IngestError(
+            f"{key} must be an RFC 3339 time with a zone, e.g. 2026-11-28T16:00:00Z", field=key
+        ) from None
 
 
 def _gps(values: dict) -> str | None:
@@ -73,7 +80,9 @@ def _gps(values: dict) -> str | None:
     try:
         lat, lon = (float(part) for part in text.split(","))
     except ValueError:
-        raise IngestError("gps must be 'latitude,longitude' in decimal degrees", field="gps") from None
+        raise IngestError(
+            "gps must be 'latitude,longitude' in decimal degrees", field="gps"
+        ) from None
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):
         raise IngestError("gps coordinates out of range", field="gps")
     return f"{lat:.6f},{lon:.6f}"
@@ -106,8 +115,9 @@ def parse_recording_metadata(header: str | None, device_serial: str) -> tuple[di
     values = decode_header(header)
     serial = _text(values, "serial", 64) or device_serial
     if serial != device_serial:
-        raise IngestError(f"serial {serial!r} is not the paired camera's serial", status=403,
-                          field="serial")
+        raise IngestError(
+            f"serial {serial!r} is not the paired camera's serial", status=403, field="serial"
+        )
     sha = _text(values, "sha256", 64)
     if sha is not None and not _HEX64.match(sha.lower()):
         raise IngestError("sha256 must be 64 hexadecimal digits", field="sha256")
@@ -126,8 +136,14 @@ def parse_recording_metadata(header: str | None, device_serial: str) -> tuple[di
         "exemption": _text(values, "exemption", 500),
         "camera_sha256": sha.lower() if sha else None,
     }
-    if columns["started_at"] and columns["stopped_at"] and columns["stopped_at"] < columns["started_at"]:
+    if (
+        columns["started_at"]
+        and columns["stopped_at"]
+        and columns["stopped_at"] < columns["started_at"]
+    ):
         raise IngestError("stopped_at is before started_at", field="stopped_at")
     if columns["warned"] == 1 and columns["exemption"]:
-        raise IngestError("give either warned=true or an exemption reason, not both", field="exemption")
+        raise IngestError(
+            "give either warned=true or an exemption reason, not both", field="exemption"
+        )
     return columns, values

@@ -84,16 +84,26 @@ class Pairing:
                 self._failed()
                 reason = "unknown" if row is None else ("used" if row[1] else "expired")
                 raise IngestError(f"pairing code is {reason}", status=403, field="code")
-            db["devices"].insert({
-                "id": device_id, "serial": serial, "model": model,
-                "token_hash": _digest(token), "paired_at": now,
-            })
+            db["devices"].insert(
+                {
+                    "id": device_id,
+                    "serial": serial,
+                    "model": model,
+                    "token_hash": _digest(token),
+                    "paired_at": now,
+                }
+            )
             db.execute(
                 "UPDATE pairing_codes SET used_at = ?, device_id = ? WHERE code_hash = ?",
                 [now, device_id, digest],
             )
-            custody.append(db, "camera.paired", f"device:{device_id}", device_id,
-                           {"serial": serial, "model": model})
+            custody.append(
+                db,
+                "camera.paired",
+                f"device:{device_id}",
+                device_id,
+                {"serial": serial, "model": model},
+            )
         return {"device_id": device_id, "token": token}
 
     def authenticate(self, authorization: str | None) -> dict:

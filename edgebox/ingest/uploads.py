@@ -72,8 +72,13 @@ class _Active:
 class Uploads:
     """Owns every unfinished upload and turns finished ones into recordings."""
 
-    def __init__(self, store: Store, keys: Keyring, settings: IngestSettings,
-                 on_progress: Callable[[str, dict], None] | None = None):
+    def __init__(
+        self,
+        store: Store,
+        keys: Keyring,
+        settings: IngestSettings,
+        on_progress: Callable[[str, dict], None] | None = None,
+    ):
         self.store = store
         self.keys = keys
         self.settings = settings
@@ -127,7 +132,9 @@ class Uploads:
         with self._registry:
             active = self._active.get(row["id"])
             if active is None:
-                writer = vault.Writer.resume(self.partial_path(row["id"]), self._load_resume_key(row["id"]))
+                writer = vault.Writer.resume(
+                    self.partial_path(row["id"]), self._load_resume_key(row["id"])
+                )
                 active = self._active[row["id"]] = _Active(writer)
             return active
 
@@ -135,12 +142,20 @@ class Uploads:
         rec = self.store.one(
             "SELECT id, evidence_sha256 FROM recordings WHERE upload_id = ?", (row["id"],)
         )
-        return Progress(row["id"], row["length"], row["length"], row["expires_at"],
-                        rec["id"] if rec else None, rec["evidence_sha256"] if rec else None, True)
+        return Progress(
+            row["id"],
+            row["length"],
+            row["length"],
+            row["expires_at"],
+            rec["id"] if rec else None,
+            rec["evidence_sha256"] if rec else None,
+            True,
+        )
 
     def _gone(self, row: dict) -> IngestError:
-        return IngestError(f"upload {row['id']} is {row['state']}: {row['error'] or 'no longer open'}",
-                           status=410)
+        return IngestError(
+            f"upload {row['id']} is {row['state']}: {row['error'] or 'no longer open'}", status=410
+        )
 
     # -- tus operations -----------------------------------------------------
     def _check_space(self, length: int) -> None:
@@ -156,17 +171,23 @@ class Uploads:
                 status=507,
             )
 
-    def create(self, device: dict, length_header: str | None, metadata_header: str | None) -> Progress:
+    def create(
+        self, device: dict, length_header: str | None, metadata_header: str | None
+    ) -> Progress:
         """Start an upload (tus creation): validate everything, then write the vault header."""
         if length_header is None:
-            raise IngestError("Upload-Length is required (deferred length is not supported)",
-                              field="Upload-Length")
+            raise IngestError(
+                "Upload-Length is required (deferred length is not supported)",
+                field="Upload-Length",
+            )
         if not length_header.isdigit():
             raise IngestError("Upload-Length must be a non-negative integer", field="Upload-Length")
         length = int(length_header)
         if length > self.settings.max_upload_bytes:
-            raise IngestError(f"recording of {length} bytes exceeds the maximum "
-                              f"{self.settings.max_upload_bytes}", status=413)
+            raise IngestError(
+                f"recording of {length} bytes exceeds the maximum {self.settings.max_upload_bytes}",
+                status=413,
+            )
         columns, raw = parse_recording_metadata(metadata_header, device["serial"])
         self._check_space(length)
         upload_id = secrets.token_urlsafe(18)
@@ -175,16 +196,31 @@ class Uploads:
         central_id, central_key = self.keys.central()
         review_id, review_key = self.keys.review_public()
         stanzas = [
-            {"recipient": f"central:{central_id}", "type": HPKE_NAME,
-             "body": base64.b64encode(wrap_key(data_key, central_key, recording_id.encode())).decode()},
-            {"recipient": f"review:{review_id}", "type": HPKE_NAME,
-             "body": base64.b64encode(wrap_key(data_key, review_key, recording_id.encode())).decode()},
+            {
+                "recipient": f"central:{central_id}",
+                "type": HPKE_NAME,
+                "body": base64.b64encode(
+                    wrap_key(data_key, central_key, recording_id.encode())
+                ).decode(),
+            },
+            {
+                "recipient": f"review:{review_id}",
+                "type": HPKE_NAME,
+                "body": base64.b64encode(
+                    wrap_key(data_key, review_key, recording_id.encode())
+                ).decode(),
+            },
         ]
         now = utcnow()
         header = vault.new_header(
-            recording_id=recording_id, device_id=device["id"], plaintext_size=length,
-            data_key=data_key, stanzas=stanzas, suite=self.settings.suite,
-            segment_size=self.settings.segment_size, created_at=iso(now),
+            recording_id=recording_id,
+            device_id=device["id"],
+            plaintext_size=length,
+            data_key=data_key,
+            stanzas=stanzas,
+            suite=self.settings.suite,
+            segment_size=self.settings.segment_size,
+            created_at=iso(now),
             extra={"serial": device["serial"], "camera_sha256": columns["camera_sha256"]},
         )
         expires = iso(now + dt.timedelta(hours=self.settings.expire_hours))
@@ -195,14 +231,26 @@ class Uploads:
             self._discard_files(upload_id)
             raise _disk_error(exc) from None
         with self.store.write() as db:
-            db["uploads"].insert({
-                "id": upload_id, "device_id": device["id"], "recording_id": recording_id,
-                "length": length, "metadata": json.dumps({"columns": columns, "raw": raw}),
-                "state": "receiving", "created_at": iso(now), "updated_at": iso(now),
-                "expires_at": expires,
-            })
-            custody.append(db, "upload.started", f"device:{device['id']}", recording_id,
-                           {"upload_id": upload_id, "length": length, "filename": columns["filename"]})
+            db["uploads"].insert(
+                {
+                    "id": upload_id,
+                    "device_id": device["id"],
+                    "recording_id": recording_id,
+                    "length": length,
+                    "metadata": json.dumps({"columns": columns, "raw": raw}),
+                    "state": "receiving",
+                    "created_at": iso(now),
+                    "updated_at": iso(now),
+                    "expires_at": expires,
+                }
+            )
+            custody.append(
+                db,
+                "upload.started",
+                f"device:{device['id']}",
+                recording_id,
+                {"upload_id": upload_id, "length": length, "filename": columns["filename"]},
+            )
         with self._registry:
             self._active[upload_id] = _Active(writer)
         progress = Progress(upload_id, 0, length, expires)
@@ -221,8 +269,15 @@ class Uploads:
         with active.lock:
             return Progress(upload_id, active.writer.offset, row["length"], row["expires_at"])
 
-    def append(self, upload_id: str, device: dict, offset_header: str | None,
-               content_length: int | None, stream, checksum_header: str | None = None) -> Progress:
+    def append(
+        self,
+        upload_id: str,
+        device: dict,
+        offset_header: str | None,
+        content_length: int | None,
+        stream,
+        checksum_header: str | None = None,
+    ) -> Progress:
         """Stream one PATCH body into the vault; a checksum mismatch undoes the whole chunk.
 
         `content_length` None means a chunked body: it is read to its end, and bytes
@@ -243,7 +298,8 @@ class Uploads:
             writer = active.writer
             if int(offset_header) != writer.offset:
                 raise IngestError(
-                    f"Upload-Offset {offset_header} does not match the upload's offset {writer.offset}",
+                    f"Upload-Offset {offset_header} does not match the upload's offset "
+                    f"{writer.offset}",
                     status=409,
                 )
             remaining = row["length"] - writer.offset
@@ -254,30 +310,39 @@ class Uploads:
             if checker is not None:
                 if content_length is not None and received < content_length:
                     writer.rollback(mark)
-                    raise IngestError("chunk interrupted; its checksum cannot be verified", status=460)
+                    raise IngestError(
+                        "chunk interrupted; its checksum cannot be verified", status=460
+                    )
                 if checker[1].digest() != checker[0]:
                     writer.rollback(mark)
                     raise IngestError("Upload-Checksum does not match the chunk", status=460)
             writer.sync()
             expires = iso(utcnow() + dt.timedelta(hours=self.settings.expire_hours))
             with self.store.write() as db:
-                db.execute("UPDATE uploads SET updated_at = ?, expires_at = ? WHERE id = ?",
-                           [iso(), expires, upload_id])
-            self._on_progress(device["id"], {"upload_id": upload_id, "offset": writer.offset,
-                                             "length": row["length"]})
+                db.execute(
+                    "UPDATE uploads SET updated_at = ?, expires_at = ? WHERE id = ?",
+                    [iso(), expires, upload_id],
+                )
+            self._on_progress(
+                device["id"],
+                {"upload_id": upload_id, "offset": writer.offset, "length": row["length"]},
+            )
             if writer.offset == row["length"]:
                 return self._finish(row, active, device)
             return Progress(upload_id, writer.offset, row["length"], expires)
         finally:
             active.lock.release()
 
-    def _pump(self, writer: vault.Writer, stream, length: int | None, checker,
-              mark: vault.Mark) -> int:
+    def _pump(
+        self, writer: vault.Writer, stream, length: int | None, checker, mark: vault.Mark
+    ) -> int:
         """Copy the body into the writer; `length` None means a chunked body read to its end."""
         received = 0
         try:
             while length is None or received < length:
-                block = stream.read(READ_BLOCK if length is None else min(READ_BLOCK, length - received))
+                block = stream.read(
+                    READ_BLOCK if length is None else min(READ_BLOCK, length - received)
+                )
                 if not block:
                     break
                 if checker is not None:
@@ -299,39 +364,77 @@ class Uploads:
         columns = json.loads(row["metadata"])["columns"]
         evidence = writer._plain.hexdigest()  # noqa: SLF001 - peek before sealing
         if columns["camera_sha256"] and columns["camera_sha256"] != evidence:
-            self._fail(row, device, f"file sha256 {evidence} does not match the camera's "
-                                    f"{columns['camera_sha256']}")
-            raise IngestError("the received file does not match the camera's sha256; "
-                              "the upload was discarded, upload again", status=460, field="sha256")
+            self._fail(
+                row,
+                device,
+                f"file sha256 {evidence} does not match the camera's {columns['camera_sha256']}",
+            )
+            raise IngestError(
+                "the received file does not match the camera's sha256; "
+                "the upload was discarded, upload again",
+                status=460,
+                field="sha256",
+            )
         summary = writer.finish(self.vault_path(row["recording_id"]))
         self._record(row, device, summary)
         with self._registry:
             self._active.pop(row["id"], None)
         self._resume_path(row["id"]).unlink(missing_ok=True)
-        return Progress(row["id"], row["length"], row["length"], row["expires_at"],
-                        row["recording_id"], summary.evidence_sha256, True)
+        return Progress(
+            row["id"],
+            row["length"],
+            row["length"],
+            row["expires_at"],
+            row["recording_id"],
+            summary.evidence_sha256,
+            True,
+        )
 
     def _record(self, row: dict, device: dict, summary: vault.Summary) -> None:
         meta = json.loads(row["metadata"])
         now = iso()
         with self.store.write() as db:
-            db["recordings"].insert({
-                "id": row["recording_id"], "upload_id": row["id"], "device_id": device["id"],
-                **meta["columns"],
-                "evidence_sha256": summary.evidence_sha256, "stored_sha256": summary.stored_sha256,
-                "size": summary.size, "stored_size": summary.stored_size,
-                "vault_file": self.vault_path(row["recording_id"]).name,
-                "metadata": json.dumps(meta["raw"], sort_keys=True), "received_at": now,
-            })
-            db.execute("UPDATE uploads SET state = 'finished', updated_at = ? WHERE id = ?",
-                       [now, row["id"]])
-            custody.append(db, "recording.ingested", f"device:{device['id']}", row["recording_id"], {
-                "upload_id": row["id"], "evidence_sha256": summary.evidence_sha256,
-                "stored_sha256": summary.stored_sha256, "size": summary.size,
-                "camera_sha256": meta["columns"]["camera_sha256"],
-            })
-            db["outbox"].insert({"kind": "recording", "ref": row["recording_id"], "priority": 100,
-                                 "payload": "{}", "created_at": now})
+            db["recordings"].insert(
+                {
+                    "id": row["recording_id"],
+                    "upload_id": row["id"],
+                    "device_id": device["id"],
+                    **meta["columns"],
+                    "evidence_sha256": summary.evidence_sha256,
+                    "stored_sha256": summary.stored_sha256,
+                    "size": summary.size,
+                    "stored_size": summary.stored_size,
+                    "vault_file": self.vault_path(row["recording_id"]).name,
+                    "metadata": json.dumps(meta["raw"], sort_keys=True),
+                    "received_at": now,
+                }
+            )
+            db.execute(
+                "UPDATE uploads SET state = 'finished', updated_at = ? WHERE id = ?",
+                [now, row["id"]],
+            )
+            custody.append(
+                db,
+                "recording.ingested",
+                f"device:{device['id']}",
+                row["recording_id"],
+                {
+                    "upload_id": row["id"],
+                    "evidence_sha256": summary.evidence_sha256,
+                    "stored_sha256": summary.stored_sha256,
+                    "size": summary.size,
+                    "camera_sha256": meta["columns"]["camera_sha256"],
+                },
+            )
+            db["outbox"].insert(
+                {
+                    "kind": "recording",
+                    "ref": row["recording_id"],
+                    "priority": 100,
+                    "payload": "{}",
+                    "created_at": now,
+                }
+            )
 
     def _discard_files(self, upload_id: str) -> None:
         with self._registry:
@@ -344,10 +447,13 @@ class Uploads:
     def _end(self, row: dict, state: str, actor: str, event: str, error: str | None) -> None:
         self._discard_files(row["id"])
         with self.store.write() as db:
-            db.execute("UPDATE uploads SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-                       [state, error, iso(), row["id"]])
-            custody.append(db, event, actor, row["recording_id"],
-                           {"upload_id": row["id"], "reason": error})
+            db.execute(
+                "UPDATE uploads SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                [state, error, iso(), row["id"]],
+            )
+            custody.append(
+                db, event, actor, row["recording_id"], {"upload_id": row["id"], "reason": error}
+            )
 
     def _fail(self, row: dict, device: dict, reason: str) -> None:
         self._end(row, "failed", f"device:{device['id']}", "upload.failed", reason)
@@ -363,8 +469,13 @@ class Uploads:
         if active is not None and not active.lock.acquire(blocking=False):
             raise IngestError("upload is being written; try again", status=409)
         try:
-            self._end(row, "terminated", f"device:{device['id']}", "upload.terminated",
-                      "terminated by the camera")
+            self._end(
+                row,
+                "terminated",
+                f"device:{device['id']}",
+                "upload.terminated",
+                "terminated by the camera",
+            )
         finally:
             if active is not None:
                 active.lock.release()
@@ -388,7 +499,7 @@ class Uploads:
         return expired
 
     def recover(self) -> dict:
-        """At start: finish uploads whose vault file was renamed before the crash, fail lost ones."""
+        """At start: finish uploads renamed into the vault before a crash; fail lost ones."""
         report = {"completed": [], "lost": [], "resumable": []}
         for row in self.store.query("SELECT * FROM uploads WHERE state = 'receiving'"):
             final = self.vault_path(row["recording_id"])
@@ -397,9 +508,13 @@ class Uploads:
                 report["resumable"].append(row["id"])
             elif final.exists() and self._resume_path(row["id"]).exists():
                 reader = vault.Reader(final, self._load_resume_key(row["id"]))
-                summary = vault.Summary(reader.verify(), vault.file_sha256(final),
-                                        reader.header.plaintext_size, reader.header.stored_size,
-                                        reader.header.segments)
+                summary = vault.Summary(
+                    reader.verify(),
+                    vault.file_sha256(final),
+                    reader.header.plaintext_size,
+                    reader.header.stored_size,
+                    reader.header.segments,
+                )
                 self._record(row, device, summary)
                 self._resume_path(row["id"]).unlink()
                 report["completed"].append(row["id"])

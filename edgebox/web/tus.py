@@ -62,13 +62,15 @@ def _progress_response(progress: Progress, status: int) -> Response:
 def options():
     """Advertise the protocol version, extensions, checksum algorithms and maximum size."""
     response = Response(status=204)
-    response.headers.update({
-        "Tus-Resumable": TUS_VERSION,
-        "Tus-Version": TUS_VERSION,
-        "Tus-Extension": "creation,checksum,termination,expiration",
-        "Tus-Max-Size": str(_box().config.ingest.max_upload_bytes),
-        "Tus-Checksum-Algorithm": ",".join(CHECKSUMS),
-    })
+    response.headers.update(
+        {
+            "Tus-Resumable": TUS_VERSION,
+            "Tus-Version": TUS_VERSION,
+            "Tus-Extension": "creation,checksum,termination,expiration",
+            "Tus-Max-Size": str(_box().config.ingest.max_upload_bytes),
+            "Tus-Checksum-Algorithm": ",".join(CHECKSUMS),
+        }
+    )
     return response
 
 
@@ -107,8 +109,12 @@ def patch(upload_id: str):
     if request.content_length is None and not request.environ.get("wsgi.input_terminated"):
         raise IngestError("Content-Length or chunked transfer encoding is required", status=411)
     progress = _box().uploads.append(
-        upload_id, device, request.headers.get("Upload-Offset"), request.content_length,
-        request.stream, request.headers.get("Upload-Checksum"),
+        upload_id,
+        device,
+        request.headers.get("Upload-Offset"),
+        request.content_length,
+        request.stream,
+        request.headers.get("Upload-Checksum"),
     )
     return _progress_response(progress, 204)
 

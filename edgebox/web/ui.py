@@ -12,6 +12,8 @@ def index():
     """The recordings on this box with their hashes and sync state."""
     box = current_app.extensions["edgebox"]
     return render_template(
-        "recordings.html", box=box.config.box, recordings=box.recordings(limit=200),
+        "recordings.html",
+        box=box.config.box,
+        recordings=box.recordings(limit=200),
         uploads=box.uploads.in_progress(),
     )
