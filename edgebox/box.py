@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -53,19 +55,49 @@ class Box:
         from edgebox.server import WebServer
 
         report = self.uploads.recover()
+        self._record_config()
         custody.record(
             self.store,
             "box.started",
             "box",
             None,
-            {
-                "recovered": {k: len(v) for k, v in report.items()},
-            },
+            {"recovered": {k: len(v) for k, v in report.items()}},
         )
         server = WebServer(self, listen or self.config.listen_address).start()
         self._running.append(server)
         self._running.append(start_scheduler(self))
         return self
+
+    def _record_config(self) -> None:
+        """Log the configuration in force, and which keys changed since the last start."""
+        current = {
+            f"{section}.{key}": value
+            for section, values in self.config.to_dict().items()
+            for key, value in values.items()
+        }
+        last = self.store.one(
+            "SELECT details FROM custody WHERE event IN ('config.applied', 'config.changed') "
+            "ORDER BY seq DESC LIMIT 1"
+        )
+        if last is None:
+            custody.record(self.store, "config.applied", "box", None, {"config": current})
+            return
+        previous = json.loads(last["details"])["config"]
+        changed = sorted(
+            k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k)
+        )
+        if changed:
+            custody.record(
+                self.store,
+                "config.changed",
+                "operator",
+                None,
+                {
+                    "config": current,
+                    "changed": changed,
+                    "before": {k: previous.get(k) for k in changed},
+                },
+            )
 
     @property
     def url(self) -> str:
@@ -97,6 +129,17 @@ class Box:
         sql += " ORDER BY received_at DESC LIMIT ?"
         params.append(limit)
         return self.store.query(sql, tuple(params))
+
+    def _answering(self) -> bool:
+        """Whether something accepts connections on the configured listen address."""
+        host, port = self.config.listen_address
+        if host in ("0.0.0.0", "::"):  # noqa: S104
+            host = "127.0.0.1"
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def status(self) -> dict:
         """What the box holds and how it is doing, for `edgebox status` and the API."""
@@ -132,6 +175,7 @@ class Box:
                 "free_bytes": disk.free,
                 "used_fraction": round(1 - disk.free / disk.total, 4),
             },
+            "server": {"listen": self.config.server.listen, "answering": self._answering()},
             "keys": {
                 "central_key_id": central,
                 "box_certificate_sha256": certificate_fingerprint(self.keys.tls_cert.read_bytes()),

@@ -1,7 +1,8 @@
-"""Reading recordings back: unwrapping their data keys and exporting evidence."""
+"""Reading recordings back (data keys, export) and rewriting their headers (seal, re-wrap)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgebox import custody, vault
 from edgebox.errors import NotFound
-from edgebox.keys import key_id, unwrap_key
+from edgebox.keys import HPKE_NAME, key_id, unwrap_key, wrap_key
 
 
 def data_key_for(path: Path, private: X25519PrivateKey, role: str = "review") -> bytes:
@@ -25,9 +26,7 @@ def export_recording(
     box, recording_id: str, review_key: X25519PrivateKey, out: Path, actor: str
 ) -> dict:
     """Decrypt one recording to `out`, write `out`.manifest.json, and log the export."""
-    rec = box.store.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
-    if rec is None:
-        raise NotFound(f"no recording {recording_id}")
+    rec = _recording(box, recording_id)
     path = box.uploads.vault_path(recording_id)
     reader = vault.Reader(path, data_key_for(path, review_key))
     out = Path(out)
@@ -60,3 +59,61 @@ def export_recording(
     manifest_path = out.with_name(out.name + ".manifest.json")
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return {"file": str(out), "manifest": str(manifest_path), "evidence_sha256": digest}
+
+
+def _rewrite(box, rec: dict, stanzas: list[dict], event: str, actor: str, details: dict) -> dict:
+    """Rewrite a recording's header, then record the new stored hash in the DB and custody log."""
+    path = box.uploads.vault_path(rec["id"])
+    stored = vault.rewrite_header(path, stanzas)
+    with box.store.write() as db:
+        db.execute(
+            "UPDATE recordings SET stored_sha256 = ?, sealed = ? WHERE id = ?",
+            [stored, int(event == "recording.sealed" or rec["sealed"]), rec["id"]],
+        )
+        custody.append(
+            db,
+            event,
+            actor,
+            rec["id"],
+            {
+                **details,
+                "stored_sha256": stored,
+                "previous_stored_sha256": rec["stored_sha256"],
+            },
+        )
+    return box.store.one("SELECT * FROM recordings WHERE id = ?", (rec["id"],))
+
+
+def _recording(box, recording_id: str) -> dict:
+    rec = box.store.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
+    if rec is None:
+        raise NotFound(f"no recording {recording_id}")
+    return rec
+
+
+def seal_recording(box, recording_id: str, actor: str = "box") -> dict:
+    """Drop the review stanza so the box can no longer decrypt it (after central's copy is safe)."""
+    rec = _recording(box, recording_id)
+    header = vault.read_header(box.uploads.vault_path(recording_id))
+    kept = [s for s in header.stanzas if not s["recipient"].startswith("review:")]
+    if len(kept) == len(header.stanzas):
+        raise vault.VaultError(f"recording {recording_id} is already sealed", status=409)
+    return _rewrite(box, rec, kept, "recording.sealed", actor, {"dropped": "review"})
+
+
+def rewrap_recording(box, recording_id: str, review_key: X25519PrivateKey, actor: str) -> dict:
+    """Wrap a recording's data key to the active central key (after a rotation), header only."""
+    rec = _recording(box, recording_id)
+    path = box.uploads.vault_path(recording_id)
+    data_key = data_key_for(path, review_key)
+    kid, public = box.keys.central()
+    header = vault.read_header(path)
+    stanza = {
+        "recipient": f"central:{kid}",
+        "type": HPKE_NAME,
+        "body": base64.b64encode(wrap_key(data_key, public, recording_id.encode())).decode(),
+    }
+    kept = [s for s in header.stanzas if not s["recipient"].startswith("central:")]
+    return _rewrite(
+        box, rec, [stanza, *kept], "recording.rewrapped", actor, {"central_key_id": kid}
+    )

@@ -44,32 +44,36 @@ def verify_box(box, review_key=None) -> Report:
     report = Report(
         entries=chain.entries, checkpoints=chain.checkpoints, problems=list(chain.problems)
     )
-    ingested = {
-        row["subject"]: json.loads(row["details"]).get("evidence_sha256")
-        for row in box.store.query(
-            "SELECT subject, details FROM custody WHERE event = 'recording.ingested'"
-        )
-    }
+    evidence, stored = {}, {}
+    for row in box.store.query(
+        "SELECT subject, event, details FROM custody WHERE event IN "
+        "('recording.ingested', 'recording.sealed', 'recording.rewrapped') ORDER BY seq"
+    ):
+        details = json.loads(row["details"])
+        if row["event"] == "recording.ingested":
+            evidence[row["subject"]] = details.get("evidence_sha256")
+        stored[row["subject"]] = details.get("stored_sha256")
     known = set()
     for rec in box.store.query("SELECT * FROM recordings ORDER BY received_at"):
         report.recordings += 1
         path = box.uploads.vault_path(rec["id"])
         known.add(path.name)
         where = f"recording {rec['id']}"
-        if ingested.get(rec["id"]) != rec["evidence_sha256"]:
-            report.problems.append(
-                f"{where}: evidence hash in the database differs from the custody log"
-            )
+        for name, logged in (("evidence", evidence), ("stored", stored)):
+            if logged.get(rec["id"]) != rec[f"{name}_sha256"]:
+                report.problems.append(
+                    f"{where}: {name} hash in the database differs from the custody log"
+                )
         for problem in vault.check_structure(path, rec["stored_sha256"]):
             report.problems.append(f"{where}: {problem}")
-        if review_key is not None and path.exists():
+        if review_key is not None and path.exists() and not rec["sealed"]:
             try:
-                evidence = vault.Reader(path, data_key_for(path, review_key)).verify()
+                content = vault.Reader(path, data_key_for(path, review_key)).verify()
             except EdgeboxError as exc:
                 report.problems.append(f"{where}: {exc.message}")
                 continue
             report.decrypted += 1
-            if evidence != rec["evidence_sha256"]:
+            if content != rec["evidence_sha256"]:
                 report.problems.append(
                     f"{where}: decrypted content hash differs from the evidence hash"
                 )
