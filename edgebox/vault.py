@@ -17,7 +17,9 @@ import hmac
 import json
 import os
 import struct
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,6 +266,39 @@ class Mark:
     index: int
 
 
+class _Hashing:
+    """Runs hash updates in order on one helper thread, so hashing overlaps reading and sealing.
+
+    hashlib releases the GIL for large buffers; at most `depth` updates wait at once,
+    which bounds the memory held by references to pending blocks.
+    """
+
+    def __init__(self, depth: int = 8):
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque = deque()
+        self._depth = depth
+
+    def update(self, digest, data) -> None:
+        """Queue `digest.update(data)`; `data` must not change afterwards."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-hash")
+        self._pending.append(self._pool.submit(digest.update, data))
+        while len(self._pending) > self._depth:
+            self._pending.popleft().result()
+
+    def drain(self) -> None:
+        """Wait until every queued update is done."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Finish pending work and stop the helper thread."""
+        self.drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 @dataclass
 class Writer:
     """Encrypts a recording segment by segment as its bytes arrive; memory stays ~2 segments."""
@@ -282,6 +317,7 @@ class Writer:
     _since_mark: dict | None = None
     _held: list | None = None
     _held_bytes: int = 0
+    _hashing: _Hashing = field(default_factory=_Hashing)
     _retired: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -349,7 +385,7 @@ class Writer:
                 "resend the original data from the upload's offset",
                 status=409,
             )
-        self._stored.update(blob)
+        self._hashing.update(self._stored, blob)
         self._index += 1
         if self._held is not None and self._held_bytes + len(blob) <= HOLD_LIMIT:
             self._held.append((key, blob))
@@ -376,7 +412,9 @@ class Writer:
         """Accept the next plaintext bytes; full segments (never the last) are sealed at once."""
         if self.offset + len(data) > self.header.plaintext_size:
             raise VaultError("more bytes than the recording's declared size", status=413)
-        self._plain.update(data)
+        if not isinstance(data, bytes):
+            data = bytes(data)  # the hashing thread keeps a reference; it must not change
+        self._hashing.update(self._plain, data)
         size = self.header.segment_size
         last_start = (self.header.segments - 1) * size
         view = memoryview(data)
@@ -400,6 +438,7 @@ class Writer:
         and its segments can later be sealed again with the right bytes.
         """
         self._flush_held()
+        self._hashing.drain()
         self._since_mark = {}
         self._held = [] if hold else None
         self._held_bytes = 0
@@ -413,6 +452,7 @@ class Writer:
 
     def rollback(self, mark: Mark) -> None:
         """Undo everything written since `mark`."""
+        self._hashing.drain()
         os.ftruncate(self._fd, mark.file_length)
         os.lseek(self._fd, mark.file_length, os.SEEK_SET)
         self._tail = bytearray(mark.tail)
@@ -444,6 +484,7 @@ class Writer:
         self._seal(bytes(self._tail), last=True)
         self._tail.clear()
         self.release()
+        self._hashing.close()
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
@@ -461,8 +502,14 @@ class Writer:
             segments=self._index,
         )
 
+    def plaintext_sha256(self) -> str:
+        """SHA-256 of the plaintext accepted so far."""
+        self._hashing.drain()
+        return self._plain.hexdigest()
+
     def close(self) -> None:
         """Close the file without finishing it (it stays resumable)."""
+        self._hashing.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

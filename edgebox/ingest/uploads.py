@@ -362,7 +362,7 @@ class Uploads:
     def _finish(self, row: dict, active: _Active, device: dict) -> Progress:
         writer = active.writer
         columns = json.loads(row["metadata"])["columns"]
-        evidence = writer._plain.hexdigest()  # noqa: SLF001 - peek before sealing
+        evidence = writer.plaintext_sha256()
         if columns["camera_sha256"] and columns["camera_sha256"] != evidence:
             self._fail(
                 row,

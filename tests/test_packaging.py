@@ -1,0 +1,51 @@
+"""The wheel is complete on its own: the web assets ship inside it and the console script works."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_carries_web_assets_and_runs(tmp_path):
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    [wheel] = (tmp_path / "dist").glob("edgebox-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "edgebox/_web/templates/recordings.html" in names
+    assert "edgebox/_web/static/edgebox.css" in names
+    assert any(name.endswith("entry_points.txt") for name in names)
+    target = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stderr
+    probe = subprocess.run(
+        [sys.executable, "-c", "import edgebox.web as w; print(w.assets_dir())"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target)},
+    )
+    assert probe.stdout.strip() == str(target / "edgebox" / "_web"), probe.stderr
