@@ -34,14 +34,20 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--files-dir", required=True)
-    parser.add_argument("--fsync", action="store_true", help="use LocalFileStorage (fsync per PATCH)")
+    parser.add_argument(
+        "--fsync", action="store_true", help="use LocalFileStorage (fsync per PATCH)"
+    )
     parser.add_argument("--ssl-certfile")
     parser.add_argument("--ssl-keyfile")
     args = parser.parse_args()
     uvicorn.run(
-        make_app(args.files_dir, args.fsync), host=args.host, port=args.port,
-        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
-        log_level="warning", access_log=False,
+        make_app(args.files_dir, args.fsync),
+        host=args.host,
+        port=args.port,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        log_level="warning",
+        access_log=False,
     )
 
 

@@ -16,6 +16,7 @@ from edgebox.errors import ConfigError
 from edgebox.ingest.pairing import Pairing
 from edgebox.ingest.uploads import IngestSettings, Uploads
 from edgebox.keys import Keyring, certificate_fingerprint
+from edgebox.sync import state as sync_state
 
 
 class Box:
@@ -42,6 +43,7 @@ class Box:
             ),
         )
         self._running: list = []
+        self.uplink = None
         self.stop_event = threading.Event()
 
     @property
@@ -66,6 +68,11 @@ class Box:
         server = WebServer(self, listen or self.config.listen_address).start()
         self._running.append(server)
         self._running.append(start_scheduler(self))
+        if self.config.upstream.broker:
+            from edgebox.sync.uplink import Uplink
+
+            self.uplink = Uplink(self).start()
+            self._running.append(self.uplink)
         return self
 
     def _record_config(self) -> None:
@@ -174,6 +181,10 @@ class Box:
                 "total_bytes": disk.total,
                 "free_bytes": disk.free,
                 "used_fraction": round(1 - disk.free / disk.total, 4),
+            },
+            "upstream": {
+                "broker": self.config.upstream.broker or None,
+                **sync_state.report(self.store),
             },
             "server": {"listen": self.config.server.listen, "answering": self._answering()},
             "keys": {

@@ -69,6 +69,24 @@ class CustodySection:
 
 
 @dataclass(frozen=True)
+class UpstreamSection:
+    """The MQTT 5 link to central; an empty broker means the box runs offline."""
+
+    broker: str = ""
+    username: str = ""
+    password_file: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    ca: str = ""
+    chunk_size: int = 512 * 1024
+    window: int = 16
+    bandwidth_bytes_per_second: int = 0
+    session_expiry_hours: int = 168
+    keepalive_seconds: int = 30
+    ack_timeout_seconds: int = 20
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole box configuration; `base_dir` anchors relative paths."""
 
@@ -77,6 +95,7 @@ class Config:
     ingest: IngestSection = field(default_factory=IngestSection)
     vault: VaultSection = field(default_factory=VaultSection)
     custody: CustodySection = field(default_factory=CustodySection)
+    upstream: UpstreamSection = field(default_factory=UpstreamSection)
     base_dir: Path = Path(".")
     source: str = "<defaults>"
 
@@ -180,10 +199,41 @@ def _validate(config: Config) -> None:
         ("ingest.reserve_free_bytes", 0),
         ("ingest.pairing_code_minutes", 1),
         ("custody.checkpoint_minutes", 1),
+        ("upstream.chunk_size", 1024),
+        ("upstream.window", 1),
+        ("upstream.bandwidth_bytes_per_second", 0),
+        ("upstream.session_expiry_hours", 1),
+        ("upstream.keepalive_seconds", 5),
+        ("upstream.ack_timeout_seconds", 1),
     ):
         section, key = name.split(".")
         if getattr(getattr(config, section), key) < minimum:
             raise ConfigError(f"{name} must be at least {minimum}", field=name)
+    if config.upstream.chunk_size > 16 * 1024**2:
+        raise ConfigError("upstream.chunk_size must be at most 16 MiB", field="upstream.chunk_size")
+    if config.upstream.broker:
+        parse_broker_url(config.upstream.broker)
+    if bool(config.upstream.client_cert) != bool(config.upstream.client_key):
+        raise ConfigError(
+            "upstream.client_cert and upstream.client_key go together", field="upstream.client_cert"
+        )
+
+
+def parse_broker_url(url: str) -> tuple[str, str, int]:
+    """Split `mqtt://host:port` or `mqtts://host:port` into (scheme, host, port)."""
+    match = re.match(r"^(mqtts?)://(\[[^\]]+\]|[^:/]+)(?::(\d+))?/?$", url)
+    if not match:
+        raise ConfigError(
+            f"upstream.broker {url!r} is not mqtt://HOST:PORT or mqtts://HOST:PORT",
+            field="upstream.broker",
+        )
+    scheme, host, port = match.groups()
+    return scheme, host.strip("[]"), int(port or (8883 if scheme == "mqtts" else 1883))
+
+
+def resolve(config: Config, value: str) -> Path | None:
+    """A path from the config, relative to the config file's folder; None when empty."""
+    return (config.base_dir / value).resolve() if value else None
 
 
 def load_config(path: str | Path | None = None, environ: dict | None = None) -> Config:

@@ -210,3 +210,17 @@ class Store:
                 db.close()
             self._readers.clear()
         self._writer.close()
+
+
+@migrations()
+def m002_sync_state(db: sqlite_utils.Database) -> None:
+    """Small key-value state of the upstream link (cursor of custody sent, link status)."""
+    db.executescript(
+        """
+        CREATE TABLE sync_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        """
+    )

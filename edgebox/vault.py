@@ -273,7 +273,7 @@ class _Hashing:
     which bounds the memory held by references to pending blocks.
     """
 
-    def __init__(self, depth: int = 8):
+    def __init__(self, depth: int = 2):
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque = deque()
         self._depth = depth

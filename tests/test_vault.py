@@ -939,8 +939,9 @@ def test_writer_memory_stays_bounded(tmp_path):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # Measured ~3 MiB: the last segment in the tail, its copy and its ciphertext.
-    assert peak < 5 * chunk, f"peak traced memory {peak} bytes"
+    # Measured ~5 MiB: the tail, a copy of the caller's mutable buffer, the ciphertext, and the
+    # blocks referenced by the two hash updates that may be queued on the hashing thread.
+    assert peak < 6 * chunk, f"peak traced memory {peak} bytes"
     assert summary.evidence_sha256 == expected.hexdigest()
     assert summary.stored_sha256 == file_sha256(tmp_path / "mem.vault")
     assert summary.segments == 64

@@ -82,4 +82,4 @@ def main() -> None:
     """EdgeBox: store camera footage encrypted, prove its custody, and sync it upstream."""
 
 
-from edgebox.cli import admin, cameras, running  # noqa: E402,F401 - registers the commands
+from edgebox.cli import admin, cameras, central, running  # noqa: E402,F401 - registers commands

@@ -26,13 +26,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgebox import custody, vault
-from edgebox.clock import iso, utcnow
+from edgebox.clock import iso, parse_rfc3339, utcnow
 from edgebox.db import Store
 from edgebox.errors import IngestError, NotFound, VaultError
 from edgebox.ingest.metadata import parse_recording_metadata
 from edgebox.keys import HPKE_NAME, Keyring, wrap_key
 
 READ_BLOCK = 1 << 20
+EXPIRY_STEP = dt.timedelta(minutes=1)
 CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
 
 
@@ -317,12 +318,7 @@ class Uploads:
                     writer.rollback(mark)
                     raise IngestError("Upload-Checksum does not match the chunk", status=460)
             writer.sync()
-            expires = iso(utcnow() + dt.timedelta(hours=self.settings.expire_hours))
-            with self.store.write() as db:
-                db.execute(
-                    "UPDATE uploads SET updated_at = ?, expires_at = ? WHERE id = ?",
-                    [iso(), expires, upload_id],
-                )
+            expires = self._extend_expiry(row)
             self._on_progress(
                 device["id"],
                 {"upload_id": upload_id, "offset": writer.offset, "length": row["length"]},
@@ -332,6 +328,19 @@ class Uploads:
             return Progress(upload_id, writer.offset, row["length"], expires)
         finally:
             active.lock.release()
+
+    def _extend_expiry(self, row: dict) -> str:
+        """Push the expiry forward, writing the row only when it moves by a minute or more."""
+        moment = utcnow() + dt.timedelta(hours=self.settings.expire_hours)
+        if moment - parse_rfc3339(row["expires_at"]) < EXPIRY_STEP:
+            return row["expires_at"]
+        expires = iso(moment)
+        with self.store.write() as db:
+            db.execute(
+                "UPDATE uploads SET updated_at = ?, expires_at = ? WHERE id = ?",
+                [iso(), expires, row["id"]],
+            )
+        return expires
 
     def _pump(
         self, writer: vault.Writer, stream, length: int | None, checker, mark: vault.Mark

@@ -1,0 +1,1 @@
+"""Central: the upstream receiver, its store and index, and evidence export."""

@@ -1,0 +1,121 @@
+"""Central's file store: positional, idempotent segment writes that any worker may make.
+
+Layout under the store folder:
+
+- `transfers/<box>/<tid>/init.json`: the accepted init message;
+- `transfers/<box>/<tid>/data`: the file, preallocated, written by offset;
+- `transfers/<box>/<tid>/have/<offset>`: a marker per stored, hash-checked segment;
+- `boxes/<box>/recordings/<recording>.ebv` and `.manifest.json`: complete files.
+
+Completion is decided from what is stored (markers, size, whole-file hash), never
+from which worker saw which message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+from edgebox import vault
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class Transfer:
+    """One file transfer's folder in the store."""
+
+    def __init__(self, root: Path, box_id: str, tid: str):
+        self.folder = Path(root) / "transfers" / box_id / tid
+        self.data = self.folder / "data"
+        self.have_dir = self.folder / "have"
+
+    @property
+    def exists(self) -> bool:
+        """Whether an init was accepted for this transfer."""
+        return (self.folder / "init.json").exists()
+
+    def init(self) -> dict:
+        """The accepted init message."""
+        return json.loads((self.folder / "init.json").read_text())
+
+    def create(self, init: dict) -> None:
+        """Accept an init: make the folder and the preallocated data file (idempotent)."""
+        self.have_dir.mkdir(parents=True, exist_ok=True)
+        if not self.data.exists():
+            with open(self.data, "wb") as handle:
+                handle.truncate(init["size"])
+        if not self.exists:
+            _atomic_write(self.folder / "init.json", json.dumps(init).encode())
+            _fsync_dir(self.folder)
+
+    def have(self) -> list[int]:
+        """Offsets already stored and checked."""
+        if not self.have_dir.exists():
+            return []
+        return sorted(int(p.name) for p in self.have_dir.iterdir() if p.name.isdigit())
+
+    def put(self, offset: int, data: bytes) -> None:
+        """Write one checked segment at its offset, durably, then mark it present."""
+        fd = os.open(self.data, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _atomic_write(self.have_dir / str(offset), b"")
+
+    def forget_segments(self) -> None:
+        """Drop every marker (after a whole-file hash mismatch everything is sent again)."""
+        shutil.rmtree(self.have_dir, ignore_errors=True)
+        self.have_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Serialise the fin decision across workers and processes."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def complete_into(self, destination: Path, manifest: dict) -> None:
+        """Move the verified file into the box's recordings, with its manifest beside it."""
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(
+            destination.with_suffix(".manifest.json"),
+            json.dumps(manifest, indent=2, sort_keys=True).encode(),
+        )
+        os.replace(self.data, destination)
+        _fsync_dir(destination.parent)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def recording_path(root: Path, box_id: str, recording_id: str) -> Path:
+    """Where central keeps a complete recording."""
+    return Path(root) / "boxes" / box_id / "recordings" / f"{recording_id}.ebv"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a stored file."""
+    return vault.file_sha256(path)

@@ -1,0 +1,159 @@
+"""Central's index (SQLite in the store): boxes, recordings, custody, checkpoints, alarms."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from edgebox.clock import iso
+from edgebox.db import connect
+
+migrations = Migrations("edgebox-central")
+
+
+@migrations()
+def c001_index(db: sqlite_utils.Database) -> None:
+    """The central index tables."""
+    db.executescript(
+        """
+        CREATE TABLE boxes (
+            box_id TEXT PRIMARY KEY,
+            identity TEXT NOT NULL,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            custody_seq INTEGER NOT NULL DEFAULT 0,
+            custody_hash TEXT NOT NULL
+        );
+        CREATE TABLE recordings (
+            box_id TEXT NOT NULL,
+            recording_id TEXT NOT NULL,
+            tid TEXT NOT NULL,
+            evidence_sha256 TEXT NOT NULL,
+            stored_sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            file TEXT NOT NULL,
+            manifest TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            PRIMARY KEY (box_id, recording_id)
+        );
+        CREATE TABLE custody (
+            box_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts TEXT NOT NULL,
+            event TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            subject TEXT,
+            details TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            PRIMARY KEY (box_id, seq)
+        );
+        CREATE INDEX custody_subject ON custody(box_id, subject);
+        CREATE TABLE checkpoints (
+            box_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts TEXT NOT NULL,
+            head_hash TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            PRIMARY KEY (box_id, seq)
+        );
+        CREATE TABLE events (
+            box_id TEXT NOT NULL,
+            id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            body TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            PRIMARY KEY (box_id, id)
+        );
+        CREATE TABLE alarms (
+            id INTEGER PRIMARY KEY,
+            box_id TEXT,
+            ts TEXT NOT NULL,
+            message TEXT NOT NULL
+        );
+        CREATE TABLE rejections (
+            id INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            reason TEXT NOT NULL
+        );
+        """
+    )
+
+
+class Index:
+    """Per-thread connections to `central.db`; writes use short IMMEDIATE transactions."""
+
+    def __init__(self, store_dir: Path):
+        self.path = Path(store_dir) / "central.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = connect(self.path)
+        migrations.apply(db)
+        db.close()
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = connect(self.path)
+            with self._lock:
+                self._all.append(db)
+        return db
+
+    def write(self):
+        """A write transaction (BEGIN IMMEDIATE, so concurrent workers queue, never deadlock)."""
+        return _Immediate(self.db)
+
+    def query(self, sql: str, params=()) -> list[dict]:
+        """Rows as dicts."""
+        return [dict(r) for r in self.db.conn.execute(sql, params).fetchall()]
+
+    def one(self, sql: str, params=()) -> dict | None:
+        """The first row as a dict, or None."""
+        row = self.db.conn.execute(sql, params).fetchone()
+        return dict(row) if row else None
+
+    def alarm(self, box_id: str | None, message: str) -> None:
+        """Raise an alarm that operators must look at."""
+        with self.write() as db:
+            db.execute(
+                "INSERT INTO alarms (box_id, ts, message) VALUES (?, ?, ?)",
+                [box_id, iso(), message],
+            )
+
+    def reject(self, topic: str, reason: str) -> None:
+        """Log a refused message."""
+        with self.write() as db:
+            db.execute(
+                "INSERT INTO rejections (ts, topic, reason) VALUES (?, ?, ?)",
+                [iso(), topic[:300], reason[:500]],
+            )
+
+    def close(self) -> None:
+        """Close every connection."""
+        with self._lock:
+            for db in self._all:
+                db.close()
+            self._all.clear()
+
+
+class _Immediate:
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, kind, value, tb):
+        self.db.conn.execute("COMMIT" if kind is None else "ROLLBACK")
+        return False

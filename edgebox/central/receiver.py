@@ -1,0 +1,376 @@
+"""Central's message handling: custody and metadata, file init / segment / fin, and acks.
+
+Every message is idempotent by its id, offset or transfer id: duplicates get the
+same answer and change nothing. Malformed or hostile messages are logged in the
+`rejections` table and never touch stored files.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgebox import custody, vault
+from edgebox.central.files import Transfer, file_sha256, recording_path
+from edgebox.central.index import Index
+from edgebox.clock import iso
+from edgebox.sync import protocol
+from edgebox.sync.protocol import ProtocolError
+
+log = logging.getLogger(__name__)
+MAX_FILE = 1 << 40
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CUSTODY_INSERT = (
+    "INSERT OR IGNORE INTO custody (box_id, seq, ts, event, actor, subject, details, prev_hash, "
+    "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class Receiver:
+    """Applies upstream messages to the store and answers on the box's ack topic."""
+
+    def __init__(self, store_dir: Path, publish: Callable[[str, bytes], object]):
+        self.root = Path(store_dir)
+        self.index = Index(self.root)
+        self.publish = publish
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Dispatch one message; problems are logged as rejections, never raised."""
+        try:
+            parts = protocol.parse_topic(topic)
+            if parts["kind"] == "meta":
+                self._meta(parts["box"], protocol.decode(payload))
+            elif parts["kind"] == "init":
+                self._init(parts["box"], parts["tid"], protocol.decode(payload))
+            elif parts["kind"] == "seg":
+                self._segment(parts, payload)
+            elif parts["kind"] == "fin":
+                self._fin(parts["box"], parts["tid"], protocol.decode(payload))
+            else:
+                raise ProtocolError(f"central does not take {parts['kind']} messages")
+        except ProtocolError as exc:
+            log.warning("rejected %s: %s", topic[:120], exc.message)
+            self.index.reject(topic, exc.message)
+
+    def _ack(self, box: str, message: dict) -> None:
+        self.publish(protocol.ack_topic(box), protocol.encode({"box": box, **message}))
+
+    # -- identity -------------------------------------------------------------
+    def _identity(self, box: str, claimed: str | None) -> Ed25519PublicKey:
+        """The box's pinned identity key (pinned at first contact; a change raises an alarm)."""
+        row = self.index.one("SELECT identity FROM boxes WHERE box_id = ?", (box,))
+        if row is None:
+            if not isinstance(claimed, str):
+                raise ProtocolError(f"unknown box {box} sent no identity")
+            _public(claimed)  # refuse a malformed key before pinning it
+            now = iso()
+            with self.index.write() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO boxes (box_id, identity, first_seen, last_seen, "
+                    "custody_hash) VALUES (?, ?, ?, ?, ?)",
+                    [box, claimed, now, now, custody.GENESIS],
+                )
+            row = self.index.one("SELECT identity FROM boxes WHERE box_id = ?", (box,))
+        if claimed is not None and claimed != row["identity"]:
+            self.index.alarm(box, "a message claimed another identity key for this box")
+            raise ProtocolError(f"identity of box {box} differs from the one pinned")
+        return _public(row["identity"])
+
+    # -- custody and metadata -------------------------------------------------
+    def _meta(self, box: str, message: dict) -> None:
+        if message.get("box") != box:
+            raise ProtocolError(f"message for box {message.get('box')!r} on box {box}'s topic")
+        message_id = message.get("id")
+        if not isinstance(message_id, str) or not message_id:
+            raise ProtocolError("metadata event without an id")
+        public = self._identity(box, message.get("identity"))
+        if message.get("type") == "custody":
+            status = self._custody(box, message, public)
+        else:
+            with self.index.write() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO events (box_id, id, type, body, received_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [box, message_id, str(message.get("type")), json.dumps(message), iso()],
+                )
+            status = {"status": "ok"}
+        self._ack(box, {"re": "meta", "id": message_id, **status})
+
+    def _custody(self, box: str, message: dict, public: Ed25519PublicKey) -> dict:
+        entries, checkpoints = message.get("entries"), message.get("checkpoints") or []
+        if not isinstance(entries, list) or not entries:
+            raise ProtocolError("custody message without entries")
+        head = self.index.one(
+            "SELECT custody_seq, custody_hash FROM boxes WHERE box_id = ?", (box,)
+        )
+        seq, prev = head["custody_seq"], head["custody_hash"]
+        fresh = []
+        for entry in entries:
+            try:
+                number, computed = int(entry["seq"]), custody.entry_hash(entry)
+            except (KeyError, TypeError, ValueError):
+                raise ProtocolError("malformed custody entry") from None
+            if computed != entry.get("hash"):
+                raise ProtocolError(f"custody entry {number}: hash does not match its content")
+            if number <= seq:
+                known = self.index.one(
+                    "SELECT hash FROM custody WHERE box_id = ? AND seq = ?", (box, number)
+                )
+                if known and known["hash"] != entry["hash"]:
+                    self.index.alarm(box, f"custody fork at entry {number}: history rewritten")
+                    return {"status": "rejected", "reason": f"fork at entry {number}"}
+                continue
+            if number != seq + 1:
+                self.index.alarm(box, f"custody gap: entries {seq + 1}..{number - 1} missing")
+                return {"status": "gap", "next_seq": seq + 1}
+            if entry["prev_hash"] != prev:
+                self.index.alarm(box, f"custody fork at entry {number}: link broken")
+                return {"status": "rejected", "reason": f"fork at entry {number}"}
+            fresh.append(entry)
+            seq, prev = number, entry["hash"]
+        known_hashes = {e["seq"]: e["hash"] for e in entries}
+        for cp in checkpoints:
+            message_bytes = custody.checkpoint_message(box, cp["seq"], cp["head_hash"], cp["ts"])
+            try:
+                public.verify(base64.b64decode(cp["signature"]), message_bytes)
+            except Exception:  # noqa: BLE001 - any failure means the signature is bad
+                self.index.alarm(box, f"checkpoint at entry {cp['seq']}: bad signature")
+                raise ProtocolError("checkpoint signature invalid") from None
+            if known_hashes.get(cp["seq"], cp["head_hash"]) != cp["head_hash"]:
+                self.index.alarm(box, f"checkpoint at entry {cp['seq']} differs from the chain")
+                raise ProtocolError("checkpoint does not match the chain")
+        columns = ("seq", "ts", "event", "actor", "subject", "details", "prev_hash", "hash")
+        with self.index.write() as db:
+            for entry in fresh:
+                db.execute(CUSTODY_INSERT, [box, *(entry[c] for c in columns)])
+            for cp in checkpoints:
+                db.execute(
+                    "INSERT OR IGNORE INTO checkpoints (box_id, seq, ts, head_hash, key_id, "
+                    "signature) VALUES (?, ?, ?, ?, ?, ?)",
+                    [box, cp["seq"], cp["ts"], cp["head_hash"], cp["key_id"], cp["signature"]],
+                )
+            if fresh:
+                db.execute(
+                    "UPDATE boxes SET custody_seq = ?, custody_hash = ?, last_seen = ? "
+                    "WHERE box_id = ?",
+                    [seq, prev, iso(), box],
+                )
+        return {"status": "ok"}
+
+    # -- files ----------------------------------------------------------------
+    def _init(self, box: str, tid: str, message: dict) -> None:
+        public = self._identity(box, message.get("identity"))
+        _check_init(box, tid, message)
+        if not protocol.check_signature(message["manifest"], message["signature"], public):
+            self.index.reject(protocol.init_topic(box, tid), "manifest signature invalid")
+            self._ack(
+                box,
+                {
+                    "re": "init",
+                    "tid": tid,
+                    "status": "rejected",
+                    "reason": "manifest signature invalid",
+                },
+            )
+            return
+        held = self.index.one(
+            "SELECT * FROM recordings WHERE box_id = ? AND recording_id = ?",
+            (box, message["recording_id"]),
+        )
+        if held is not None:
+            if held["stored_sha256"] == message["sha256"]:
+                self._ack(
+                    box,
+                    {
+                        "re": "init",
+                        "tid": tid,
+                        "status": "complete",
+                        "sha256": held["stored_sha256"],
+                        "size": held["size"],
+                    },
+                )
+            else:
+                self.index.alarm(
+                    box, f"recording {message['recording_id']} sent again with other bytes"
+                )
+                self._ack(
+                    box,
+                    {
+                        "re": "init",
+                        "tid": tid,
+                        "status": "rejected",
+                        "reason": "central already holds this recording with other bytes",
+                    },
+                )
+            return
+        transfer = Transfer(self.root, box, tid)
+        if transfer.exists and transfer.init()["sha256"] != message["sha256"]:
+            raise ProtocolError("init for an existing transfer with other bytes")
+        transfer.create(message)
+        self._ack(box, {"re": "init", "tid": tid, "status": "ok", "have": transfer.have()})
+
+    def _segment(self, parts: dict, payload: bytes) -> None:
+        box, tid, offset = parts["box"], parts["tid"], parts["offset"]
+        transfer = Transfer(self.root, box, tid)
+        if not transfer.exists:
+            held = self.index.one(
+                "SELECT 1 FROM recordings WHERE box_id = ? AND tid = ?", (box, tid)
+            )
+            if held:
+                self._ack(box, {"re": "seg", "tid": tid, "offset": offset, "status": "ok"})
+                return
+            self.index.reject(
+                protocol.segment_topic(box, tid, offset, parts["sha256"]),
+                "segment for an unknown transfer",
+            )
+            self._ack(box, {"re": "seg", "tid": tid, "offset": offset, "status": "unknown"})
+            return
+        init = transfer.init()
+        size, chunk = init["size"], init["chunk"]
+        expected = min(chunk, size - offset) if offset < size or offset == 0 else -1
+        status = "ok"
+        if offset % chunk or expected < 0 or len(payload) != max(expected, 0):
+            status, reason = "resend", f"segment at {offset} has the wrong offset or length"
+        elif protocol.sha256_hex(payload) != parts["sha256"]:
+            status, reason = "resend", f"segment at {offset} does not match its sha256"
+        if status != "ok":
+            self.index.reject(protocol.segment_topic(box, tid, offset, parts["sha256"]), reason)
+        else:
+            transfer.put(offset, payload)
+        self._ack(box, {"re": "seg", "tid": tid, "offset": offset, "status": status})
+
+    def _fin(self, box: str, tid: str, message: dict) -> None:
+        transfer = Transfer(self.root, box, tid)
+        held = self.index.one("SELECT * FROM recordings WHERE box_id = ? AND tid = ?", (box, tid))
+        if held is not None:
+            self._ack(
+                box,
+                {
+                    "re": "fin",
+                    "tid": tid,
+                    "status": "complete",
+                    "sha256": held["stored_sha256"],
+                    "size": held["size"],
+                },
+            )
+            return
+        if not transfer.exists:
+            self.index.reject(protocol.fin_topic(box, tid), "fin for an unknown transfer")
+            self._ack(box, {"re": "fin", "tid": tid, "status": "unknown"})
+            return None
+        init = transfer.init()
+        if message.get("size") != init["size"] or message.get("sha256") != init["sha256"]:
+            raise ProtocolError("fin names another size or hash than the init")
+        with transfer.locked():
+            if self.index.one("SELECT 1 FROM recordings WHERE box_id = ? AND tid = ?", (box, tid)):
+                self._ack(
+                    box,
+                    {
+                        "re": "fin",
+                        "tid": tid,
+                        "status": "complete",
+                        "sha256": init["sha256"],
+                        "size": init["size"],
+                    },
+                )
+                return None
+            missing = sorted(
+                set(protocol.offsets(init["size"], init["chunk"])) - set(transfer.have())
+            )
+            if missing:
+                self._ack(box, {"re": "fin", "tid": tid, "status": "resend", "offsets": missing})
+                return None
+            digest = file_sha256(transfer.data)
+            if digest != init["sha256"]:
+                self.index.reject(
+                    protocol.fin_topic(box, tid),
+                    f"whole file sha256 {digest} differs from {init['sha256']}",
+                )
+                transfer.forget_segments()
+                self._ack(box, {"re": "fin", "tid": tid, "status": "resend_all"})
+                return None
+            self._store(box, tid, transfer, init)
+        self._ack(
+            box,
+            {
+                "re": "fin",
+                "tid": tid,
+                "status": "complete",
+                "sha256": init["sha256"],
+                "size": init["size"],
+            },
+        )
+        return None
+
+    def _store(self, box: str, tid: str, transfer: Transfer, init: dict) -> None:
+        destination = recording_path(self.root, box, init["recording_id"])
+        problems = vault.check_structure(transfer.data, init["sha256"])
+        if problems:
+            self.index.alarm(box, f"recording {init['recording_id']}: {problems[0]}")
+        transfer.complete_into(
+            destination, {"manifest": init["manifest"], "signature": init["signature"], "tid": tid}
+        )
+        recording = init["manifest"]["recording"]
+        with self.index.write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO recordings (box_id, recording_id, tid, evidence_sha256, "
+                "stored_sha256, size, file, manifest, signature, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    box,
+                    init["recording_id"],
+                    tid,
+                    recording["evidence_sha256"],
+                    init["sha256"],
+                    init["size"],
+                    str(destination.relative_to(self.root)),
+                    json.dumps(init["manifest"]),
+                    init["signature"],
+                    iso(),
+                ],
+            )
+
+
+def _public(b64: str) -> Ed25519PublicKey:
+    try:
+        return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64, validate=True))
+    except (ValueError, TypeError):
+        raise ProtocolError("identity is not an Ed25519 public key") from None
+
+
+def _check_init(box: str, tid: str, message: dict) -> None:
+    """Reject an init whose fields are missing, malformed or inconsistent."""
+    try:
+        size, chunk, sha = message["size"], message["chunk"], message["sha256"]
+        manifest, rid = message["manifest"], message["recording_id"]
+        isinstance(message["signature"], str) or _raise("signature must be text")
+    except KeyError as exc:
+        raise ProtocolError(f"init without {exc.args[0]}") from None
+    if message.get("box") != box or message.get("tid") != tid:
+        raise ProtocolError("init names another box or transfer than its topic")
+    if not isinstance(size, int) or not 0 <= size <= MAX_FILE:
+        raise ProtocolError("init size must be a non-negative integer")
+    if not isinstance(chunk, int) or not 1024 <= chunk <= 16 << 20:
+        raise ProtocolError("init chunk must be 1 KiB to 16 MiB")
+    if not isinstance(sha, str) or not _HEX64.match(sha):
+        raise ProtocolError("init sha256 must be 64 lowercase hex digits")
+    if not isinstance(rid, str) or not _RID.match(rid) or tid != protocol.transfer_id(rid, sha):
+        raise ProtocolError("init recording id does not match its transfer id")
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("box_id") != box
+        or manifest.get("stored_sha256") != sha
+        or manifest.get("stored_size") != size
+    ):
+        raise ProtocolError("manifest does not describe this file")
+
+
+def _raise(message: str):
+    raise ProtocolError(message)

@@ -1,0 +1,76 @@
+"""`edgebox central run`: N receiver workers in one MQTT shared subscription."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from edgebox.central.receiver import Receiver
+from edgebox.sync import protocol
+from edgebox.sync.link import Link, LinkSettings
+
+
+class CentralWorker:
+    """One shared-subscription member: its own MQTT client and store connection."""
+
+    def __init__(self, store: Path, settings: LinkSettings):
+        self.receiver = Receiver(store, self._publish)
+        self.link = Link(settings, self.receiver.handle)
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self.link.client.publish(topic, payload, qos=1)
+
+    def start(self) -> CentralWorker:
+        """Connect and subscribe."""
+        self.link.start()
+        return self
+
+    def stop(self) -> None:
+        """Disconnect and close the index."""
+        self.link.stop()
+        self.receiver.index.close()
+
+
+def central_settings(
+    broker: str,
+    *,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    username: str = "",
+    password: str = "",
+) -> LinkSettings:
+    """Link settings for a central worker (clean session, so a dead worker's share moves on)."""
+    return LinkSettings(
+        box_id="central",
+        broker=broker,
+        username=username,
+        password=password,
+        ca=ca,
+        client_cert=cert,
+        client_key=key,
+        session_expiry_seconds=0,
+        subscriptions=protocol.central_subscriptions(),
+    )
+
+
+def start_workers(store: Path, settings: LinkSettings, count: int) -> list[CentralWorker]:
+    """Start `count` workers with unique client ids."""
+    Path(store).mkdir(parents=True, exist_ok=True)
+    run = uuid.uuid4().hex[:8]
+    return [
+        CentralWorker(store, replace(settings, client_id=f"edgebox-central-{run}-{n}")).start()
+        for n in range(count)
+    ]
+
+
+def run_until(stop: threading.Event, workers: list[CentralWorker]) -> None:
+    """Serve until `stop` is set, then stop every worker."""
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for worker in workers:
+            worker.stop()

@@ -1,0 +1,178 @@
+"""One vault file to central: init, segments by offset in a bounded window, fin, end-to-end ack."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+from edgebox import vault
+from edgebox.errors import EdgeboxError
+from edgebox.sync import protocol
+
+log = logging.getLogger(__name__)
+MANIFEST_FIELDS = (
+    "id",
+    "device_id",
+    "serial",
+    "filename",
+    "user_id",
+    "started_at",
+    "stopped_at",
+    "trigger_on",
+    "trigger_off",
+    "pre_event_seconds",
+    "gps",
+    "category",
+    "warned",
+    "exemption",
+    "camera_sha256",
+    "evidence_sha256",
+    "size",
+    "received_at",
+    "incident",
+    "legal_hold",
+)
+
+
+class FileTransfer:
+    """Sends one recording's vault file and waits for central's verdict."""
+
+    def __init__(self, uplink, rec: dict):
+        self.uplink = uplink
+        self.rec = rec
+        self.box_id = uplink.box_id
+        self.path = uplink.box.uploads.vault_path(rec["id"])
+        self.size = rec["stored_size"]
+        self.sha256 = rec["stored_sha256"]
+        self.tid = protocol.transfer_id(rec["id"], self.sha256)
+        self.chunk = uplink.up.chunk_size
+
+    def _match(self, kind: str, offset: int | None = None):
+        def match(ack: dict) -> bool:
+            return (
+                ack.get("re") == kind
+                and ack.get("tid") == self.tid
+                and (offset is None or ack.get("offset") == offset)
+            )
+
+        return match
+
+    def manifest(self) -> dict:
+        """The signed facts central checks the file against."""
+        ingested = self.uplink.store.one(
+            "SELECT seq, hash FROM custody WHERE event = 'recording.ingested' AND subject = ?",
+            (self.rec["id"],),
+        )
+        return {
+            "box_id": self.box_id,
+            "recording": {k: self.rec[k] for k in MANIFEST_FIELDS},
+            "camera_metadata": json.loads(self.rec["metadata"]),
+            "stored_sha256": self.sha256,
+            "stored_size": self.size,
+            "custody": ingested,
+        }
+
+    def run(self) -> None:
+        """Transfer the file; returns when central confirmed, rejected, or the link dropped."""
+        problems = vault.check_structure(self.path, self.sha256)
+        if problems:
+            raise EdgeboxError(f"not sending damaged recording {self.rec['id']}: {problems[0]}")
+        manifest = self.manifest()
+        identity = self.uplink.box.keys.identity()
+        init = {
+            "tid": self.tid,
+            "box": self.box_id,
+            "recording_id": self.rec["id"],
+            "name": self.path.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "chunk": self.chunk,
+            "manifest": manifest,
+            "signature": protocol.sign(manifest, identity),
+            "identity": self.uplink.identity,
+        }
+        with self.uplink.store.write() as db:
+            db.execute(
+                "UPDATE recordings SET sync_state = 'sending' WHERE id = ? "
+                "AND sync_state = 'pending'",
+                [self.rec["id"]],
+            )
+        while True:
+            try:
+                return self._attempt(init)
+            except _Restart:
+                log.info("central lost transfer %s; starting it again", self.tid)
+
+    def _attempt(self, init: dict) -> None:
+        ack = self.uplink._request(
+            protocol.init_topic(self.box_id, self.tid), init, self._match("init")
+        )
+        while True:
+            if ack.get("status") == "unknown":
+                raise _Restart()
+            if ack.get("status") == "complete":
+                return self._finish(ack)
+            if ack.get("status") == "rejected":
+                return self.uplink.rejected(self.rec, str(ack.get("reason", "no reason given")))
+            have = set(ack.get("have") or []) if ack.get("status") != "resend_all" else set()
+            wanted = ack.get("offsets") if ack.get("status") == "resend" else None
+            self._send_segments(have, wanted)
+            ack = self.uplink._request(
+                protocol.fin_topic(self.box_id, self.tid),
+                {"tid": self.tid, "box": self.box_id, "size": self.size, "sha256": self.sha256},
+                self._match("fin"),
+            )
+
+    def _finish(self, ack: dict) -> None:
+        if ack.get("sha256") != self.sha256 or ack.get("size") != self.size:
+            raise EdgeboxError(
+                f"central's confirmation for {self.rec['id']} names other bytes "
+                f"({ack.get('sha256')}, {ack.get('size')}); not sealing"
+            )
+        self.uplink.progress(self.rec["id"], self.size, self.size, force=True)
+        self.uplink.confirmed(self.rec, ack)
+
+    def _send_segments(self, have: set, wanted: list | None) -> None:
+        todo = [o for o in (wanted or protocol.offsets(self.size, self.chunk)) if o not in have]
+        todo.reverse()  # pop() from the end sends in ascending order
+        inflight: dict[int, float] = {}
+        window = self.uplink.up.window
+        timeout = self.uplink.up.ack_timeout_seconds
+        sent = self.size - len(todo) * self.chunk
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            while todo or inflight:
+                while todo and len(inflight) < window:
+                    offset = todo.pop()
+                    data = self.uplink.read_chunk(fd, offset, self.size)
+                    self.uplink.throttle(len(data))
+                    digest = hashlib.sha256(data).hexdigest()
+                    self.uplink._publish(
+                        protocol.segment_topic(self.box_id, self.tid, offset, digest), data
+                    )
+                    inflight[offset] = time.monotonic()
+                ack = self.uplink._wait(self._match("seg"), timeout)
+                if ack is None:  # nothing came back in time: resend what is outstanding
+                    todo.extend(sorted(inflight, reverse=True))
+                    inflight.clear()
+                    continue
+                offset = ack.get("offset")
+                if offset not in inflight:
+                    continue
+                del inflight[offset]
+                if ack.get("status") == "unknown":
+                    raise _Restart()
+                if ack.get("status") == "ok":
+                    sent += self.chunk
+                    self.uplink.progress(self.rec["id"], min(sent, self.size), self.size)
+                else:
+                    todo.append(offset)
+        finally:
+            os.close(fd)
+
+
+class _Restart(Exception):
+    """Central no longer knows the transfer: send init again."""

@@ -1,0 +1,284 @@
+"""The uplink: drains custody entries, metadata events and vault files to central.
+
+One thread does the work in priority order (custody and metadata first, then
+recordings under a hold or tied to an incident, then the oldest), sending only
+while the link is up and keeping at most `window` file segments unacknowledged.
+Only central's end-to-end answer marks anything delivered; then the recording
+is sealed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import queue
+import threading
+import time
+
+from cryptography.hazmat.primitives import serialization
+
+from edgebox import custody
+from edgebox.clock import iso
+from edgebox.errors import EdgeboxError
+from edgebox.sync import protocol, state
+from edgebox.sync.link import Link, settings_from_config
+
+log = logging.getLogger(__name__)
+CUSTODY_BATCH = 500
+ERROR_PAUSE = 30
+
+
+class LinkLost(Exception):
+    """The link went down mid-operation; the operation restarts when it returns."""
+
+
+class _Bucket:
+    """A token bucket for the optional bandwidth cap."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self.tokens = float(rate)
+        self.stamp = time.monotonic()
+
+    def take(self, amount: int, stop: threading.Event) -> None:
+        if not self.rate:
+            return
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= min(amount, self.rate):
+                self.tokens -= amount
+                return
+            if stop.wait((amount - self.tokens) / self.rate):
+                return
+
+
+class Uplink:
+    """Sends the backlog upstream whenever the link is up; owned by the box process."""
+
+    def __init__(self, box):
+        self.box = box
+        self.store = box.store
+        self.box_id = box.config.box.box_id
+        self.up = box.config.upstream
+        self.acks: queue.Queue = queue.Queue()
+        self.stop_event = threading.Event()
+        self.link = Link(
+            settings_from_config(box.config, [protocol.ack_topic(self.box_id)]),
+            self._message,
+            self._state,
+        )
+        identity = box.keys.identity_public().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.identity = base64.b64encode(identity).decode()
+        self._bucket = _Bucket(self.up.bandwidth_bytes_per_second)
+        self._thread: threading.Thread | None = None
+        self._progress_stamp = 0.0
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> Uplink:
+        """Connect and start draining."""
+        self.link.start()
+        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop draining and disconnect."""
+        self.stop_event.set()
+        if self._thread:
+            self._thread.join(timeout=15)
+        self.link.stop()
+
+    def _state(self, link_state: str, detail: str) -> None:
+        state.put(self.store, "link", {"state": link_state, "detail": detail, "since": iso()})
+
+    def _message(self, topic: str, payload: bytes) -> None:
+        if topic != protocol.ack_topic(self.box_id):
+            log.warning("ignored message on %s", topic)
+            return
+        try:
+            ack = protocol.decode(payload)
+        except protocol.ProtocolError as exc:
+            log.warning("ignored malformed ack: %s", exc.message)
+            return
+        if ack.get("box") != self.box_id:
+            log.warning("ignored ack addressed to box %r", ack.get("box"))
+            return
+        self.acks.put(ack)
+
+    # -- the loop -----------------------------------------------------------
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            if not self.link.connected.wait(1):
+                continue
+            try:
+                busy = self._send_custody() or self._send_meta() or self._send_next_recording()
+            except LinkLost:
+                continue
+            except EdgeboxError as exc:
+                log.error("uplink: %s; retrying in %d s", exc.message, ERROR_PAUSE)
+                self.stop_event.wait(ERROR_PAUSE)
+                continue
+            except Exception:  # noqa: BLE001 - keep draining after an unexpected fault
+                log.exception("uplink failed; retrying in %d s", ERROR_PAUSE)
+                self.stop_event.wait(ERROR_PAUSE)
+                continue
+            if not busy:
+                self.stop_event.wait(1)
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        if self.link.publish(topic, payload) is None:
+            raise LinkLost()
+
+    def _wait(self, match, timeout: float) -> dict | None:
+        """The next ack that `match` accepts, or None after `timeout`; others are dropped."""
+        deadline = time.monotonic() + timeout
+        while not self.stop_event.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if not self.link.connected.is_set():
+                raise LinkLost()
+            try:
+                ack = self.acks.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if match(ack):
+                return ack
+            log.info(
+                "ignored stale or unrelated ack %s", {k: ack.get(k) for k in ("re", "tid", "id")}
+            )
+        raise LinkLost()
+
+    def _request(self, topic: str, message: dict, match) -> dict:
+        """Publish a JSON message and wait for its ack, resending after each timeout."""
+        while True:
+            self._publish(topic, protocol.encode(message))
+            ack = self._wait(match, self.up.ack_timeout_seconds)
+            if ack is not None:
+                return ack
+
+    # -- custody and metadata -------------------------------------------------
+    def _send_custody(self) -> bool:
+        sent = state.get(self.store, "custody_sent_seq", 0)
+        entries = self.store.query(
+            "SELECT * FROM custody WHERE seq > ? ORDER BY seq LIMIT ?", (sent, CUSTODY_BATCH)
+        )
+        if not entries:
+            return False
+        last = entries[-1]["seq"]
+        checkpoints = self.store.query(
+            "SELECT * FROM checkpoints WHERE seq > ? AND seq <= ? ORDER BY seq", (sent, last)
+        )
+        message_id = f"custody:{entries[0]['seq']}-{last}"
+        message = {
+            "id": message_id,
+            "type": "custody",
+            "box": self.box_id,
+            "identity": self.identity,
+            "entries": entries,
+            "checkpoints": checkpoints,
+        }
+        ack = self._request(
+            protocol.meta_topic(self.box_id),
+            message,
+            lambda a: a.get("re") == "meta" and a.get("id") == message_id,
+        )
+        if ack.get("status") == "gap" and isinstance(ack.get("next_seq"), int):
+            state.put(self.store, "custody_sent_seq", max(0, ack["next_seq"] - 1))
+            return True
+        if ack.get("status") != "ok":
+            raise EdgeboxError(f"central refused custody {message_id}: {ack.get('reason')}")
+        state.put(self.store, "custody_sent_seq", last)
+        return True
+
+    def _send_meta(self) -> bool:
+        rows = self.store.query(
+            "SELECT * FROM outbox WHERE kind = 'meta' AND state = 'queued' ORDER BY priority, id "
+            "LIMIT 50"
+        )
+        for row in rows:
+            message_id = f"outbox:{row['id']}"
+            message = {
+                "id": message_id,
+                "box": self.box_id,
+                "identity": self.identity,
+                **json.loads(row["payload"]),
+            }
+            ack = self._request(
+                protocol.meta_topic(self.box_id),
+                message,
+                lambda a, m=message_id: a.get("re") == "meta" and a.get("id") == m,
+            )
+            with self.store.write() as db:
+                db.execute(
+                    "UPDATE outbox SET state = ?, attempts = attempts + 1 WHERE id = ?",
+                    ["done" if ack.get("status") == "ok" else "rejected", row["id"]],
+                )
+        return bool(rows)
+
+    # -- recordings -----------------------------------------------------------
+    def _next_recording(self) -> dict | None:
+        return self.store.one(
+            "SELECT * FROM recordings WHERE sync_state IN ('pending', 'sending') "
+            "ORDER BY legal_hold DESC, (incident IS NOT NULL) DESC, received_at, id LIMIT 1"
+        )
+
+    def _send_next_recording(self) -> bool:
+        rec = self._next_recording()
+        if rec is None:
+            return False
+        from edgebox.sync.transfer import FileTransfer
+
+        FileTransfer(self, rec).run()
+        return True
+
+    def progress(self, recording_id: str, sent: int, size: int, force: bool = False) -> None:
+        """Record transfer progress (at most every 2 s) for status and the dashboard."""
+        now = time.monotonic()
+        if force or now - self._progress_stamp > 2:
+            self._progress_stamp = now
+            state.put(
+                self.store,
+                "transfer",
+                {"recording_id": recording_id, "sent": sent, "size": size, "ts": iso()},
+            )
+
+    def confirmed(self, rec: dict, ack: dict) -> None:
+        """Central holds a complete, hash-checked copy: mark synced, log it, then seal."""
+        from edgebox.recordings import seal_recording
+
+        with self.store.write() as db:
+            db.execute("UPDATE recordings SET sync_state = 'synced' WHERE id = ?", [rec["id"]])
+            custody.append(
+                db,
+                "recording.synced",
+                "central",
+                rec["id"],
+                {
+                    "stored_sha256": ack["sha256"],
+                    "size": ack["size"],
+                    "tid": ack["tid"],
+                },
+            )
+        if not rec["sealed"]:
+            seal_recording(self.box, rec["id"], actor="box")
+
+    def rejected(self, rec: dict, reason: str) -> None:
+        """Central refused a recording: keep it, flag it, log it."""
+        with self.store.write() as db:
+            db.execute("UPDATE recordings SET sync_state = 'rejected' WHERE id = ?", [rec["id"]])
+            custody.append(db, "recording.sync_rejected", "central", rec["id"], {"reason": reason})
+
+    def read_chunk(self, fd: int, offset: int, size: int) -> bytes:
+        """Read one segment from a vault file."""
+        return os.pread(fd, min(self.up.chunk_size, size - offset), offset)
+
+    def throttle(self, amount: int) -> None:
+        """Honour the bandwidth cap."""
+        self._bucket.take(amount, self.stop_event)
