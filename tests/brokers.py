@@ -528,6 +528,32 @@ class Mosquitto:
         except FileNotFoundError:
             return ""
 
+    def wait_for_log(
+        self, text: str, *, count: int = 1, after: str | None = None, timeout: float = 5.0
+    ) -> str:
+        """Wait until `text` occurs `count` times in the log (after the last `after`, if given).
+
+        Mosquitto writes log lines asynchronously to what clients observe (a TLS alert reaches
+        the client before the broker logs why), so tests should wait rather than read once.
+        Returns the log text; raises AssertionError with the log tail on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self._log_text()
+            scope = log
+            if after is not None:
+                index = log.rfind(after)
+                scope = log[index:] if index >= 0 else ""
+            if scope.count(text) >= count:
+                return log
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{text!r} not logged {count}x"
+                    + (f" after {after!r}" if after else "")
+                    + f" within {timeout} s:\n{self.log_tail()}"
+                )
+            time.sleep(0.02)
+
     def log_tail(self, lines: int = 40) -> str:
         """Last `lines` lines of the broker log (plus anything mosquitto wrote to stderr)."""
         text = self._log_text()
@@ -550,8 +576,10 @@ class Mosquitto:
 class ConnectRefused(ConnectionError):
     """The broker refused the connection (CONNACK failure) or dropped it before CONNACK.
 
-    `reason_code` is the paho `ReasonCode` from CONNACK or DISCONNECT, or None when the
-    connection failed below MQTT (TCP/TLS). `cause` is the underlying exception, if any.
+    `reason_code` is the paho `ReasonCode` from CONNACK (e.g. 135 "Not authorized") or from
+    the disconnect (paho reports a dropped socket, e.g. a TLS alert for a missing client
+    certificate, as 128 "Unspecified error"), or None when `connect()` itself failed
+    (TCP refused, TLS handshake error). `cause` is the underlying exception, if any.
     """
 
     def __init__(self, message: str, reason_code: ReasonCode | None = None, cause=None):
@@ -615,7 +643,10 @@ def connect_client(
     SessionExpiryInterval (needed for a session to outlive the connection) and
     `clean_start=False` resumes an existing session. `on_message` (and anything `setup` does
     to the client) is installed before CONNECT, so messages queued for a resumed session are
-    not missed. The CONNACK is recorded as `client.connack` (a `Connack`).
+    not missed (they may be delivered in the calling thread, during this call). The CONNACK
+    is recorded as `client.connack` (a `Connack`). The handshake runs in the calling thread;
+    only after a successful CONNACK does `loop_start()` hand the client to paho's thread,
+    which from then on reconnects automatically (reconnect_delay 1 s, doubling).
 
     Raises `ConnectRefused` (with `.reason_code`) if the broker refuses or drops the
     connection before a successful CONNACK; the client is then stopped and closed.
@@ -707,7 +738,11 @@ def connect_client(
 
 
 def close_client(client: mqtt.Client) -> None:
-    """Disconnect (if connected), stop the network thread and close the client's sockets."""
+    """Disconnect (if connected), stop the network thread and close the client's sockets.
+
+    Safe to call twice. If the broker is gone, paho's thread may be sleeping in its
+    reconnect delay and this waits up to about a second: close clients before brokers.
+    """
     try:
         if client.is_connected():
             client.disconnect()

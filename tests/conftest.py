@@ -128,8 +128,9 @@ def camera(box) -> Camera:
 class BoxProcess:
     """`edgebox run` as a real subprocess, so tests can kill -9 it."""
 
-    def __init__(self, config: Path):
+    def __init__(self, config: Path, env: dict | None = None):
         self.config = config
+        self.env = env or {}
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.cert = config.parent / "data" / "keys" / "tls.crt"
@@ -151,7 +152,7 @@ class BoxProcess:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

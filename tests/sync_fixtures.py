@@ -56,8 +56,9 @@ def start_box(folder: Path, broker, pki, box_id: str, **extra) -> Box:
 def central_workers(store: Path, broker, pki, count: int = 2):
     """Start central workers with their own client certificate."""
     cert, key = pki.client_cert("central")
-    settings = central_settings(broker.url_tls_cert, ca=str(broker.ca_path), cert=str(cert),
-                                key=str(key))
+    settings = central_settings(
+        broker.url_tls_cert, ca=str(broker.ca_path), cert=str(cert), key=str(key)
+    )
     return start_workers(store, settings, count)
 
 
@@ -65,7 +66,9 @@ def central_holds(store: Path) -> dict:
     """recording id -> stored sha256 for every complete recording central indexed."""
     index = Index(store)
     try:
-        return {r["recording_id"]: r["stored_sha256"] for r in index.query("SELECT * FROM recordings")}
+        return {
+            r["recording_id"]: r["stored_sha256"] for r in index.query("SELECT * FROM recordings")
+        }
     finally:
         index.close()
 

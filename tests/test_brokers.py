@@ -31,9 +31,26 @@ def pki(tmp_path_factory) -> TestPKI:
 
 @pytest.fixture
 def broker(tmp_path, pki):
-    with Mosquitto(tmp_path / "broker", pki) as running:
-        running.add_user("alice", "correct horse")
-        yield running
+    broker = Mosquitto(tmp_path / "broker", pki)
+    broker.add_user("alice", "correct horse")  # before start: no reload needed
+    with broker:
+        yield broker
+
+
+@pytest.fixture
+def make_broker(tmp_path, pki):
+    """Start brokers with custom settings; request it before `clients` so that clients are
+    closed first (a client whose broker is gone waits up to 1 s in paho's reconnect delay)."""
+    started = []
+
+    def make(name: str, **kwargs) -> Mosquitto:
+        broker = Mosquitto(tmp_path / name, pki, **kwargs)
+        started.append(broker)
+        return broker.start()
+
+    yield make
+    for broker in started:
+        broker.stop()
 
 
 @pytest.fixture
@@ -101,7 +118,7 @@ def test_client_certificate_round_trips_qos1(broker, pki, clients):
     message = inbox.get(5)
     assert (message.topic, message.payload, message.qos) == ("boxes/box-1/hello", b"evidence", 1)
     # use_identity_as_username: the broker knows the box by its certificate's CN
-    assert "as box-1 (p5, c1, k30, u'box-1')" in broker.log_tail()
+    broker.wait_for_log("as box-1 (p5, c1, k30, u'box-1')")
 
 
 def test_username_password(broker, clients):
@@ -180,9 +197,8 @@ def test_cert_listener_refuses_missing_or_foreign_certificate(broker, pki, tmp_p
         connect_client(
             broker.url_tls_cert, client_id="box-1", ca=broker.ca_path, cert=cert, key=key
         )
-    log = broker.log_tail(100)
-    assert log.count("peer did not return a certificate") == 2
-    assert "certificate verify failed" in log
+    broker.wait_for_log("peer did not return a certificate", count=2)
+    log = broker.wait_for_log("certificate verify failed")
     assert "New client connected" not in log
 
 
@@ -195,7 +211,7 @@ def test_plain_listener_allows_anonymous(broker, clients):
     assert inbox.get(5).payload == b"1"
 
 
-def test_oversized_publish_is_dropped_and_publisher_disconnected(tmp_path, pki, clients):
+def test_oversized_publish_is_dropped_and_publisher_disconnected(make_broker, pki, clients):
     """A packet over max_packet_size: the broker disconnects the publisher and drops it.
 
     Mosquitto sends DISCONNECT 0x95 "Packet too large" and closes the socket; whether paho
@@ -206,37 +222,35 @@ def test_oversized_publish_is_dropped_and_publisher_disconnected(tmp_path, pki, 
     out again about once a second, forever. Senders must bound their packet size themselves.
     """
     limit = 64 * 1024
-    with Mosquitto(tmp_path / "small", pki, max_packet_size=limit) as broker:
-        inbox = Inbox()
-        subscriber = cert_client(broker, pki, "central", clients, on_message=inbox)
-        assert subscriber.connack.properties.MaximumPacketSize == limit
-        subscribe(subscriber, "big/#")
+    broker = make_broker("small", max_packet_size=limit)
+    inbox = Inbox()
+    subscriber = cert_client(broker, pki, "central", clients, on_message=inbox)
+    assert subscriber.connack.properties.MaximumPacketSize == limit
+    subscribe(subscriber, "big/#")
 
-        publisher = cert_client(broker, pki, "box-1", clients)
-        disconnects = []
-        two = threading.Event()
+    publisher = cert_client(broker, pki, "box-1", clients)
+    disconnects = []
+    two = threading.Event()
 
-        def on_disconnect(client, userdata, flags, reason_code, properties):
-            disconnects.append((flags.is_disconnect_packet_from_server, reason_code.value))
-            if len(disconnects) >= 2:
-                two.set()
+    def on_disconnect(client, userdata, flags, reason_code, properties):
+        disconnects.append((flags.is_disconnect_packet_from_server, reason_code.value))
+        if len(disconnects) >= 2:
+            two.set()
 
-        publisher.on_disconnect = on_disconnect
-        info = publisher.publish("big/1", b"x" * limit, qos=1)
-        assert info.rc == 0  # paho happily queues it
-        assert two.wait(5), disconnects  # first send, then the resend after reconnecting
-        for from_server, code in disconnects:
-            assert (from_server, code) in {(True, PACKET_TOO_LARGE), (False, CONNECTION_LOST)}
-        assert not info.is_published()
-        close_client(publisher)
+    publisher.on_disconnect = on_disconnect
+    info = publisher.publish("big/1", b"x" * limit, qos=1)
+    assert info.rc == 0  # paho happily queues it
+    assert two.wait(5), disconnects  # first send, then the resend after reconnecting
+    for from_server, code in disconnects:
+        assert (from_server, code) in {(True, PACKET_TOO_LARGE), (False, CONNECTION_LOST)}
+    assert not info.is_published()
+    close_client(publisher)
 
-        log = broker.log_tail(100)
-        assert log.count("Client box-1 disconnected due to oversize packet.") >= 2, log
-        assert inbox.empty_for(0.3)
-        assert "disconnected due to oversize packet" in broker.log_tail(100)
-        # The broker still works for packets that fit.
-        subscriber.publish("big/small", b"y" * (limit - 1024), qos=1).wait_for_publish(5)
-        assert inbox.get(5).topic == "big/small"
+    broker.wait_for_log("Client box-1 disconnected due to oversize packet.", count=2)
+    assert inbox.empty_for(0.3)
+    # The broker still works for packets that fit.
+    subscriber.publish("big/small", b"y" * (limit - 1024), qos=1).wait_for_publish(5)
+    assert inbox.get(5).topic == "big/small"
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
@@ -255,7 +269,7 @@ def test_restart_keeps_persistent_session_and_queued_qos1(broker, pki, clients, 
     ports = broker.ports
     if kill:
         # SIGKILL: only what the 1 s autosave wrote survives, so wait for it.
-        wait_for_log(broker, "Saving in-memory database", after="Client box-7 disconnected")
+        broker.wait_for_log("Saving in-memory database", after="Client box-7 disconnected")
     broker.restart(kill=kill)
     assert broker.ports == ports
 
@@ -269,57 +283,47 @@ def test_restart_keeps_persistent_session_and_queued_qos1(broker, pki, clients, 
     )
 
 
-def wait_for_log(broker, text: str, *, after: str, timeout: float = 5.0) -> None:
-    """Wait until `text` appears in the broker log after the last occurrence of `after`."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = broker.log_path.read_text()
-        index = log.rfind(after)
-        if index >= 0 and text in log[index:]:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not logged after {after!r}:\n{broker.log_tail()}")
-
-
-def test_acl_lines_restrict_cert_clients(tmp_path, pki, clients):
+def test_acl_lines_restrict_cert_clients(make_broker, pki, clients):
     """Mosquitto 2.0's acl_file grants any SUBSCRIBE and filters on delivery instead; a denied
     QoS 1 PUBLISH gets PUBACK 0x87 "Not authorized" and is not delivered."""
     acl = ["pattern readwrite boxes/%u/#"]
-    with Mosquitto(tmp_path / "acl", pki, acl_lines=acl) as broker:
-        assert f"acl_file {broker.acl_path}" in broker.conf_path.read_text()
-        inbox = Inbox()
-        central = connect_client(broker.url_plain, client_id="central", on_message=inbox)
-        clients.append(central)
-        subscribe(central, "boxes/#")
+    broker = make_broker("acl", acl_lines=acl)
+    assert f"acl_file {broker.acl_path}" in broker.conf_path.read_text()
+    inbox = Inbox()
+    central = connect_client(broker.url_plain, client_id="central", on_message=inbox)
+    clients.append(central)
+    subscribe(central, "boxes/#")
 
-        box = cert_client(broker, pki, "box-1", clients)
-        subscribe(box, "boxes/box-2/#")  # granted (QoS 1) even though box-1 may not read it
-        acks = {}
-        done = threading.Event()
+    box = cert_client(broker, pki, "box-1", clients)
+    subscribe(box, "boxes/box-2/#")  # granted (QoS 1) even though box-1 may not read it
+    acks = {}
+    done = threading.Event()
 
-        def on_publish(client, userdata, mid, reason_code, properties):
-            acks[mid] = reason_code.value
-            if len(acks) == 2:
-                done.set()
+    def on_publish(client, userdata, mid, reason_code, properties):
+        acks[mid] = reason_code.value
+        if len(acks) == 2:
+            done.set()
 
-        box.on_publish = on_publish
-        denied = box.publish("boxes/box-2/custody", b"forged", qos=1).mid
-        allowed = box.publish("boxes/box-1/custody", b"mine", qos=1).mid
-        assert done.wait(5), acks
-        assert acks == {denied: 135, allowed: 0}
-        assert inbox.get(5).payload == b"mine"
-        assert inbox.empty_for(0.2)
+    box.on_publish = on_publish
+    denied = box.publish("boxes/box-2/custody", b"forged", qos=1).mid
+    allowed = box.publish("boxes/box-1/custody", b"mine", qos=1).mid
+    assert done.wait(5), acks
+    assert acks == {denied: 135, allowed: 0}
+    assert inbox.get(5).payload == b"mine"
+    assert inbox.empty_for(0.2)
 
 
 def test_stop_and_kill_free_the_ports(tmp_path, pki):
-    broker = Mosquitto(tmp_path / "b", pki, persistence=False).start()
-    assert broker.running
-    assert broker.stop() == 0
-    broker.start()
-    assert broker.kill() == -9
-    assert not broker.running
-    for port in broker.ports:
-        with socket.socket() as sock:
-            assert sock.connect_ex(("127.0.0.1", port)) != 0
+    broker = Mosquitto(tmp_path / "b", pki, persistence=False)
+    try:
+        broker.start()
+        assert broker.running
+        assert broker.stop() == 0  # at once after start: see Mosquitto._terminate
+        broker.start()
+        assert broker.kill() == -9
+        assert not broker.running
+        for port in broker.ports:
+            with socket.socket() as sock:
+                assert sock.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        broker.stop()

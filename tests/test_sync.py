@@ -24,8 +24,9 @@ MIB = 1 << 20
 
 def fill(box, count: int, size: int = MIB) -> list[bytes]:
     """Upload `count` recordings of random bytes through a freshly paired camera."""
-    camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"],
-                    f"CAM-{box.config.box.box_id}")
+    camera = enroll(
+        box.url, box.keys.tls_cert, box.pairing.new_code()["code"], f"CAM-{box.config.box.box_id}"
+    )
     payloads = [os.urandom(size + i * 1000) for i in range(count)]
     for data in payloads:
         upload_all(camera, data)
@@ -44,16 +45,23 @@ def test_full_flow_two_boxes_two_workers(tmp_path, broker, pki):
         for b in boxes:
             for rec in b.store.query("SELECT * FROM recordings"):
                 assert rec["sealed"] == 1
-                events = [e["event"] for e in b.store.query(
-                    "SELECT event FROM custody WHERE subject = ? ORDER BY seq", (rec["id"],))]
+                events = [
+                    e["event"]
+                    for e in b.store.query(
+                        "SELECT event FROM custody WHERE subject = ? ORDER BY seq", (rec["id"],)
+                    )
+                ]
                 assert events[-2:] == ["recording.synced", "recording.sealed"]
                 synced_entry = b.store.one(
                     "SELECT details FROM custody WHERE subject = ? AND event = 'recording.synced'",
-                    (rec["id"],))
+                    (rec["id"],),
+                )
                 assert held[rec["id"]] in synced_entry["details"]
             assert verify_box(b).ok
         assert len(held) == 6
-        evidence = {r["evidence_sha256"] for b in boxes for r in b.store.query("SELECT * FROM recordings")}
+        evidence = {
+            r["evidence_sha256"] for b in boxes for r in b.store.query("SELECT * FROM recordings")
+        }
         assert evidence == {hashlib.sha256(d).hexdigest() for p in payloads.values() for d in p}
         for b in boxes:
             for rec in b.store.query("SELECT * FROM recordings"):

@@ -18,9 +18,12 @@ import fcntl
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 from edgebox import vault
+
+LOCK_STRIPES = 64
 
 
 def _fsync_dir(path: Path) -> None:
@@ -45,6 +48,8 @@ class Transfer:
 
     def __init__(self, root: Path, box_id: str, tid: str):
         self.folder = Path(root) / "transfers" / box_id / tid
+        stripe = zlib.crc32(f"{box_id}/{tid}".encode()) % LOCK_STRIPES
+        self.lock_path = Path(root) / "transfers" / ".locks" / f"{stripe}.lock"
         self.data = self.folder / "data"
         self.have_dir = self.folder / "have"
 
@@ -90,9 +95,10 @@ class Transfer:
 
     @contextlib.contextmanager
     def locked(self):
-        """Serialise the fin decision across workers and processes."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "a") as handle:
+        """Serialise init and fin decisions across workers and processes (striped lock files
+        outside the transfer folder, which completion removes)."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -180,6 +180,11 @@ class Receiver:
                 },
             )
             return
+        transfer = Transfer(self.root, box, tid)
+        with transfer.locked():
+            self._init_locked(box, tid, message, transfer)
+
+    def _init_locked(self, box: str, tid: str, message: dict, transfer: Transfer) -> None:
         held = self.index.one(
             "SELECT * FROM recordings WHERE box_id = ? AND recording_id = ?",
             (box, message["recording_id"]),
@@ -210,7 +215,6 @@ class Receiver:
                     },
                 )
             return
-        transfer = Transfer(self.root, box, tid)
         if transfer.exists and transfer.init()["sha256"] != message["sha256"]:
             raise ProtocolError("init for an existing transfer with other bytes")
         transfer.create(message)
