@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import ssl
 import threading
 from pathlib import Path
 
@@ -138,14 +139,21 @@ class Box:
         return self.store.query(sql, tuple(params))
 
     def _answering(self) -> bool:
-        """Whether something accepts connections on the configured listen address."""
+        """Whether the box's server answers on its listen address (a full TLS handshake)."""
+        if self._running:
+            return True
         host, port = self.config.listen_address
         if host in ("0.0.0.0", "::"):  # noqa: S104
             host = "127.0.0.1"
         try:
-            with socket.create_connection((host, port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5) as sock:
+                if self.config.server.tls:
+                    context = ssl.create_default_context(cafile=str(self.keys.tls_cert))
+                    context.check_hostname = False
+                    with context.wrap_socket(sock):
+                        pass
                 return True
-        except OSError:
+        except (OSError, ssl.SSLError):
             return False
 
     def status(self) -> dict:

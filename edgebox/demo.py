@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -34,6 +35,7 @@ def run_demo(
     clips: int,
     seconds: float,
     once: bool,
+    with_central: bool = True,
     log=lambda line: click.echo(line),
 ) -> dict:
     """Create (or reuse) the demo box, start it, and let simulated cameras deliver clips."""
@@ -52,8 +54,9 @@ def run_demo(
             demo=True,
         )
         log(f"created demo box in {folder}")
+    upstream, central = _start_upstream(folder, log) if with_central else ({}, None)
     host, port = parse_listen(listen)
-    box = Box(load_config(folder / CONFIG_NAME)).start((host, _free(host, port)))
+    box = Box(load_config(folder / CONFIG_NAME, environ=upstream)).start((host, _free(host, port)))
     fingerprint = certificate_fingerprint(box.keys.tls_cert.read_bytes())
     log(f"box serving {box.url}  (certificate sha256 {fingerprint[:16]}...)")
     stop = threading.Event()
@@ -88,6 +91,8 @@ def run_demo(
         status = box.status()
         vault_dir = folder / "data" / "vault"
         log(f"{status['recordings']['n']} recordings stored encrypted in {vault_dir}")
+        if central is not None:
+            _wait_synced(box, folder / "central", log)
         log(
             f"open {box.url}/ to see them (accept the box's self-signed certificate);"
             f" review secret for exports: {DEMO_SECRET}"
@@ -101,3 +106,56 @@ def run_demo(
     finally:
         stop.set()
         box.stop()
+        if central is not None:
+            for part in central:
+                part.stop()
+
+
+def _start_upstream(folder: Path, log) -> tuple[dict, list | None]:
+    """Start a local TLS broker and one central worker; ({} , None) when no broker can run."""
+    from edgebox.central.worker import central_settings, start_workers
+    from edgebox.lab_broker import LabBroker
+
+    if LabBroker.available() is None:
+        log(
+            "no MQTT broker here (install mosquitto): the box runs offline, as in a vehicle "
+            "out of coverage; recordings stay queued for central"
+        )
+        return {}, None
+    broker = LabBroker(folder / "broker").start()
+    box_cert, box_key = broker.client("demo-box")
+    central_cert, central_key = broker.client("central")
+    workers = start_workers(
+        folder / "central",
+        central_settings(
+            broker.url, ca=str(broker.ca.ca_path), cert=str(central_cert), key=str(central_key)
+        ),
+        1,
+    )
+    log(
+        f"broker {broker.url} (TLS, client certificates) and a central receiver storing in "
+        f"{folder / 'central'}"
+    )
+    environ = {
+        "EDGEBOX_UPSTREAM__BROKER": broker.url,
+        "EDGEBOX_UPSTREAM__CA": str(broker.ca.ca_path),
+        "EDGEBOX_UPSTREAM__CLIENT_CERT": str(box_cert),
+        "EDGEBOX_UPSTREAM__CLIENT_KEY": str(box_key),
+    }
+    return environ, [*workers, broker]
+
+
+def _wait_synced(box, store: Path, log, timeout: float = 120) -> None:
+    """Report when central has confirmed every recording (or what is still on its way)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        backlog = box.status()["upstream"]["backlog"]
+        if backlog["recordings"] == 0:
+            count = box.status()["recordings"]["n"]
+            log(
+                f"central confirmed all {count} recordings (hash-checked) in {store}; "
+                "the box sealed its copies"
+            )
+            return
+        time.sleep(0.5)
+    log(f"central has not confirmed everything yet: {box.status()['upstream']['backlog']}")

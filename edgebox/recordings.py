@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgebox import custody, vault
-from edgebox.errors import NotFound
+from edgebox.errors import KeyAccessError, NotFound
 from edgebox.keys import HPKE_NAME, key_id, unwrap_key, wrap_key
 
 
@@ -27,6 +27,12 @@ def export_recording(
 ) -> dict:
     """Decrypt one recording to `out`, write `out`.manifest.json, and log the export."""
     rec = _recording(box, recording_id)
+    if rec["sealed"]:
+        raise KeyAccessError(
+            f"recording {recording_id} is sealed: central confirmed its copy and the box can no "
+            "longer decrypt it; export it at central (`edgebox central export`)",
+            status=409,
+        )
     path = box.uploads.vault_path(recording_id)
     reader = vault.Reader(path, data_key_for(path, review_key))
     out = Path(out)

@@ -30,10 +30,17 @@ def test_demo_delivers_lists_and_verifies(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 recordings stored encrypted" in result.stdout
+    assert "central confirmed all 2 recordings" in result.stdout
+    held = json.loads(
+        run_cli("central", "list", "--store", str(folder / "central"), "--json").stdout
+    )
+    assert len(held) == 2 and all(r["complete"] for r in held)
     config = folder / "edgebox.toml"
     assert run_cli("verify", config=config).returncode == 0
     listed = json.loads(run_cli("recordings", "list", "--json", config=config).stdout)
     assert len(listed) == 2 and all(r["pre_event_seconds"] == 30 for r in listed)
+    assert {r["evidence_sha256"] for r in listed} == {r["evidence_sha256"] for r in held}
+    assert all(r["sync_state"] == "synced" and r["sealed"] for r in listed)
     # The web UI lists both recordings.
     box = BoxProcess(config).start()
     try:
@@ -43,7 +50,7 @@ def test_demo_delivers_lists_and_verifies(tmp_path):
             assert f'id="rec-{rec["id"]}"' in page.text
     finally:
         box.stop()
-    # A supervisor exports one: it is a real, playable H.264 clip with the camera's hash.
+    # Synced recordings are sealed: the box refuses a local export and points to central...
     out = tmp_path / "clip.mp4"
     result = run_cli(
         "export",
@@ -53,8 +60,23 @@ def test_demo_delivers_lists_and_verifies(tmp_path):
         config=config,
         env={"EDGEBOX_REVIEW_SECRET": "demo-supervisor"},
     )
+    assert result.returncode == 2 and "is sealed" in result.stderr and not out.exists()
+    # ...where central's key yields a real, playable H.264 clip with the camera's hash.
+    package = tmp_path / "package"
+    result = run_cli(
+        "central",
+        "export",
+        listed[0]["id"],
+        "--store",
+        str(folder / "central"),
+        "--key",
+        str(folder / "central-demo" / "central.key"),
+        "--out",
+        str(package),
+    )
     assert result.returncode == 0, result.stderr
-    assert "h264" in probe_clip(out).video_codecs
+    [clip] = package.glob("*.mp4")
+    assert "h264" in probe_clip(clip).video_codecs
     assert listed[0]["camera_sha256"] == listed[0]["evidence_sha256"]
 
 

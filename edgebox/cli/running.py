@@ -58,12 +58,21 @@ def run(config_file, listen):
     "--seconds", default=40.0, show_default=True, help="Length of each clip (30 s pre-event)."
 )
 @click.option("--once", is_flag=True, help="Exit when the cameras are done instead of serving on.")
+@click.option("--offline", is_flag=True, help="No local broker and central: the box runs alone.")
 @handle_errors
-def demo(folder, listen, camera_count, clips, seconds, once):
-    """Make a demo box, run it with simulated cameras, and show where to look."""
+def demo(folder, listen, camera_count, clips, seconds, once, offline):
+    """Make a demo box with cameras, a local broker and central, and show where to look."""
     from edgebox.demo import run_demo
 
-    run_demo(folder, listen=listen, cameras=camera_count, clips=clips, seconds=seconds, once=once)
+    run_demo(
+        folder,
+        listen=listen,
+        cameras=camera_count,
+        clips=clips,
+        seconds=seconds,
+        once=once,
+        with_central=not offline,
+    )
 
 
 @main.command("camera-sim")
