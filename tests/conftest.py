@@ -17,6 +17,8 @@ from edgebox.box import Box
 from edgebox.config import load_config
 from edgebox.provision import CONFIG_NAME, init_box
 
+pytest_plugins = ["tests.sync_fixtures"]  # broker, pki
+
 SECRET = "test-supervisor-secret"
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

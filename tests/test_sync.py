@@ -8,11 +8,9 @@ import os
 from edgebox import vault
 from edgebox.verify import verify_box
 from tests.conftest import enroll
-from tests.sync_fixtures import (  # noqa: F401 - fixtures
-    broker,
+from tests.sync_fixtures import (
     central_holds,
     central_workers,
-    pki,
     start_box,
     synced,
     wait_for,

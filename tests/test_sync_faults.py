@@ -10,17 +10,14 @@ import subprocess
 import sys
 import time
 
-
 from edgebox.central.index import Index
 from edgebox.sync import protocol
 from tests.brokers import connect_client
 from tests.conftest import BoxProcess, enroll, make_box, run_cli
-from tests.sync_fixtures import (  # noqa: F401 - fixtures
+from tests.sync_fixtures import (
     alarms,
-    broker,
     central_holds,
     central_workers,
-    pki,
     start_box,
     synced,
     upstream_env,
