@@ -115,11 +115,13 @@ class Box:
     def stop(self) -> None:
         """Stop what `start()` started, in reverse order, and close the database."""
         self.stop_event.set()
-        for part in reversed(self._running):
-            part.stop()
-        self._running.clear()
         try:
-            custody.make_checkpoint(self.store, self.config.box.box_id, self.keys.identity())
+            self.checkpoint()
+            if self.uplink is not None and self.uplink.link.connected.is_set():
+                self.uplink.flush_custody(timeout=5)  # the last signed head goes up too
+            for part in reversed(self._running):
+                part.stop()
+            self._running.clear()
         finally:
             self.store.close()
 

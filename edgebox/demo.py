@@ -151,6 +151,8 @@ def _wait_synced(box, store: Path, log, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         backlog = box.status()["upstream"]["backlog"]
         if backlog["recordings"] == 0:
+            box.checkpoint()
+            box.uplink.flush_custody(timeout=10)
             count = box.status()["recordings"]["n"]
             log(
                 f"central confirmed all {count} recordings (hash-checked) in {store}; "

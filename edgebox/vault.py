@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edgebox.durable import fsync_dir
 from edgebox.errors import VaultError
 
 MAGIC = b"EBVAULT\x01"
@@ -236,14 +237,6 @@ def new_header(
     return header
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class Summary:
     """What a finished vault file holds: sizes and both hashes."""
@@ -334,7 +327,7 @@ class Writer:
         os.write(fd, raw)
         writer._stored.update(raw)
         os.fsync(fd)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return writer
 
     @classmethod
@@ -490,9 +483,9 @@ class Writer:
         self._fd = -1
         destination = Path(destination)
         os.replace(self.path, destination)
-        _fsync_dir(destination.parent)
+        fsync_dir(destination.parent)
         if destination.parent != self.path.parent:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self.path = destination
         return Summary(
             evidence_sha256=self._plain.hexdigest(),
@@ -627,7 +620,7 @@ def rewrite_header(path: Path, stanzas: list[dict]) -> str:
         os.close(fd)
     _apply_header(path, raw)
     journal.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return file_sha256(path)
 
 

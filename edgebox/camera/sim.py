@@ -34,9 +34,10 @@ from edgebox.camera.pinning import (
     pin_certificate,
     pinned_session,
 )
-from edgebox.camera.state import CERT_FILE, CameraState, write_private
+from edgebox.camera.state import CERT_FILE, CameraState
 from edgebox.camera.tus import TUS_PATH, RetryLater, TusClient, UploadGone, UploadRejected
 from edgebox.clips import make_clip
+from edgebox.durable import write_private
 
 DEFAULT_CHUNK = 4 << 20
 DEFAULT_MODEL = "EdgeBox SimCam 1"

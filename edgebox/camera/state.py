@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from edgebox.camera.errors import CameraError
+from edgebox.durable import write_private
 
 STATE_FILE = "camera.json"
 CERT_FILE = "box-cert.pem"
@@ -142,23 +143,3 @@ def _new_state(serial: str | None, model: str) -> dict:
         "pending": [],
         "delivered": [],
     }
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file atomically (temp file, fsync, rename) with mode 0600."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -22,25 +22,9 @@ import zlib
 from pathlib import Path
 
 from edgebox import vault
+from edgebox.durable import atomic_write, fsync_dir
 
 LOCK_STRIPES = 64
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class Transfer:
@@ -69,8 +53,8 @@ class Transfer:
             with open(self.data, "wb") as handle:
                 handle.truncate(init["size"])
         if not self.exists:
-            _atomic_write(self.folder / "init.json", json.dumps(init).encode())
-            _fsync_dir(self.folder)
+            atomic_write(self.folder / "init.json", json.dumps(init).encode())
+            fsync_dir(self.folder)
 
     def have(self) -> list[int]:
         """Offsets already stored and checked."""
@@ -86,7 +70,7 @@ class Transfer:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _atomic_write(self.have_dir / str(offset), b"")
+        atomic_write(self.have_dir / str(offset), b"")
 
     def forget_segments(self) -> None:
         """Drop every marker (after a whole-file hash mismatch everything is sent again)."""
@@ -108,12 +92,12 @@ class Transfer:
     def complete_into(self, destination: Path, manifest: dict) -> None:
         """Move the verified file into the box's recordings, with its manifest beside it."""
         destination.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(
+        atomic_write(
             destination.with_suffix(".manifest.json"),
             json.dumps(manifest, indent=2, sort_keys=True).encode(),
         )
         os.replace(self.data, destination)
-        _fsync_dir(destination.parent)
+        fsync_dir(destination.parent)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

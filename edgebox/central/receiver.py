@@ -59,6 +59,12 @@ class Receiver:
             log.warning("rejected %s: %s", topic[:120], exc.message)
             self.index.reject(topic, exc.message)
 
+    def _complete(self, box: str, answering: str, tid: str, sha256: str, size: int) -> None:
+        """Tell the box central holds the whole file with this hash and size."""
+        self._ack(
+            box, {"re": answering, "tid": tid, "status": "complete", "sha256": sha256, "size": size}
+        )
+
     def _ack(self, box: str, message: dict) -> None:
         self.publish(protocol.ack_topic(box), protocol.encode({"box": box, **message}))
 
@@ -103,10 +109,18 @@ class Receiver:
             status = {"status": "ok"}
         self._ack(box, {"re": "meta", "id": message_id, **status})
 
+    def _stored_hash(self, box: str, seq: int) -> str | None:
+        row = self.index.one("SELECT hash FROM custody WHERE box_id = ? AND seq = ?", (box, seq))
+        return row["hash"] if row else None
+
     def _custody(self, box: str, message: dict, public: Ed25519PublicKey) -> dict:
         entries, checkpoints = message.get("entries"), message.get("checkpoints") or []
-        if not isinstance(entries, list) or not entries:
-            raise ProtocolError("custody message without entries")
+        if (
+            not isinstance(entries, list)
+            or not isinstance(checkpoints, list)
+            or not (entries or checkpoints)
+        ):
+            raise ProtocolError("custody message without entries or checkpoints")
         head = self.index.one(
             "SELECT custody_seq, custody_hash FROM boxes WHERE box_id = ?", (box,)
         )
@@ -143,7 +157,10 @@ class Receiver:
             except Exception:  # noqa: BLE001 - any failure means the signature is bad
                 self.index.alarm(box, f"checkpoint at entry {cp['seq']}: bad signature")
                 raise ProtocolError("checkpoint signature invalid") from None
-            if known_hashes.get(cp["seq"], cp["head_hash"]) != cp["head_hash"]:
+            head_hash = known_hashes.get(cp["seq"]) or self._stored_hash(box, cp["seq"])
+            if head_hash is None:
+                raise ProtocolError(f"checkpoint at entry {cp['seq']}, which central does not hold")
+            if head_hash != cp["head_hash"]:
                 self.index.alarm(box, f"checkpoint at entry {cp['seq']} differs from the chain")
                 raise ProtocolError("checkpoint does not match the chain")
         columns = ("seq", "ts", "event", "actor", "subject", "details", "prev_hash", "hash")
@@ -191,16 +208,7 @@ class Receiver:
         )
         if held is not None:
             if held["stored_sha256"] == message["sha256"]:
-                self._ack(
-                    box,
-                    {
-                        "re": "init",
-                        "tid": tid,
-                        "status": "complete",
-                        "sha256": held["stored_sha256"],
-                        "size": held["size"],
-                    },
-                )
+                self._complete(box, "init", tid, held["stored_sha256"], held["size"])
             else:
                 self.index.alarm(
                     box, f"recording {message['recording_id']} sent again with other bytes"
@@ -254,16 +262,7 @@ class Receiver:
         transfer = Transfer(self.root, box, tid)
         held = self.index.one("SELECT * FROM recordings WHERE box_id = ? AND tid = ?", (box, tid))
         if held is not None:
-            self._ack(
-                box,
-                {
-                    "re": "fin",
-                    "tid": tid,
-                    "status": "complete",
-                    "sha256": held["stored_sha256"],
-                    "size": held["size"],
-                },
-            )
+            self._complete(box, "fin", tid, held["stored_sha256"], held["size"])
             return
         if not transfer.exists:
             self.index.reject(protocol.fin_topic(box, tid), "fin for an unknown transfer")
@@ -274,16 +273,7 @@ class Receiver:
             raise ProtocolError("fin names another size or hash than the init")
         with transfer.locked():
             if self.index.one("SELECT 1 FROM recordings WHERE box_id = ? AND tid = ?", (box, tid)):
-                self._ack(
-                    box,
-                    {
-                        "re": "fin",
-                        "tid": tid,
-                        "status": "complete",
-                        "sha256": init["sha256"],
-                        "size": init["size"],
-                    },
-                )
+                self._complete(box, "fin", tid, init["sha256"], init["size"])
                 return None
             missing = sorted(
                 set(protocol.offsets(init["size"], init["chunk"])) - set(transfer.have())
@@ -301,16 +291,7 @@ class Receiver:
                 self._ack(box, {"re": "fin", "tid": tid, "status": "resend_all"})
                 return None
             self._store(box, tid, transfer, init)
-        self._ack(
-            box,
-            {
-                "re": "fin",
-                "tid": tid,
-                "status": "complete",
-                "sha256": init["sha256"],
-                "size": init["size"],
-            },
-        )
+        self._complete(box, "fin", tid, init["sha256"], init["size"])
         return None
 
     def _store(self, box: str, tid: str, transfer: Transfer, init: dict) -> None:

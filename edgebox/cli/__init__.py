@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -36,6 +37,16 @@ def open_box(config_file: str | None):
     from edgebox.box import Box
 
     return Box(load(config_file))
+
+
+@contextlib.contextmanager
+def opened_box(config_file: str | None):
+    """The box for the duration of one command; its database is closed afterwards."""
+    box = open_box(config_file)
+    try:
+        yield box
+    finally:
+        box.store.close()
 
 
 def emit(data, as_json: bool, text=None) -> None:

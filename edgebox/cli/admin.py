@@ -16,7 +16,7 @@ from edgebox.cli import (
     json_option,
     load,
     main,
-    open_box,
+    opened_box,
     read_secret,
 )
 from edgebox.keys import x25519_public_from_file
@@ -108,12 +108,9 @@ def keys():
 @handle_errors
 def keys_import_central(public_key, config_file, as_json):
     """Make PUBLIC_KEY (X25519, PEM or base64) the key new recordings are wrapped to."""
-    box = open_box(config_file)
-    try:
+    with opened_box(config_file) as box:
         kid = box.keys.import_central(x25519_public_from_file(public_key))
         custody.record(box.store, "key.central_imported", "operator", None, {"key_id": kid})
-    finally:
-        box.store.close()
     emit({"central_key_id": kid}, as_json, lambda r: click.echo(f"central key {kid} is active"))
 
 
@@ -129,8 +126,7 @@ def keys_import_central(public_key, config_file, as_json):
 @handle_errors
 def keys_add_supervisor(name, secret_file, new_secret_file, config_file):
     """Give supervisor NAME their own secret for the review key (needs an existing secret)."""
-    box = open_box(config_file)
-    try:
+    with opened_box(config_file) as box:
         unlocked = box.keys.unlock_review(
             read_secret(secret_file, "An existing supervisor's secret")
         )
@@ -138,8 +134,6 @@ def keys_add_supervisor(name, secret_file, new_secret_file, config_file):
             name, read_secret(new_secret_file, f"New secret for {name}", True), unlocked
         )
         custody.record(box.store, "key.review_slot_added", "operator", None, {"slot": name})
-    finally:
-        box.store.close()
     click.echo(f"supervisor {name} can now unlock local review")
 
 
@@ -155,11 +149,8 @@ def recordings():
 @handle_errors
 def recordings_list(limit, config_file, as_json):
     """Recordings newest first with their evidence hashes."""
-    box = open_box(config_file)
-    try:
+    with opened_box(config_file) as box:
         rows = box.recordings(limit=limit)
-    finally:
-        box.store.close()
 
     def text(rows):
         for r in rows:
@@ -175,11 +166,8 @@ def recordings_list(limit, config_file, as_json):
 @handle_errors
 def status(config_file, as_json):
     """What the box holds: recordings, cameras, uploads, custody head, storage, keys."""
-    box = open_box(config_file)
-    try:
+    with opened_box(config_file) as box:
         report = box.status()
-    finally:
-        box.store.close()
     emit(
         report,
         as_json,
@@ -205,14 +193,11 @@ def verify(deep, secret_file, checkpoint, config_file, as_json):
     """Check the custody chain, signed checkpoints and every vault file; exit 0 only if intact."""
     from edgebox.verify import verify_box
 
-    box = open_box(config_file)
-    try:
+    with opened_box(config_file) as box:
         if checkpoint:
             box.checkpoint()
         review = box.keys.unlock_review(read_secret(secret_file)) if deep else None
         report = verify_box(box, review)
-    finally:
-        box.store.close()
 
     def text(r):
         for problem in r["problems"]:
@@ -244,12 +229,9 @@ def export(recording_id, out, secret_file, actor, config_file, as_json):
     """Decrypt RECORDING_ID with a supervisor's secret and write it with a manifest."""
     from edgebox.recordings import export_recording
 
-    box = open_box(config_file)
-    try:
+    with opened_box(config_file) as box:
         review = box.keys.unlock_review(read_secret(secret_file))
         result = export_recording(box, recording_id, review, out, f"user:{actor}")
-    finally:
-        box.store.close()
     emit(
         result,
         as_json,
@@ -265,11 +247,8 @@ def export(recording_id, out, secret_file, actor, config_file, as_json):
 @handle_errors
 def checkpoint_cmd(config_file, as_json):
     """Sign the custody chain's current head now."""
-    box = open_box(config_file)
-    try:
+    with opened_box(config_file) as box:
         row = box.checkpoint()
-    finally:
-        box.store.close()
     emit(
         row or {"checkpoint": None},
         as_json,

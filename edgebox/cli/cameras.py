@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgebox.cli import config_option, emit, handle_errors, json_option, main, open_box
+from edgebox.cli import config_option, emit, handle_errors, json_option, main, opened_box
 from edgebox.keys import certificate_fingerprint
 
 
@@ -30,13 +30,10 @@ def box_url(box) -> str:
 @handle_errors
 def pair(config_file, as_json):
     """Print a one-time pairing code (valid for ingest.pairing_code_minutes) and the box's pin."""
-    box = open_box(config_file)
-    try:
+    with opened_box(config_file) as box:
         result = box.pairing.new_code()
         result["box_url"] = box_url(box)
         result["cert_sha256"] = certificate_fingerprint(box.keys.tls_cert.read_bytes())
-    finally:
-        box.store.close()
     emit(
         result,
         as_json,
@@ -53,11 +50,8 @@ def pair(config_file, as_json):
 @handle_errors
 def list_cameras(config_file, as_json):
     """Paired cameras, newest first."""
-    box = open_box(config_file)
-    try:
+    with opened_box(config_file) as box:
         rows = box.pairing.devices()
-    finally:
-        box.store.close()
 
     def text(rows):
         for r in rows:
@@ -78,9 +72,6 @@ def list_cameras(config_file, as_json):
 @handle_errors
 def revoke(device_id, config_file, as_json):
     """Revoke DEVICE_ID's token; it can no longer upload (its recordings stay)."""
-    box = open_box(config_file)
-    try:
+    with opened_box(config_file) as box:
         row = box.pairing.revoke(device_id)
-    finally:
-        box.store.close()
     emit(row, as_json, lambda r: click.echo(f"camera {r['id']} ({r['serial']}) revoked"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -80,9 +81,7 @@ def list_central(store, as_json):
     finally:
         index.close()
 
-    for folder in (
-        sorted((store / "transfers").glob("*/*")) if (store / "transfers").exists() else []
-    ):
+    for folder in sorted(p.parent for p in (store / "transfers").glob("*/*/init.json")):
         rows.append(
             {
                 "box_id": folder.parent.name,
@@ -103,3 +102,64 @@ def list_central(store, as_json):
             )
 
     emit(rows, as_json, text)
+
+
+@central.command("export")
+@click.argument("recording_id")
+@store_option
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Central's X25519 private key (unencrypted PEM) the recording is wrapped to.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder to create for the package (must not exist, or be empty).",
+)
+@click.option("--box", "box_id", help="The box the recording came from (when ids collide).")
+@json_option
+@handle_errors
+def export_central(recording_id, store, key_file, out, box_id, as_json):
+    """Write RECORDING_ID's evidence package: clip, vault copy, signed manifest, custody."""
+    from edgebox.central.export import export_package
+    from edgebox.keys import x25519_private_from_file
+
+    private = x25519_private_from_file(key_file)
+    result = export_package(store, recording_id, private, out, box_id=box_id)
+
+    def text(r):
+        c = r["custody"]
+        click.echo(f"wrote {r['package']}: {', '.join(r['files'])}")
+        click.echo(f"clip {r['clip']} sha256 {r['evidence_sha256']}")
+        click.echo(
+            f"custody entries {c['first_seq']}..{c['last_seq']} of box {r['box_id']}, "
+            f"signed at entry {c['checkpoint_seq']}; check with "
+            f"`edgebox central verify-package {r['package']}`"
+        )
+
+    emit(result, as_json, text)
+
+
+@central.command("verify-package")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@json_option
+@handle_errors
+def verify_package_central(folder, as_json):
+    """Check an evidence package without any key; exit 0 only when every check passes."""
+    from edgebox.central.export import verify_package
+
+    report = verify_package(folder)
+
+    def text(r):
+        for check in r["checks"]:
+            click.echo(f"{'OK' if check['ok'] else 'FAIL':<4}  {check['check']}: {check['detail']}")
+        failed = sum(1 for c in r["checks"] if not c["ok"])
+        verdict = "VERIFIED" if r["ok"] else f"NOT VERIFIED ({failed} check(s) failed)"
+        click.echo(f"package {r['folder']}: {verdict}")
+
+    emit(report.to_dict(), as_json, text)
+    sys.exit(0 if report.ok else 1)

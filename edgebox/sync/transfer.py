@@ -107,7 +107,7 @@ class FileTransfer:
                 log.info("central lost transfer %s; starting it again", self.tid)
 
     def _attempt(self, init: dict) -> None:
-        ack = self.uplink._request(
+        ack = self.uplink.request(
             protocol.init_topic(self.box_id, self.tid), init, self._match("init")
         )
         while True:
@@ -120,7 +120,7 @@ class FileTransfer:
             have = set(ack.get("have") or []) if ack.get("status") != "resend_all" else set()
             wanted = ack.get("offsets") if ack.get("status") == "resend" else None
             self._send_segments(have, wanted)
-            ack = self.uplink._request(
+            ack = self.uplink.request(
                 protocol.fin_topic(self.box_id, self.tid),
                 {"tid": self.tid, "box": self.box_id, "size": self.size, "sha256": self.sha256},
                 self._match("fin"),
@@ -150,11 +150,11 @@ class FileTransfer:
                     data = self.uplink.read_chunk(fd, offset, self.size)
                     self.uplink.throttle(len(data))
                     digest = hashlib.sha256(data).hexdigest()
-                    self.uplink._publish(
+                    self.uplink.publish(
                         protocol.segment_topic(self.box_id, self.tid, offset, digest), data
                     )
                     inflight[offset] = time.monotonic()
-                ack = self.uplink._wait(self._match("seg"), timeout)
+                ack = self.uplink.wait_ack(self._match("seg"), timeout)
                 if ack is None:  # nothing came back in time: resend what is outstanding
                     todo.extend(sorted(inflight, reverse=True))
                     inflight.clear()

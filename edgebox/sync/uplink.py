@@ -94,6 +94,21 @@ class Uplink:
             self._thread.join(timeout=15)
         self.link.stop()
 
+    def flush_custody(self, timeout: float = 5) -> bool:
+        """Wait until central holds every custody entry and checkpoint made so far."""
+        head = self.store.one("SELECT COALESCE(MAX(seq), 0) AS s FROM custody")["s"]
+        signed = self.store.one("SELECT COALESCE(MAX(seq), 0) AS s FROM checkpoints")["s"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (
+                state.get(self.store, "custody_sent_seq", 0) >= head
+                and state.get(self.store, "checkpoint_sent_seq", 0) >= signed
+            ):
+                return True
+            if self.stop_event.wait(0.1):
+                break
+        return False
+
     def _state(self, link_state: str, detail: str) -> None:
         state.put(self.store, "link", {"state": link_state, "detail": detail, "since": iso()})
 
@@ -131,11 +146,12 @@ class Uplink:
             if not busy:
                 self.stop_event.wait(1)
 
-    def _publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish now, or raise LinkLost when the link is down (paho never queues for us)."""
         if self.link.publish(topic, payload) is None:
             raise LinkLost()
 
-    def _wait(self, match, timeout: float) -> dict | None:
+    def wait_ack(self, match, timeout: float) -> dict | None:
         """The next ack that `match` accepts, or None after `timeout`; others are dropped."""
         deadline = time.monotonic() + timeout
         while not self.stop_event.is_set():
@@ -155,27 +171,33 @@ class Uplink:
             )
         raise LinkLost()
 
-    def _request(self, topic: str, message: dict, match) -> dict:
+    def request(self, topic: str, message: dict, match) -> dict:
         """Publish a JSON message and wait for its ack, resending after each timeout."""
         while True:
-            self._publish(topic, protocol.encode(message))
-            ack = self._wait(match, self.up.ack_timeout_seconds)
+            self.publish(topic, protocol.encode(message))
+            ack = self.wait_ack(match, self.up.ack_timeout_seconds)
             if ack is not None:
                 return ack
 
     # -- custody and metadata -------------------------------------------------
     def _send_custody(self) -> bool:
+        """Send custody entries not yet at central, with every checkpoint not yet sent.
+
+        A checkpoint is usually signed after its head entry went upstream, so
+        checkpoints have their own cursor.
+        """
         sent = state.get(self.store, "custody_sent_seq", 0)
+        signed = state.get(self.store, "checkpoint_sent_seq", 0)
         entries = self.store.query(
             "SELECT * FROM custody WHERE seq > ? ORDER BY seq LIMIT ?", (sent, CUSTODY_BATCH)
         )
-        if not entries:
-            return False
-        last = entries[-1]["seq"]
+        last = entries[-1]["seq"] if entries else sent
         checkpoints = self.store.query(
-            "SELECT * FROM checkpoints WHERE seq > ? AND seq <= ? ORDER BY seq", (sent, last)
+            "SELECT * FROM checkpoints WHERE seq > ? AND seq <= ? ORDER BY seq", (signed, last)
         )
-        message_id = f"custody:{entries[0]['seq']}-{last}"
+        if not entries and not checkpoints:
+            return False
+        message_id = f"custody:{sent + 1}-{last}:cp{checkpoints[-1]['seq'] if checkpoints else 0}"
         message = {
             "id": message_id,
             "type": "custody",
@@ -184,7 +206,7 @@ class Uplink:
             "entries": entries,
             "checkpoints": checkpoints,
         }
-        ack = self._request(
+        ack = self.request(
             protocol.meta_topic(self.box_id),
             message,
             lambda a: a.get("re") == "meta" and a.get("id") == message_id,
@@ -195,6 +217,8 @@ class Uplink:
         if ack.get("status") != "ok":
             raise EdgeboxError(f"central refused custody {message_id}: {ack.get('reason')}")
         state.put(self.store, "custody_sent_seq", last)
+        if checkpoints:
+            state.put(self.store, "checkpoint_sent_seq", checkpoints[-1]["seq"])
         return True
 
     def _send_meta(self) -> bool:
@@ -210,7 +234,7 @@ class Uplink:
                 "identity": self.identity,
                 **json.loads(row["payload"]),
             }
-            ack = self._request(
+            ack = self.request(
                 protocol.meta_topic(self.box_id),
                 message,
                 lambda a, m=message_id: a.get("re") == "meta" and a.get("id") == m,
