@@ -6,6 +6,8 @@ import logging
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from edgebox.sync.outbox import queue_meta
+
 log = logging.getLogger(__name__)
 
 
@@ -19,6 +21,23 @@ def expire_uploads(box) -> None:
     expired = box.uploads.expire()
     if expired:
         log.info("expired %d abandoned uploads", len(expired))
+
+
+def heartbeat(box) -> bool:
+    """Queue a heartbeat for central while the link is up (none pile up while offline)."""
+    if box.uplink is None or not box.uplink.link.connected.is_set():
+        return False
+    report = box.status()
+    body = {
+        "type": "heartbeat",
+        "ts": report["time"],
+        "recordings": report["recordings"],
+        "storage": report["storage"],
+        "backlog": report["upstream"]["backlog"],
+        "custody_head": report["custody"]["entries"],
+    }
+    queue_meta(box.store, body, priority=200, replace_kind="heartbeat")
+    return True
 
 
 class _Jobs:
@@ -42,5 +61,6 @@ def start_scheduler(box) -> _Jobs:
         minutes=box.config.custody.checkpoint_minutes,
     )
     scheduler.add_job(expire_uploads, "interval", args=[box], id="expire_uploads", minutes=10)
+    scheduler.add_job(heartbeat, "interval", args=[box], id="heartbeat", minutes=5)
     scheduler.start()
     return _Jobs(scheduler)

@@ -70,3 +70,44 @@ def test_full_flow_two_boxes_two_workers(tmp_path, broker, pki):
             b.stop()
         for w in workers:
             w.stop()
+
+
+def test_heartbeat_and_metadata_events_are_applied_once(tmp_path, broker, pki):
+    from edgebox.central.index import Index
+    from edgebox.scheduler import heartbeat
+    from edgebox.sync.outbox import queue_meta
+
+    store = tmp_path / "central"
+    workers = central_workers(store, broker, pki, count=2)
+    box = start_box(tmp_path / "box", broker, pki, "van-7")
+    index = Index(store)
+    try:
+        wait_for(lambda: box.uplink.link.connected.is_set(), what="link up")
+        assert heartbeat(box)
+        queue_meta(box.store, {"type": "recording.tagged", "recording": "r1", "incident": "I-9"})
+        wait_for(
+            lambda: (
+                box.store.one(
+                    "SELECT COUNT(*) AS n FROM outbox WHERE kind = 'meta' AND state = 'done'"
+                )["n"]
+                == 2
+            ),
+            what="both acknowledged",
+        )
+        with box.store.write() as db:  # as if the ack had been lost: the event goes again
+            db.execute("UPDATE outbox SET state = 'queued' WHERE ref = 'recording.tagged'")
+        wait_for(
+            lambda: (
+                box.store.one("SELECT state FROM outbox WHERE ref = 'recording.tagged'")["state"]
+                == "done"
+            ),
+            what="resent event acknowledged",
+        )
+        events = index.query("SELECT type, body FROM events WHERE box_id = 'van-7' ORDER BY type")
+        assert [e["type"] for e in events] == ["heartbeat", "recording.tagged"]
+        assert '"incident": "I-9"' in events[1]["body"]
+    finally:
+        index.close()
+        box.stop()
+        for w in workers:
+            w.stop()
