@@ -87,6 +87,35 @@ class UpstreamSection:
 
 
 @dataclass(frozen=True)
+class ReplicationSection:
+    """Litestream replication of the metadata database to a second medium."""
+
+    enabled: bool = True
+    replica_dir: str = "data/replica"
+    sync_interval_seconds: int = 1
+    s3_url: str = ""
+    litestream_bin: str = ""
+
+
+@dataclass(frozen=True)
+class RetentionSection:
+    """How long footage is kept; nothing ever goes before central confirmed its copy."""
+
+    floor_days: int = 30
+    default_days: int = 31
+    category_days: dict[str, int] = field(default_factory=dict)
+    keep_synced_days: int = 7
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    """Disk watermarks (fractions of the data disk in use)."""
+
+    low_watermark: float = 0.80
+    high_watermark: float = 0.90
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole box configuration; `base_dir` anchors relative paths."""
 
@@ -96,6 +125,9 @@ class Config:
     vault: VaultSection = field(default_factory=VaultSection)
     custody: CustodySection = field(default_factory=CustodySection)
     upstream: UpstreamSection = field(default_factory=UpstreamSection)
+    replication: ReplicationSection = field(default_factory=ReplicationSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
+    storage: StorageSection = field(default_factory=StorageSection)
     base_dir: Path = Path(".")
     source: str = "<defaults>"
 
@@ -165,6 +197,8 @@ def _coerce(value, kind, where: str, from_env: bool = False):
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if origin is dict or kind is dict:
+        return _coerce_days(value, where, from_env)
     if from_env and kind is not str:
         text = value.strip().lower()
         try:
@@ -175,11 +209,29 @@ def _coerce(value, kind, where: str, from_env: bool = False):
             return kind(text)
         except ValueError:
             raise ConfigError(f"{where}: {value!r} is not a valid {kind.__name__}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(
             f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}"
         )
     return value
+
+
+def _coerce_days(value, where: str, from_env: bool) -> dict:
+    """A table of category -> days (TOML table, or `a=1,b=2` in the environment)."""
+    if from_env:
+        try:
+            pairs = [item.split("=") for item in value.split(",") if item.strip()]
+            value = {k.strip(): int(v) for k, v in pairs}
+        except ValueError:
+            raise ConfigError(f"{where}: expected CATEGORY=DAYS,... got {value!r}") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in value.items()
+    ):
+        raise ConfigError(f"{where}: expected a table of category = days")
+    return dict(value)
 
 
 def _validate(config: Config) -> None:
@@ -209,6 +261,33 @@ def _validate(config: Config) -> None:
         section, key = name.split(".")
         if getattr(getattr(config, section), key) < minimum:
             raise ConfigError(f"{name} must be at least {minimum}", field=name)
+    retention = config.retention
+    if retention.floor_days < 1:
+        raise ConfigError("retention.floor_days must be at least 1", field="retention.floor_days")
+    for name, days in [
+        ("default_days", retention.default_days),
+        *((f"category_days.{k}", v) for k, v in retention.category_days.items()),
+    ]:
+        if days < retention.floor_days:
+            raise ConfigError(
+                f"retention.{name} = {days} is below the floor of {retention.floor_days} days",
+                field="retention.default_days",
+            )
+    if retention.keep_synced_days < 0:
+        raise ConfigError(
+            "retention.keep_synced_days must be 0 or more", field="retention.keep_synced_days"
+        )
+    low, high = config.storage.low_watermark, config.storage.high_watermark
+    if not 0 < low < high < 1:
+        raise ConfigError(
+            "storage watermarks need 0 < low_watermark < high_watermark < 1",
+            field="storage.low_watermark",
+        )
+    if config.replication.sync_interval_seconds < 1:
+        raise ConfigError(
+            "replication.sync_interval_seconds must be at least 1",
+            field="replication.sync_interval_seconds",
+        )
     if config.upstream.chunk_size > 16 * 1024**2:
         raise ConfigError("upstream.chunk_size must be at most 16 MiB", field="upstream.chunk_size")
     if config.upstream.broker:
