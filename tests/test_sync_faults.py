@@ -390,3 +390,39 @@ def test_offline_box_still_works(tmp_path):
         assert box.status()["upstream"]["backlog"]["recordings"] == 2
     finally:
         box.stop()
+
+
+def test_damaged_file_is_flagged_not_sent_and_does_not_block(tmp_path, broker, pki):
+    from edgebox.box import Box
+    from edgebox.config import load_config
+
+    folder = tmp_path / "box"
+    make_box(folder, box_id="van-4")
+    offline = Box(load_config(folder / "edgebox.toml", environ={})).start(("127.0.0.1", 0))
+    try:
+        fill(offline, 3, 300_000)
+        first = offline.store.query("SELECT id FROM recordings ORDER BY received_at")[0]["id"]
+        path = offline.uploads.vault_path(first)
+    finally:
+        offline.stop()
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0x40  # bit rot in the oldest recording
+    path.write_bytes(bytes(raw))
+    store = tmp_path / "central"
+    workers = central_workers(store, broker, pki, count=1)
+    box = start_box(folder, broker, pki, "van-4")
+    try:
+        wait_for(lambda: states(box).count("synced") == 2, what="the two healthy ones synced")
+        assert states(box)[0] == "damaged"
+        assert first not in central_holds(store)
+        events = [
+            e["event"]
+            for e in box.store.query(
+                "SELECT event FROM custody WHERE subject = ? ORDER BY seq", (first,)
+            )
+        ]
+        assert events[-1] == "recording.damaged"
+    finally:
+        box.stop()
+        for w in workers:
+            w.stop()

@@ -78,8 +78,8 @@ class FileTransfer:
     def run(self) -> None:
         """Transfer the file; returns when central confirmed, rejected, or the link dropped."""
         problems = vault.check_structure(self.path, self.sha256)
-        if problems:
-            raise EdgeboxError(f"not sending damaged recording {self.rec['id']}: {problems[0]}")
+        if problems:  # never ship damaged bytes; flag it and let the rest of the backlog go on
+            return self.uplink.damaged(self.rec, problems[0])
         manifest = self.manifest()
         identity = self.uplink.box.keys.identity()
         init = {

@@ -299,6 +299,13 @@ class Uplink:
             db.execute("UPDATE recordings SET sync_state = 'rejected' WHERE id = ?", [rec["id"]])
             custody.append(db, "recording.sync_rejected", "central", rec["id"], {"reason": reason})
 
+    def damaged(self, rec: dict, problem: str) -> None:
+        """A stored file fails its check: keep it, do not send it, flag and log it for IT."""
+        log.error("recording %s is damaged and was not sent: %s", rec["id"], problem)
+        with self.store.write() as db:
+            db.execute("UPDATE recordings SET sync_state = 'damaged' WHERE id = ?", [rec["id"]])
+            custody.append(db, "recording.damaged", "box", rec["id"], {"problem": problem})
+
     def read_chunk(self, fd: int, offset: int, size: int) -> bytes:
         """Read one segment from a vault file."""
         return os.pread(fd, min(self.up.chunk_size, size - offset), offset)
