@@ -18,6 +18,7 @@ from edgebox.ingest.pairing import Pairing
 from edgebox.ingest.uploads import IngestSettings, Uploads
 from edgebox.keys import Keyring, certificate_fingerprint
 from edgebox.sync import state as sync_state
+from edgebox.users import Users
 
 
 class Box:
@@ -31,6 +32,7 @@ class Box:
         self.store = Store(data / "box.db")
         self.keys = Keyring(data / "keys")
         self.pairing = Pairing(self.store, config.ingest.pairing_code_minutes)
+        self.users = Users(self.store)
         self.uploads = Uploads(
             self.store,
             self.keys,

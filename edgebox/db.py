@@ -224,3 +224,15 @@ def m002_sync_state(db: sqlite_utils.Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m003_user_security(db: sqlite_utils.Database) -> None:
+    """Login throttling and lockout, and a session epoch that logs a user out everywhere."""
+    db.executescript(
+        """
+        ALTER TABLE users ADD COLUMN failed_logins INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE users ADD COLUMN locked_until TEXT;
+        ALTER TABLE users ADD COLUMN session_epoch INTEGER NOT NULL DEFAULT 0;
+        """
+    )

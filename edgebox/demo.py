@@ -15,6 +15,7 @@ from edgebox.keys import certificate_fingerprint
 from edgebox.provision import CONFIG_NAME, init_box
 
 DEMO_SECRET = "demo-supervisor"  # noqa: S105 - the demo's published review secret
+DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"  # noqa: S105 - the demo's published login
 
 
 def _free(host: str, port: int) -> int:
@@ -57,6 +58,8 @@ def run_demo(
     upstream, central = _start_upstream(folder, log) if with_central else ({}, None)
     host, port = parse_listen(listen)
     box = Box(load_config(folder / CONFIG_NAME, environ=upstream)).start((host, _free(host, port)))
+    if box.users.count() == 0:
+        box.users.add(DEMO_USER, "supervisor", DEMO_PASSWORD, actor="demo")
     fingerprint = certificate_fingerprint(box.keys.tls_cert.read_bytes())
     log(f"box serving {box.url}  (certificate sha256 {fingerprint[:16]}...)")
     stop = threading.Event()
@@ -94,8 +97,8 @@ def run_demo(
         if central is not None:
             _wait_synced(box, folder / "central", log)
         log(
-            f"open {box.url}/ to see them (accept the box's self-signed certificate);"
-            f" review secret for exports: {DEMO_SECRET}"
+            f"open {box.url}/ and log in as {DEMO_USER} / {DEMO_PASSWORD} to see them (accept "
+            f"the box's self-signed certificate); review secret for exports: {DEMO_SECRET}"
         )
         if not once:
             log("press Ctrl-C to stop")

@@ -196,6 +196,13 @@ class Keyring:
         """Path of the box's TLS private key."""
         return self.root / "tls.key"
 
+    def web_secret(self) -> bytes:
+        """The key that signs web session cookies (made on first use, owner-only)."""
+        path = self.root / "web-session.key"
+        if not path.exists():
+            write_private(path, secrets.token_bytes(32))
+        return path.read_bytes()
+
     def ingest_key(self) -> bytes:
         """The 32-byte key that wraps resume keys of unfinished uploads."""
         return (self.root / "ingest.key").read_bytes()

@@ -44,7 +44,15 @@ def test_demo_delivers_lists_and_verifies(tmp_path):
     # The web UI lists both recordings.
     box = BoxProcess(config).start()
     try:
-        page = requests.get(f"{box.url}/", verify=str(box.cert), timeout=10)
+        browser = requests.Session()
+        browser.trust_env = False
+        browser.verify = str(box.cert)
+        anonymous = browser.get(f"{box.url}/", timeout=10, allow_redirects=False)
+        assert anonymous.status_code == 302 and "/login" in anonymous.headers["Location"]
+        browser.post(
+            f"{box.url}/login", data={"username": "demo", "password": "demo-password"}, timeout=10
+        )
+        page = browser.get(f"{box.url}/", timeout=10)
         assert page.status_code == 200
         for rec in listed:
             assert f'id="rec-{rec["id"]}"' in page.text

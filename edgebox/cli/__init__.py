@@ -60,16 +60,19 @@ def emit(data, as_json: bool, text=None) -> None:
 
 
 def read_secret(
-    secret_file: str | None, prompt: str = "Supervisor review secret", confirm: bool = False
+    secret_file: str | None,
+    prompt: str = "Supervisor review secret",
+    confirm: bool = False,
+    env: str = "EDGEBOX_REVIEW_SECRET",
 ) -> str:
-    """A review secret from --secret-file, $EDGEBOX_REVIEW_SECRET, or an interactive prompt."""
+    """A secret from its --...-file option, the environment variable `env`, or a prompt."""
     if secret_file:
         with open(secret_file, encoding="utf-8") as handle:
             return handle.read().strip()
-    if os.environ.get("EDGEBOX_REVIEW_SECRET"):
-        return os.environ["EDGEBOX_REVIEW_SECRET"]
+    if os.environ.get(env):
+        return os.environ[env]
     if not sys.stdin.isatty():
-        raise click.UsageError("no secret: pass --secret-file or set EDGEBOX_REVIEW_SECRET")
+        raise click.UsageError(f"no secret: pass its --...-file option or set {env}")
     return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
 
 
@@ -93,4 +96,10 @@ def main() -> None:
     """EdgeBox: store camera footage encrypted, prove its custody, and sync it upstream."""
 
 
-from edgebox.cli import admin, cameras, central, running  # noqa: E402,F401 - registers commands
+from edgebox.cli import (  # noqa: E402,F401 - registers commands
+    admin,
+    cameras,
+    central,
+    running,
+    users,  # noqa: E402,F401 - registers the users group
+)

@@ -24,13 +24,31 @@ def create_app(box, testing: bool = False) -> Flask:
     """Build the Flask app around a running `Box` (its services live in app.extensions)."""
     web = assets_dir()
     app = Flask(__name__, template_folder=str(web / "templates"), static_folder=str(web / "static"))
-    app.config.update(TESTING=testing, MAX_CONTENT_LENGTH=None, JSON_SORT_KEYS=False)
+    app.config.update(
+        TESTING=testing,
+        MAX_CONTENT_LENGTH=None,
+        SECRET_KEY=box.keys.web_secret(),
+        SESSION_COOKIE_NAME="edgebox_session",
+        SESSION_COOKIE_SECURE=box.config.server.tls,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+    )
     app.extensions["edgebox"] = box
 
     from edgebox.web.api import api
+    from edgebox.web.auth import auth, csrf_token
     from edgebox.web.tus import tus
     from edgebox.web.ui import ui
 
+    app.jinja_env.globals["csrf_token"] = csrf_token
+
+    @app.context_processor
+    def _page_context():
+        from edgebox.web.auth import current_user
+
+        return {"box": box.config.box, "user": current_user()}
+
+    app.register_blueprint(auth)
     app.register_blueprint(tus)
     app.register_blueprint(api)
     app.register_blueprint(ui)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from edgebox.errors import IngestError
+from edgebox.web.auth import require
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -32,6 +33,7 @@ def health():
 
 
 @api.get("/recordings")
+@require()
 def recordings():
     """Recordings, newest first (paged with ?limit= and ?before=received_at)."""
     limit = min(max(request.args.get("limit", 50, type=int), 1), 500)
@@ -39,6 +41,7 @@ def recordings():
 
 
 @api.get("/status")
+@require()
 def status():
     """The same report as `edgebox status --json`."""
     return jsonify(_box().status())
