@@ -17,6 +17,7 @@ from edgebox.errors import ConfigError
 from edgebox.ingest.pairing import Pairing
 from edgebox.ingest.uploads import IngestSettings, Uploads
 from edgebox.keys import Keyring, certificate_fingerprint
+from edgebox.review import ReviewKeys
 from edgebox.sync import state as sync_state
 from edgebox.users import Users
 
@@ -33,6 +34,7 @@ class Box:
         self.keys = Keyring(data / "keys")
         self.pairing = Pairing(self.store, config.ingest.pairing_code_minutes)
         self.users = Users(self.store)
+        self.review = ReviewKeys(self)
         self.uploads = Uploads(
             self.store,
             self.keys,

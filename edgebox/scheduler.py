@@ -1,29 +1,71 @@
-"""APScheduler 3 wiring of the box's periodic jobs; each job is a plain function of the box."""
+"""APScheduler 3 wiring of the box's periodic jobs, with each job's last run, next run and error.
+
+Every job is a plain function `job(box, now)` of the box and the current time.
+The scheduler passes `now` from an injectable clock (`Clock`, real UTC time plus
+an offset a test can move by 31 days without sleeping). Each run's outcome is
+kept in memory and in the `sync_state` table (`job:<id>`), so `edgebox status`
+in another process sees it too.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from edgebox import retention, storage
+from edgebox.clock import iso, parse_rfc3339, utcnow
+from edgebox.sync import state
 from edgebox.sync.outbox import queue_meta
 
 log = logging.getLogger(__name__)
+KEY_PREFIX = "job:"
+OVERDUE_GRACE = dt.timedelta(minutes=2)
 
 
-def custody_checkpoint(box) -> None:
+class Clock:
+    """The time jobs see: real UTC time plus an offset that tests move forward."""
+
+    def __init__(self, offset: dt.timedelta = dt.timedelta(0)):
+        self.offset = offset
+
+    def __call__(self) -> dt.datetime:
+        return utcnow() + self.offset
+
+    def advance(self, **delta: float) -> dt.datetime:
+        """Move the clock forward (`days=31`, `hours=1`...); returns the new time."""
+        self.offset += dt.timedelta(**delta)
+        return self()
+
+
+# -- the jobs ---------------------------------------------------------------
+
+
+def custody_checkpoint(box, now: dt.datetime | None = None) -> dict | None:
     """Sign the custody chain's head if anything happened since the last checkpoint."""
-    box.checkpoint()
+    row = box.checkpoint()
+    return {"seq": row["seq"]} if row else None
 
 
-def expire_uploads(box) -> None:
+def expire_uploads(box, now: dt.datetime | None = None) -> dict:
     """Discard unfinished uploads that have been idle past their expiry."""
-    expired = box.uploads.expire()
+    expired = box.uploads.expire(now)
     if expired:
         log.info("expired %d abandoned uploads", len(expired))
+    return {"expired": len(expired)}
 
 
-def heartbeat(box) -> bool:
+def heartbeat(box, now: dt.datetime | None = None) -> bool:
     """Queue a heartbeat for central while the link is up (none pile up while offline)."""
     if box.uplink is None or not box.uplink.link.connected.is_set():
         return False
@@ -40,27 +82,248 @@ def heartbeat(box) -> bool:
     return True
 
 
-class _Jobs:
-    def __init__(self, scheduler: BackgroundScheduler):
-        self.scheduler = scheduler
+def retention_sweep(box, now: dt.datetime | None = None) -> dict:
+    """Crypto-shred recordings past their rule that central holds and no hold keeps."""
+    report = retention.sweep(box, now)
+    return {
+        "deleted": len(report.deleted),
+        "freed_bytes": report.freed_bytes,
+        "kept": report.kept,
+        "kept_past_rule": len(report.kept_past_rule),
+        "failed": len(report.failed),
+    }
+
+
+def storage_watermarks(box, now: dt.datetime | None = None) -> dict:
+    """Free space past the high watermark (expired first, then old synced copies); alarm if full."""
+    return storage.relieve(box, now).to_dict()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One periodic job: its id, function, interval and delay before the first run."""
+
+    id: str
+    func: Callable[..., Any]
+    seconds: float
+    first_after: float | None = None  # None: one interval after start
+
+
+def default_jobs(box) -> list[JobSpec]:
+    """The box's standard jobs and their cadence."""
+    return [
+        JobSpec(
+            "custody_checkpoint", custody_checkpoint, box.config.custody.checkpoint_minutes * 60
+        ),
+        JobSpec("expire_uploads", expire_uploads, 600),
+        JobSpec("heartbeat", heartbeat, 300),
+        JobSpec("retention_sweep", retention_sweep, 3600, first_after=120),
+        JobSpec("storage_watermarks", storage_watermarks, 60, first_after=15),
+    ]
+
+
+# -- running and recording ----------------------------------------------------
+
+
+def _summary(result: Any) -> Any:
+    """A job's return value, trimmed to plain data for status."""
+    if result is None or isinstance(result, bool | int | float | str):
+        return result
+    if isinstance(result, dict):
+        return {
+            k: v for k, v in result.items() if isinstance(v, bool | int | float | str | dict | None)
+        }
+    return str(result)[:200]
+
+
+class Jobs:
+    """The running scheduler of one box, its clock, and what each job did last."""
+
+    def __init__(self, box, specs: list[JobSpec], clock: Callable[[], dt.datetime] | None = None):
+        self.box = box
+        self.clock = clock or Clock()
+        self.specs = {spec.id: spec for spec in specs}
+        self.records: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self.scheduler = BackgroundScheduler(
+            timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1}
+        )
+        self.scheduler.add_listener(self._skipped, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        now = utcnow()
+        for spec in specs:
+            first = spec.first_after if spec.first_after is not None else spec.seconds
+            self.scheduler.add_job(
+                self._scheduled,
+                "interval",
+                args=[spec.id],
+                id=spec.id,
+                name=spec.id,
+                seconds=spec.seconds,
+                next_run_time=now + dt.timedelta(seconds=first),
+                misfire_grace_time=max(30, int(spec.seconds)),
+            )
+            self.records[spec.id] = {**_blank(spec), **(self._persisted(spec.id) or {})}
+
+    def start(self) -> Jobs:
+        """Start the scheduler thread and publish every job's next run."""
+        self.scheduler.start()
+        for job_id in self.specs:
+            self._update(job_id, next_run=self._next_run(job_id))
+        return self
 
     def stop(self) -> None:
+        """Stop the scheduler (waiting for running jobs); next runs are cleared."""
         self.scheduler.shutdown(wait=True)
+        for job_id in self.specs:
+            self._update(job_id, next_run=None)
+
+    def pause(self) -> None:
+        """Hold every job (tests that drive jobs by hand use this)."""
+        self.scheduler.pause()
+
+    def resume(self) -> None:
+        """Let paused jobs run again."""
+        self.scheduler.resume()
+
+    def run_now(self, job_id: str):
+        """Run one job at once in this thread, recorded like a scheduled run; errors propagate."""
+        return self._execute(job_id)
+
+    def report(self) -> dict[str, dict]:
+        """Each job's last run, duration, outcome, last error and next run."""
+        with self._lock:
+            records = {k: dict(v) for k, v in self.records.items()}
+        for job_id, record in records.items():
+            if self.scheduler.running:
+                record["next_run"] = self._next_run(job_id)
+        return _annotate(records)
+
+    # -- internals --------------------------------------------------------------
+    def _scheduled(self, job_id: str) -> None:
+        self._execute(job_id)
+
+    def _execute(self, job_id: str):
+        spec = self.specs[job_id]
+        started = utcnow()
+        tick = time.monotonic()
+        try:
+            result = spec.func(self.box, now=self.clock())
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            log.error("job %s failed: %s", job_id, message)
+            self._finished(job_id, started, tick, "error", error=message)
+            raise
+        self._finished(job_id, started, tick, "ok", result=_summary(result))
+        return result
+
+    def _finished(self, job_id, started, tick, outcome, result=None, error=None) -> None:
+        changes: dict[str, Any] = {
+            "last_run": iso(started),
+            "last_duration_s": round(time.monotonic() - tick, 3),
+            "last_outcome": outcome,
+        }
+        with self._lock:
+            record = self.records[job_id]
+            changes["runs"] = record.get("runs", 0) + 1
+            if outcome == "error":
+                changes["errors"] = record.get("errors", 0) + 1
+                changes["last_error"] = {"at": iso(started), "message": error[:500]}
+            else:
+                changes["last_result"] = result
+        changes["next_run"] = self._next_run(job_id)
+        self._update(job_id, **changes)
+
+    def _skipped(self, event: JobEvent) -> None:
+        if event.job_id in self.specs:
+            why = "missed" if event.code == EVENT_JOB_MISSED else "still running"
+            log.warning("job %s skipped a run (%s)", event.job_id, why)
+            self._update(event.job_id, last_skipped={"at": iso(), "why": why})
+
+    def _next_run(self, job_id: str) -> str | None:
+        if not self.scheduler.running:
+            return None
+        job = self.scheduler.get_job(job_id)
+        return iso(job.next_run_time) if job and job.next_run_time else None
+
+    def _update(self, job_id: str, **changes) -> None:
+        with self._lock:
+            record = self.records[job_id]
+            record.update(changes)
+            snapshot = dict(record)
+        try:
+            state.put(self.box.store, KEY_PREFIX + job_id, snapshot)
+        except sqlite3.Error as exc:  # e.g. a full disk: the in-memory record still shows it
+            log.warning("could not persist job %s state: %s", job_id, exc)
+
+    def _persisted(self, job_id: str) -> dict | None:
+        return state.get(self.box.store, KEY_PREFIX + job_id)
 
 
-def start_scheduler(box) -> _Jobs:
-    """Start the background scheduler with the box's jobs."""
-    scheduler = BackgroundScheduler(
-        timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1}
+def _blank(spec: JobSpec) -> dict:
+    return {
+        "interval_s": spec.seconds,
+        "last_run": None,
+        "last_duration_s": None,
+        "last_outcome": None,
+        "last_result": None,
+        "last_error": None,
+        "next_run": None,
+        "runs": 0,
+        "errors": 0,
+    }
+
+
+def _annotate(records: dict[str, dict]) -> dict[str, dict]:
+    """Mark jobs whose next run is well in the past (the box is not running them)."""
+    now = utcnow()
+    for record in records.values():
+        due = record.get("next_run")
+        record["overdue"] = bool(due) and parse_rfc3339(due) < now - OVERDUE_GRACE
+    return dict(sorted(records.items()))
+
+
+_by_box: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def start_scheduler(
+    box,
+    clock: Callable[[], dt.datetime] | None = None,
+    extra: list[JobSpec] | None = None,
+) -> Jobs:
+    """Start the background scheduler with the box's jobs (plus `extra` ones)."""
+    jobs = Jobs(box, [*default_jobs(box), *(extra or [])], clock).start()
+    _by_box[box] = jobs
+    return jobs
+
+
+def jobs_of(box) -> Jobs | None:
+    """The scheduler running in this process for `box`, if any."""
+    return _by_box.get(box)
+
+
+def jobs_report(box) -> dict[str, dict]:
+    """Each job's last run, next run and last error, for `edgebox status` (live or persisted)."""
+    jobs = jobs_of(box)
+    if jobs is not None:
+        return jobs.report()
+    rows = box.store.query(
+        "SELECT key, value FROM sync_state WHERE key LIKE ?", (KEY_PREFIX + "%",)
     )
-    scheduler.add_job(
-        custody_checkpoint,
-        "interval",
-        args=[box],
-        id="custody_checkpoint",
-        minutes=box.config.custody.checkpoint_minutes,
-    )
-    scheduler.add_job(expire_uploads, "interval", args=[box], id="expire_uploads", minutes=10)
-    scheduler.add_job(heartbeat, "interval", args=[box], id="heartbeat", minutes=5)
-    scheduler.start()
-    return _Jobs(scheduler)
+    records = {row["key"][len(KEY_PREFIX) :]: json.loads(row["value"]) for row in rows}
+    return _annotate({k: v for k, v in records.items() if isinstance(v, dict)})
+
+
+def job_alarms(box) -> list[dict]:
+    """Warnings for jobs whose last run failed, for the status `alarms` list."""
+    alarms = []
+    for job_id, record in jobs_report(box).items():
+        if record.get("last_outcome") == "error":
+            alarms.append(
+                {
+                    "source": f"job:{job_id}",
+                    "severity": "warning",
+                    "since": record["last_error"]["at"],
+                    "message": f"job {job_id} failed: {record['last_error']['message']}",
+                }
+            )
+    return alarms

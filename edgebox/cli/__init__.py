@@ -100,6 +100,7 @@ from edgebox.cli import (  # noqa: E402,F401 - registers commands
     admin,
     cameras,
     central,
+    restore,
     running,
     users,  # noqa: E402,F401 - registers the users group
 )

@@ -37,6 +37,8 @@ def create_app(box, testing: bool = False) -> Flask:
 
     from edgebox.web.api import api
     from edgebox.web.auth import auth, csrf_token
+    from edgebox.web.media import media
+    from edgebox.web.openapi import openapi
     from edgebox.web.tus import tus
     from edgebox.web.ui import ui
 
@@ -49,6 +51,8 @@ def create_app(box, testing: bool = False) -> Flask:
         return {"box": box.config.box, "user": current_user()}
 
     app.register_blueprint(auth)
+    app.register_blueprint(media)
+    app.register_blueprint(openapi)
     app.register_blueprint(tus)
     app.register_blueprint(api)
     app.register_blueprint(ui)

@@ -75,6 +75,8 @@ def _check_csrf():
         return None
     if request.path == "/login":
         return None  # a login starts a fresh session; SameSite=Strict keeps it same-site
+    if "uid" not in session:
+        return None  # no session to ride on: the view itself answers 401
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
     expected = session.get("csrf", "")
     if not expected or not hmac.compare_digest(sent, expected):

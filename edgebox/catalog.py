@@ -1,0 +1,157 @@
+"""The recordings catalogue: filtered, paged queries and the crew's and supervisors' edits.
+
+Every filter is validated and bound as a parameter (never pasted into SQL). Edits
+(tags, legal holds) are logged in the custody chain and queued for central.
+"""
+
+from __future__ import annotations
+
+import re
+
+from edgebox import custody
+from edgebox.clock import parse_rfc3339
+from edgebox.errors import EdgeboxError, NotFound
+from edgebox.sync.outbox import queue_meta
+
+PAGE_MAX = 500
+REQUIRED_PRE_EVENT = 30
+SYNC_STATES = ("pending", "sending", "synced", "rejected", "damaged", "deleted")
+GAPS = ("warning", "pre_event")
+_CURSOR = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+Z)~([0-9a-f]{32})$")
+_TEXT_LIMITS = {"incident": 64, "category": 64, "exemption": 500, "notes": 2000}
+
+
+def _bad(field: str, message: str) -> EdgeboxError:
+    return EdgeboxError(message, status=400, field=field)
+
+
+def _time(args: dict, name: str) -> str | None:
+    if not args.get(name):
+        return None
+    try:
+        return parse_rfc3339(args[name]).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        raise _bad(name, f"{name} must be an RFC 3339 time, e.g. 2026-11-28T00:00:00Z") from None
+
+
+def search(store, args: dict) -> dict:
+    """Recordings matching the filters, newest first, one page; `next` is the next cursor."""
+    where, params = [], []
+    for name, column, op in (("from", "started_at", ">="), ("to", "started_at", "<")):
+        value = _time(args, name)
+        if value:
+            where.append(f"{column} {op} ?")
+            params.append(value)
+    for name, column in (
+        ("camera", "serial"),
+        ("user", "user_id"),
+        ("category", "category"),
+        ("incident", "incident"),
+    ):
+        if args.get(name):
+            where.append(f"{column} = ?")
+            params.append(str(args[name])[:128])
+    if args.get("sync"):
+        if args["sync"] not in SYNC_STATES:
+            raise _bad("sync", f"sync must be one of {', '.join(SYNC_STATES)}")
+        where.append("sync_state = ?")
+        params.append(args["sync"])
+    if args.get("gap"):
+        if args["gap"] not in GAPS:
+            raise _bad("gap", f"gap must be one of {', '.join(GAPS)}")
+        where.append(
+            "warned IS NULL AND exemption IS NULL"
+            if args["gap"] == "warning"
+            else "COALESCE(pre_event_seconds, 0) < ?"
+        )
+        if args["gap"] == "pre_event":
+            params.append(REQUIRED_PRE_EVENT)
+    if args.get("hold") in ("1", "true"):
+        where.append("legal_hold = 1")
+    if args.get("cursor"):
+        match = _CURSOR.match(str(args["cursor"]))
+        if not match:
+            raise _bad("cursor", "cursor is not one this box handed out")
+        where.append("(received_at, id) < (?, ?)")
+        params.extend(match.groups())
+    try:
+        limit = int(args.get("limit", 50))
+    except ValueError:
+        raise _bad("limit", "limit must be a whole number") from None
+    if not 1 <= limit <= PAGE_MAX:
+        raise _bad("limit", f"limit must be 1 to {PAGE_MAX}")
+    sql = (
+        "SELECT id, serial, user_id, started_at, stopped_at, received_at, category, incident, "
+        "warned, exemption, pre_event_seconds, size, evidence_sha256, sync_state, sealed, "
+        "legal_hold FROM recordings"
+    )
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY received_at DESC, id DESC LIMIT ?"
+    rows = store.query(sql, (*params, limit + 1))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = f"{rows[-1]['received_at']}~{rows[-1]['id']}" if more and rows else None
+    return {"items": rows, "next": cursor}
+
+
+def detail(store, recording_id: str) -> dict:
+    """One recording with its camera metadata and custody trail."""
+    rec = store.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
+    if rec is None:
+        raise NotFound(f"no recording {recording_id}")
+    rec["custody"] = store.query(
+        "SELECT seq, ts, event, actor, details, hash FROM custody WHERE subject = ? ORDER BY seq",
+        (recording_id,),
+    )
+    return rec
+
+
+def tag(store, recording_id: str, changes: dict, actor: str) -> dict:
+    """Set incident, category, warned / exemption and notes; logged and sent upstream."""
+    unknown = set(changes) - {*_TEXT_LIMITS, "warned"}
+    if unknown:
+        raise _bad(sorted(unknown)[0], f"{sorted(unknown)[0]} cannot be tagged")
+    clean = {}
+    for name, limit in _TEXT_LIMITS.items():
+        if name in changes:
+            value = changes[name]
+            if value is not None and (not isinstance(value, str) or len(value) > limit):
+                raise _bad(name, f"{name} must be text of at most {limit} characters")
+            clean[name] = value or None
+    if "warned" in changes:
+        if changes["warned"] not in (True, False, None):
+            raise _bad("warned", "warned must be true, false or null")
+        clean["warned"] = None if changes["warned"] is None else int(changes["warned"])
+    rec = detail(store, recording_id)
+    merged = {k: clean.get(k, rec[k]) for k in (*_TEXT_LIMITS, "warned")}
+    if merged["warned"] == 1 and merged["exemption"]:
+        raise _bad("exemption", "a warned subject needs no exemption; clear one of them")
+    if not clean:
+        raise _bad("changes", "nothing to change")
+    with store.write() as db:
+        db["recordings"].update(recording_id, clean)
+        custody.append(
+            db,
+            "recording.tagged",
+            actor,
+            recording_id,
+            {"changes": clean, "before": {k: rec[k] for k in clean}},
+        )
+    queue_meta(store, {"type": "recording.tagged", "recording_id": recording_id, "changes": clean})
+    return detail(store, recording_id)
+
+
+def set_hold(store, recording_id: str, hold: bool, reason: str, actor: str) -> dict:
+    """Place or lift a legal hold (a hold stops every deletion)."""
+    if not isinstance(reason, str) or not 3 <= len(reason) <= 500:
+        raise _bad("reason", "give a reason of 3 to 500 characters")
+    rec = detail(store, recording_id)
+    if bool(rec["legal_hold"]) == hold:
+        raise EdgeboxError(f"the hold is already {'on' if hold else 'off'}", status=409)
+    event = "recording.hold_placed" if hold else "recording.hold_lifted"
+    with store.write() as db:
+        db["recordings"].update(recording_id, {"legal_hold": int(hold)})
+        custody.append(db, event, actor, recording_id, {"reason": reason})
+    queue_meta(store, {"type": event, "recording_id": recording_id, "reason": reason}, priority=50)
+    return detail(store, recording_id)

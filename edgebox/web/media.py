@@ -1,0 +1,65 @@
+"""Playback for supervisors: decrypted on the fly from the vault, with HTTP Range, never on disk."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, current_app, request
+
+from edgebox import vault
+from edgebox.catalog import detail
+from edgebox.errors import EdgeboxError
+from edgebox.recordings import data_key_for
+from edgebox.web.auth import current_user, require
+
+media = Blueprint("media", __name__, url_prefix="/api/v1")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end exclusive) of a single `bytes=` range, None for the whole file, or 416."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if not match or match.groups() == ("", ""):
+        raise EdgeboxError("only one bytes=START-END range is supported", status=416)
+    first, last = match.groups()
+    if first == "":
+        start, end = max(0, size - int(last)), size
+    else:
+        start = int(first)
+        end = min(size, int(last) + 1) if last else size
+    if start >= size or start >= end:
+        raise EdgeboxError(f"range outside the {size}-byte recording", status=416)
+    return start, end
+
+
+@media.get("/recordings/<recording_id>/media")
+@require("supervisor")
+def play(recording_id: str):
+    """Stream the decrypted recording (or the asked byte range)."""
+    box = current_app.extensions["edgebox"]
+    user = current_user()
+    rec = detail(box.store, recording_id)
+    if rec["sealed"]:
+        raise EdgeboxError(
+            "sealed after central confirmed its copy; review it at central", status=409
+        )
+    path = box.uploads.vault_path(recording_id)
+    reader = vault.Reader(path, data_key_for(path, box.review.key_for(user)))
+    size = reader.header.plaintext_size
+    wanted = parse_range(request.headers.get("Range"), size)
+    start, end = wanted or (0, size)
+    box.review.viewed(user, recording_id)
+    response = Response(
+        reader.read_range(start, end),
+        status=206 if wanted else 200,
+        mimetype="video/mp4",
+        direct_passthrough=True,
+    )
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["Content-Length"] = str(end - start)
+    response.headers["Cache-Control"] = "no-store"
+    if wanted:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return response

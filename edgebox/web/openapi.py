@@ -1,0 +1,56 @@
+"""`/api/openapi.json`: an OpenAPI 3.1 description built from the routes themselves."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, current_app, jsonify
+
+from edgebox import __version__
+
+openapi = Blueprint("openapi", __name__)
+_PARAM = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
+
+
+def describe(app) -> dict:
+    """Every /api and /tus route with its methods, summary and path parameters."""
+    paths: dict = {}
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith(("/api/", "/tus")) or rule.endpoint == "static":
+            continue
+        path = _PARAM.sub(r"{\1}", rule.rule)
+        view = app.view_functions[rule.endpoint]
+        doc = (view.__doc__ or "").strip().split("\n")[0]
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"} or rule.methods - {"OPTIONS"}):
+            operation = {
+                "operationId": f"{rule.endpoint}.{method.lower()}",
+                "summary": doc,
+                "responses": {
+                    "200": {"description": "success"},
+                    "4XX": {"description": "an error with error, message, field"},
+                },
+            }
+            names = _PARAM.findall(rule.rule)
+            if names:
+                operation["parameters"] = [
+                    {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                    for n in names
+                ]
+            paths.setdefault(path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "EdgeBox local API", "version": __version__},
+        "components": {
+            "securitySchemes": {
+                "session": {"type": "apiKey", "in": "cookie", "name": "edgebox_session"},
+                "device": {"type": "http", "scheme": "bearer"},
+            }
+        },
+        "paths": dict(sorted(paths.items())),
+    }
+
+
+@openapi.get("/api/openapi.json")
+def document():
+    """The OpenAPI description of this box's API."""
+    return jsonify(describe(current_app))
