@@ -9,7 +9,7 @@ defaults and to Litestream: nothing here truncates or vacuums the WAL.
 from __future__ import annotations
 
 import contextlib
-import shutil
+import fcntl
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -151,18 +151,25 @@ def connect(path: Path) -> sqlite_utils.Database:
     return db
 
 
-def migrate(path: Path) -> list[str]:
-    """Apply pending migrations (backing up the file first when it already has data)."""
-    db = connect(path)
-    try:
-        pending = [m.name for m in migrations.pending(db)]
-        if pending and migrations.applied(db):
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            shutil.copy2(path, path.with_suffix(path.suffix + ".pre-migration"))
-        migrations.apply(db)
-        return pending
-    finally:
-        db.close()
+def migrate(path: Path, migration_set: Migrations = migrations) -> list[str]:
+    """Apply pending migrations, backing up a database that already has data first.
+
+    A lock file serialises processes that open the same database at once (two
+    central workers starting together must not both create the tables).
+    """
+    path = Path(path)
+    with open(path.with_name(path.name + ".migrate-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        db = connect(path)
+        try:
+            pending = [m.name for m in migration_set.pending(db)]
+            if pending and migration_set.applied(db):
+                with sqlite3.connect(path.with_name(path.name + ".pre-migration")) as backup:
+                    db.conn.backup(backup)
+            migration_set.apply(db)
+            return pending
+        finally:
+            db.close()
 
 
 class Store:

@@ -110,11 +110,11 @@ def _read_state(config: Config) -> dict:
         return {}
 
 
-def _log_tail(path: Path, code: int | None = None, lines: int = 5) -> str | None:
-    """Litestream's last warning and error lines; its last lines if it exited with an error."""
+def _log_tail(path: Path, start: int = 0, code: int | None = None, lines: int = 5) -> str | None:
+    """The child's last warning and error lines since `start`; its last lines if it failed."""
     try:
         with open(path, "rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 16384))
+            handle.seek(max(start, handle.seek(0, os.SEEK_END) - 16384))
             text = handle.read().decode(errors="replace").splitlines()
     except OSError:
         return None
@@ -293,6 +293,7 @@ class Replicator:
         self._state = "disabled" if not config.replication.enabled else "starting"
         self._failures = 0
         self._spawned = 0.0
+        self._log_start = 0
         self._next_start = 0.0
         self._started_at: str | None = None
         self._last_exit: str | None = None
@@ -366,7 +367,7 @@ class Replicator:
             self._last_exit = (
                 f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
             )
-            self._last_error = _log_tail(self.log_path, code)
+            self._last_error = _log_tail(self.log_path, self._log_start, code)
         quick = time.monotonic() - self._spawned < self.stable_after
         self._failures = self._failures + 1 if quick else 1
         self._schedule_retry()
@@ -421,6 +422,7 @@ class Replicator:
         if self.log_path.exists() and self.log_path.stat().st_size > LOG_LIMIT:
             self.log_path.replace(self.log_path.with_name(LOG_NAME + ".1"))
         with open(self.log_path, "ab") as out:
+            self._log_start = out.tell()
             return subprocess.Popen(
                 [str(binary), "replicate", "-config", str(path), "-no-expand-env"],
                 stdin=subprocess.DEVNULL,

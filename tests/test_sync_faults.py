@@ -108,30 +108,29 @@ def test_broker_flapping_five_times(tmp_path, broker, pki):
 
 
 def _central_process(store, broker, pki, name):
+    """`edgebox central run` with one worker as its own process; stderr kept in NAME.log."""
     cert, key = pki.client_cert(name)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgebox",
-            "central",
-            "run",
-            "--broker",
-            broker.url_tls_cert,
-            "--store",
-            str(store),
-            "--workers",
-            "1",
-            "--ca",
-            str(broker.ca_path),
-            "--cert",
-            str(cert),
-            "--key",
-            str(key),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "edgebox",
+        "central",
+        "run",
+        "--broker",
+        broker.url_tls_cert,
+        "--store",
+        str(store),
+        "--workers",
+        "1",
+        "--ca",
+        str(broker.ca_path),
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+    ]
+    with open(store.parent / f"{name}.log", "wb") as log:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
 
 
 def test_central_worker_killed_mid_file(tmp_path, broker, pki):
@@ -149,6 +148,7 @@ def test_central_worker_killed_mid_file(tmp_path, broker, pki):
             ),
             what="segments stored at central",
         )
+        assert second.poll() is None, (tmp_path / "central-b.log").read_text()
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         wait_for(lambda: synced(box), timeout=120, what="all synced by the surviving worker")

@@ -9,7 +9,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from edgebox.clock import iso
-from edgebox.db import connect
+from edgebox.db import connect, migrate
 
 migrations = Migrations("edgebox-central")
 
@@ -92,9 +92,7 @@ class Index:
     def __init__(self, store_dir: Path):
         self.path = Path(store_dir) / "central.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = connect(self.path)
-        migrations.apply(db)
-        db.close()
+        migrate(self.path, migrations)
         self._local = threading.local()
         self._all: list = []
         self._lock = threading.Lock()

@@ -1,0 +1,298 @@
+"""Retention with the clock moved: the 30-day boundary, holds, unsynced recordings, category rules,
+and crypto-shredding (keys destroyed, file removed, custody entry, deletion sent upstream)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+from edgebox import custody, retention, vault
+from edgebox.box import Box
+from edgebox.central.index import Index
+from edgebox.clock import iso, parse_rfc3339, utcnow
+from edgebox.config import load_config
+from edgebox.errors import VaultError
+from edgebox.keys import x25519_private_from_file
+from edgebox.recordings import data_key_for
+from edgebox.scheduler import jobs_of
+from tests.conftest import enroll, make_box
+from tests.sync_fixtures import central_workers, synced, upstream_env, wait_for
+from tests.test_ingest import upload_all
+
+KIB = 1 << 10
+DAY = dt.timedelta(days=1)
+RULES = {
+    "EDGEBOX_RETENTION__FLOOR_DAYS": "30",
+    "EDGEBOX_RETENTION__DEFAULT_DAYS": "30",
+    "EDGEBOX_RETENTION__CATEGORY_DAYS": "incident=90,Traffic=45",
+}
+
+
+@pytest.fixture
+def rbox(tmp_path):
+    """A running box with 30 days by default, incident 90, traffic 45; jobs driven by hand."""
+    config = make_box(tmp_path / "box")
+    box = Box(load_config(config, environ=RULES)).start(("127.0.0.1", 0))
+    jobs_of(box).pause()
+    yield box
+    box.stop()
+
+
+@pytest.fixture
+def rcam(rbox):
+    """A camera paired with `rbox`."""
+    return enroll(rbox.url, rbox.keys.tls_cert, rbox.pairing.new_code()["code"])
+
+
+def record(camera, size: int = 64 * KIB, **metadata) -> tuple[str, bytes]:
+    """Upload one recording of random bytes; returns (recording id, plaintext)."""
+    data = os.urandom(size)
+    response, _ = upload_all(camera, data, metadata={k: v for k, v in metadata.items() if v})
+    return response.headers["EdgeBox-Recording-Id"], data
+
+
+def set_state(box, recording_id: str, sync_state: str = "synced", hold: int = 0) -> None:
+    """Fixture shortcut, not a mock: these tests are about the retention rules, so central's
+    confirmation (and a supervisor's hold, which has no API yet) is written straight into
+    the row. test_deletion_reaches_central runs the real sync instead."""
+    with box.store.write() as db:
+        db.execute(
+            "UPDATE recordings SET sync_state = ?, legal_hold = ? WHERE id = ?",
+            [sync_state, hold, recording_id],
+        )
+
+
+def live(box) -> set[str]:
+    """Ids of recordings whose vault file is still on the box."""
+    return {r["id"] for r in retention.live_recordings(box.store)}
+
+
+def deleted_ids(report) -> set[str]:
+    return {item["recording_id"] for item in report.deleted}
+
+
+def test_thirty_day_boundary(rbox, rcam):
+    t0 = parse_rfc3339(iso(utcnow() - dt.timedelta(minutes=5)))
+    started, _ = record(rcam, started_at=iso(t0))
+    received, _ = record(rcam)  # no started_at: age counts from received_at
+    for rid in (started, received):
+        set_state(rbox, rid)
+    received_at = parse_rfc3339(
+        rbox.store.one("SELECT received_at FROM recordings WHERE id = ?", (received,))[
+            "received_at"
+        ]
+    )
+
+    for moment in (t0 + 29 * DAY + dt.timedelta(hours=23), t0 + 30 * DAY - dt.timedelta(seconds=1)):
+        report = retention.sweep(rbox, moment)
+        assert report.deleted == [] and report.kept == {retention.KEEP_YOUNG: 2}
+
+    report = retention.sweep(rbox, t0 + 30 * DAY)
+    assert deleted_ids(report) == {started}
+    assert report.deleted[0]["rule"]["days"] == 30
+    assert report.kept == {retention.KEEP_YOUNG: 1}
+
+    assert retention.sweep(rbox, received_at + 30 * DAY - dt.timedelta(seconds=1)).deleted == []
+    assert deleted_ids(retention.sweep(rbox, received_at + 30 * DAY)) == {received}
+    assert live(rbox) == set()
+    entry = rbox.store.one(
+        "SELECT details FROM custody WHERE subject = ? AND event = 'recording.deleted'",
+        (received,),
+    )
+    assert json.loads(entry["details"])["age_from"] == "received_at"
+
+
+def test_holds_and_unsynced_recordings_are_kept_past_their_date(rbox, rcam):
+    t0 = utcnow()
+    ids = {name: record(rcam, started_at=iso(t0))[0] for name in ("held", "pending", "rejected")}
+    ids["sending"] = record(rcam, started_at=iso(t0))[0]
+    set_state(rbox, ids["held"], "synced", hold=1)
+    set_state(rbox, ids["rejected"], "rejected")
+    set_state(rbox, ids["sending"], "sending")
+
+    report = retention.sweep(rbox, t0 + 400 * DAY)
+    assert report.deleted == []
+    assert report.kept == {retention.KEEP_HOLD: 1, retention.KEEP_UNSYNCED: 3}
+    past = {item["recording_id"]: item["reason"] for item in report.kept_past_rule}
+    assert past == {
+        ids["held"]: retention.KEEP_HOLD,
+        ids["pending"]: retention.KEEP_UNSYNCED,
+        ids["rejected"]: retention.KEEP_UNSYNCED,
+        ids["sending"]: retention.KEEP_UNSYNCED,
+    }
+    assert live(rbox) == set(ids.values())
+    assert all(rbox.uploads.vault_path(rid).exists() for rid in ids.values())
+
+    # A hold on an unsynced recording: released, it still waits for central.
+    set_state(rbox, ids["pending"], "pending", hold=1)
+    set_state(rbox, ids["held"], "synced", hold=0)  # the supervisor lifts the hold
+    assert deleted_ids(retention.sweep(rbox, t0 + 400 * DAY)) == {ids["held"]}
+    set_state(rbox, ids["pending"], "synced", hold=0)  # central confirmed it at last
+    assert deleted_ids(retention.sweep(rbox, t0 + 400 * DAY)) == {ids["pending"]}
+    assert live(rbox) == {ids["rejected"], ids["sending"]}
+
+
+def test_category_rules(rbox, rcam):
+    t0 = utcnow()
+    ids = {
+        "incident": record(rcam, started_at=iso(t0), category="incident")[0],
+        "traffic": record(rcam, started_at=iso(t0), category="traffic")[0],
+        "TRAFFIC ": record(rcam, started_at=iso(t0), category="TRAFFIC ")[0],
+        "other": record(rcam, started_at=iso(t0), category="patrol")[0],
+        "none": record(rcam, started_at=iso(t0))[0],
+    }
+    for rid in ids.values():
+        set_state(rbox, rid)
+
+    assert retention.sweep(rbox, t0 + 30 * DAY - dt.timedelta(seconds=1)).deleted == []
+    assert deleted_ids(retention.sweep(rbox, t0 + 30 * DAY)) == {ids["other"], ids["none"]}
+    assert retention.sweep(rbox, t0 + 45 * DAY - dt.timedelta(seconds=1)).deleted == []
+    report = retention.sweep(rbox, t0 + 45 * DAY)
+    assert deleted_ids(report) == {ids["traffic"], ids["TRAFFIC "]}
+    assert {item["rule"]["days"] for item in report.deleted} == {45}
+    assert retention.sweep(rbox, t0 + 90 * DAY - dt.timedelta(seconds=1)).deleted == []
+    assert deleted_ids(retention.sweep(rbox, t0 + 90 * DAY)) == {ids["incident"]}
+
+
+def test_no_rule_goes_below_the_floor():
+    # The config refuses such values; the sweep applies the floor again behind it.
+    policy = retention.Policy(floor_days=30, default_days=7, category_days={"quick": 2})
+    assert policy.days_for("quick") == 30
+    assert policy.days_for(None) == 30
+    assert retention.Policy(floor_days=30, default_days=31).days_for("x") == 31
+
+
+def test_shred_destroys_every_key_then_the_file(rbox, rcam, tmp_path):
+    t0 = utcnow()
+    rid, data = record(rcam, size=2 * (1 << 20) + 5, started_at=iso(t0))
+    set_state(rbox, rid)
+    path = rbox.uploads.vault_path(rid)
+    central = x25519_private_from_file(rbox.config.base_dir / "central-demo" / "central.key")
+    key = data_key_for(path, central, role="central")
+    assert vault.Reader(path, key).verify() == hashlib.sha256(data).hexdigest()
+
+    # The shred step alone, on a copy: afterwards no stanza is left and central's key fails.
+    copy = tmp_path / "copy.ebv"
+    shutil.copyfile(path, copy)
+    shredded_hash = retention.destroy_keys(copy)
+    assert vault.read_header(copy).stanzas == []
+    with pytest.raises(VaultError, match="no key stanza for central:"):
+        data_key_for(copy, central, role="central")
+
+    row = rbox.store.one("SELECT * FROM recordings WHERE id = ?", (rid,))
+    report = retention.sweep(rbox, t0 + 31 * DAY)
+    assert deleted_ids(report) == {rid}
+    assert not path.exists()
+    assert list(rbox.uploads.vault_dir.iterdir()) == []  # no tomb, no header journal left
+    after = rbox.store.one("SELECT * FROM recordings WHERE id = ?", (rid,))
+    assert retention.is_deleted(after) and after["stored_sha256"] == row["stored_sha256"]
+    assert retention.deletion_problems(rbox, after) == []
+
+    entry = rbox.store.one(
+        "SELECT * FROM custody WHERE subject = ? ORDER BY seq DESC LIMIT 1", (rid,)
+    )
+    details = json.loads(entry["details"])
+    assert entry["event"] == "recording.deleted" and entry["actor"] == "box"
+    assert details["reason"] == retention.REASON_RETENTION
+    assert details["evidence_sha256"] == hashlib.sha256(data).hexdigest()
+    assert details["stored_sha256"] == row["stored_sha256"]
+    # The file's last state before removal was the stanza-less header: same bytes as the copy.
+    assert details["shredded_sha256"] == shredded_hash
+    chain = custody.verify_chain(rbox.store, rbox.config.box.box_id, rbox.keys.identity_public())
+    assert chain.ok, chain.problems
+
+    queued = rbox.store.one(
+        "SELECT payload FROM outbox WHERE kind = 'meta' AND ref = 'recording.deleted'"
+    )
+    body = json.loads(queued["payload"])
+    assert body["recording"] == rid and body["custody_seq"] == entry["seq"]
+    assert body["evidence_sha256"] == details["evidence_sha256"]
+
+    # Nothing left to delete: a second sweep changes nothing.
+    assert retention.sweep(rbox, t0 + 31 * DAY).deleted == []
+
+
+def test_a_shred_cut_short_is_completed(rbox, rcam):
+    t0 = utcnow()
+    rid, _ = record(rcam, started_at=iso(t0))
+    set_state(rbox, rid)
+    path = rbox.uploads.vault_path(rid)
+    # As if the box died after destroying the keys and moving the file aside, before
+    # the deletion committed: the next sweep records it and removes the leftover.
+    retention.destroy_keys(path)
+    tomb = path.with_name(path.name + retention.TOMB_SUFFIX)
+    os.replace(path, tomb)
+    retention.sweep(rbox, t0 + DAY)
+    assert not tomb.exists()
+    row = rbox.store.one("SELECT * FROM recordings WHERE id = ?", (rid,))
+    assert retention.is_deleted(row)
+    entry = rbox.store.one(
+        "SELECT details FROM custody WHERE subject = ? AND event = 'recording.deleted'", (rid,)
+    )
+    assert json.loads(entry["details"])["reason"] == "interrupted_shred"
+
+
+def test_a_missing_file_is_reported_not_recorded_as_deleted(rbox, rcam):
+    t0 = utcnow()
+    rid, _ = record(rcam, started_at=iso(t0))
+    set_state(rbox, rid)
+    rbox.uploads.vault_path(rid).unlink()  # lost by damage, not by retention
+    report = retention.sweep(rbox, t0 + 31 * DAY)
+    assert report.deleted == [] and report.failed[0]["recording_id"] == rid
+    assert live(rbox) == {rid}
+    assert rbox.store.one("SELECT 1 FROM custody WHERE event = 'recording.deleted'") is None
+
+
+def test_deletion_reaches_central(tmp_path, broker, pki):
+    store = tmp_path / "central"
+    workers = central_workers(store, broker, pki, count=1)
+    config = make_box(tmp_path / "box", box_id="van-ret")
+    env = {**upstream_env(broker, pki, "van-ret"), **RULES}
+    box = Box(load_config(config, environ=env)).start(("127.0.0.1", 0))
+    jobs_of(box).pause()
+    index = Index(store)
+    try:
+        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"], "CAM-R")
+        ids = {record(camera, size=300 * KIB)[0] for _ in range(2)}
+        wait_for(lambda: synced(box), what="recordings synced")
+        kept = record(camera, size=10 * KIB, category="incident")[0]  # 90 days
+        wait_for(lambda: synced(box), what="third recording synced")
+
+        report = retention.sweep(box, utcnow() + 31 * DAY)
+        assert deleted_ids(report) == ids and live(box) == {kept}
+        for rid in ids:
+            entry = box.store.one(
+                "SELECT details FROM custody WHERE subject = ? AND event = 'recording.deleted'",
+                (rid,),
+            )
+            synced_seq = box.store.one(
+                "SELECT seq FROM custody WHERE subject = ? AND event = 'recording.synced'",
+                (rid,),
+            )["seq"]
+            assert json.loads(entry["details"])["central_confirmed_seq"] == synced_seq
+
+        def central_knows() -> bool:
+            events = index.query(
+                "SELECT body FROM events WHERE box_id = 'van-ret' AND type = 'recording.deleted'"
+            )
+            trail = index.query(
+                "SELECT subject FROM custody WHERE box_id = 'van-ret' "
+                "AND event = 'recording.deleted'"
+            )
+            return {json.loads(e["body"])["recording"] for e in events} == ids and {
+                t["subject"] for t in trail
+            } == ids
+
+        wait_for(central_knows, what="central holds the deletions and their custody entries")
+        held = index.query("SELECT recording_id FROM recordings WHERE box_id = 'van-ret'")
+        assert {r["recording_id"] for r in held} == ids | {kept}  # central still has them all
+    finally:
+        index.close()
+        box.stop()
+        for w in workers:
+            w.stop()
