@@ -1,21 +1,214 @@
-"""The local web pages (a first read-only view; the full UI builds on this blueprint)."""
+"""The local web pages: dashboard, recordings, recording (tags, hold, playback), cameras, audit,
+users and settings. Forms post back here with the session's CSRF token; no script is needed."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
+import shutil
 
-from edgebox.web.auth import require
+import segno
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+
+from edgebox import catalog
+from edgebox.errors import EdgeboxError
+from edgebox.keys import certificate_fingerprint
+from edgebox.web.auth import current_user, require
 
 ui = Blueprint("ui", __name__)
 
 
+def _box():
+    return current_app.extensions["edgebox"]
+
+
+def _actor() -> str:
+    return f"user:{current_user()['username']}"
+
+
+def _days_left(box) -> float | None:
+    """Days until the disk is full at the rate of the last seven days."""
+    week = box.store.one(
+        "SELECT COALESCE(SUM(stored_size), 0) AS n FROM recordings "
+        "WHERE received_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-7 days')"
+    )["n"]
+    if not week:
+        return None
+    return round(shutil.disk_usage(box.data_dir).free / (week / 7), 1)
+
+
 @ui.get("/")
 @require()
-def index():
-    """The recordings on this box with their hashes and sync state."""
-    box = current_app.extensions["edgebox"]
+def dashboard():
+    """Cameras and their offloads, storage, the upstream link, alarms."""
+    box = _box()
+    status = box.status()
     return render_template(
-        "recordings.html",
-        recordings=box.recordings(limit=200),
+        "dashboard.html",
+        status=status,
         uploads=box.uploads.in_progress(),
+        cameras=box.pairing.devices(),
+        days_left=_days_left(box),
     )
+
+
+@ui.get("/recordings")
+@require()
+def recordings():
+    """Recordings with filters and paging."""
+    args = {k: v for k, v in request.args.items() if v}
+    try:
+        page = catalog.search(_box().store, args)
+        error = None
+    except EdgeboxError as exc:
+        page, error = {"items": [], "next": None}, exc.message
+    return render_template(
+        "recordings.html", page=page, args=args, error=error, sync_states=catalog.SYNC_STATES
+    )
+
+
+@ui.get("/recordings/<recording_id>")
+@require()
+def recording(recording_id: str):
+    """One recording: metadata, evidence hash, custody trail, tags, hold, playback."""
+    box = _box()
+    rec = catalog.detail(box.store, recording_id)
+    user = current_user()
+    unlocked = box.review.remaining(user) if user["role"] == "supervisor" else 0
+    return render_template("recording.html", rec=rec, unlocked=unlocked)
+
+
+@ui.post("/recordings/<recording_id>/tags")
+@require("crew", "supervisor")
+def tag(recording_id: str):
+    """Save the crew's tags from the form."""
+    form = request.form
+    changes = {
+        k: form.get(k, "").strip() or None for k in ("incident", "category", "exemption", "notes")
+    }
+    changes["warned"] = {"yes": True, "no": False}.get(form.get("warned", ""))
+    return _act(
+        recording_id,
+        lambda: catalog.tag(_box().store, recording_id, changes, _actor()),
+        "tags saved",
+    )
+
+
+@ui.post("/recordings/<recording_id>/hold")
+@require("supervisor")
+def hold(recording_id: str):
+    """Place or lift the legal hold from the form."""
+    place = request.form.get("hold") == "place"
+    return _act(
+        recording_id,
+        lambda: catalog.set_hold(
+            _box().store, recording_id, place, request.form.get("reason", ""), _actor()
+        ),
+        "legal hold placed" if place else "legal hold lifted",
+    )
+
+
+@ui.post("/review/unlock")
+@require("supervisor")
+def unlock():
+    """Unlock local review with the supervisor's secret."""
+    target = request.form.get("recording", "")
+    return _act(
+        target,
+        lambda: _box().review.unlock(current_user(), request.form.get("secret", "")),
+        "review unlocked",
+    )
+
+
+def _act(recording_id: str, action, done: str):
+    try:
+        action()
+        flash(done, "ok")
+    except EdgeboxError as exc:
+        flash(exc.message, "error")
+    if recording_id:
+        return redirect(url_for("ui.recording", recording_id=recording_id))
+    return redirect(url_for("ui.recordings"))
+
+
+@ui.get("/cameras")
+@require("supervisor", "admin")
+def cameras():
+    """Paired cameras with last contact; admins pair and revoke."""
+    return render_template("cameras.html", cameras=_box().pairing.devices(), pairing=None)
+
+
+@ui.post("/cameras/pair")
+@require("admin")
+def pair():
+    """Show a new one-time code as text and as a QR code."""
+    box = _box()
+    code = box.pairing.new_code(_actor())
+    url = request.host_url.rstrip("/")
+    fingerprint = certificate_fingerprint(box.keys.tls_cert.read_bytes())
+    qr = segno.make(f"edgebox-pair:{url}?code={code['code']}&fp={fingerprint}", error="m")
+    pairing = {
+        **code,
+        "box_url": url,
+        "cert_sha256": fingerprint,
+        "qr_svg": qr.svg_data_uri(scale=5),
+    }
+    return render_template("cameras.html", cameras=box.pairing.devices(), pairing=pairing)
+
+
+@ui.post("/cameras/<device_id>/revoke")
+@require("admin")
+def revoke(device_id: str):
+    """Revoke a camera."""
+    try:
+        _box().pairing.revoke(device_id, _actor())
+        flash("camera revoked", "ok")
+    except EdgeboxError as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("ui.cameras"))
+
+
+@ui.route("/audit", methods=["GET", "POST"])
+@require("supervisor", "admin")
+def audit():
+    """The custody log, filterable, with a verify action."""
+    from edgebox import custody
+    from edgebox.verify import verify_box
+
+    box = _box()
+    report = None
+    if request.method == "POST":
+        report = verify_box(box).to_dict()
+        custody.record(box.store, "custody.verified", _actor(), None, {"ok": report["ok"]})
+    event = request.args.get("event", "")
+    rows = box.store.query(
+        "SELECT * FROM custody WHERE (? = '' OR event = ?) ORDER BY seq DESC LIMIT 200",
+        (event, event),
+    )
+    events = [r["event"] for r in box.store.query("SELECT DISTINCT event FROM custody ORDER BY 1")]
+    return render_template("audit.html", rows=rows, events=events, event=event, report=report)
+
+
+@ui.route("/users", methods=["GET", "POST"])
+@require("admin")
+def users():
+    """Users and a form to add one."""
+    box = _box()
+    if request.method == "POST":
+        try:
+            box.users.add(
+                request.form.get("username", ""),
+                request.form.get("role", ""),
+                request.form.get("password", ""),
+                actor=_actor(),
+            )
+            flash("user added", "ok")
+        except EdgeboxError as exc:
+            flash(exc.message, "error")
+        return redirect(url_for("ui.users"))
+    return render_template("users.html", users=box.users.list())
+
+
+@ui.get("/settings")
+@require("admin")
+def settings():
+    """The configuration in force (read-only here; IT changes it with Ansible)."""
+    return render_template("settings.html", config=_box().config.to_dict())
