@@ -150,7 +150,7 @@ def export_central(recording_id, store, key_file, out, box_id, as_json):
 @handle_errors
 def verify_package_central(folder, as_json):
     """Check an evidence package without any key; exit 0 only when every check passes."""
-    from edgebox.central.export import verify_package
+    from edgebox.central.package import verify_package
 
     report = verify_package(folder)
 
