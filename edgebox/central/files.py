@@ -63,14 +63,26 @@ class Transfer:
         return sorted(int(p.name) for p in self.have_dir.iterdir() if p.name.isdigit())
 
     def put(self, offset: int, data: bytes) -> None:
-        """Write one checked segment at its offset, durably, then mark it present."""
+        """Write one checked segment at its offset, then mark it present.
+
+        No fsync per segment: `sync()` makes the file durable before the fin decision,
+        and that decision re-hashes the whole file, so a segment lost in a crash is
+        noticed (and sent again) rather than trusted.
+        """
         fd = os.open(self.data, os.O_WRONLY)
         try:
             os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+        os.close(os.open(self.have_dir / str(offset), os.O_WRONLY | os.O_CREAT, 0o644))
+
+    def sync(self) -> None:
+        """Make the whole file durable (before it is hashed and moved into place)."""
+        fd = os.open(self.data, os.O_RDONLY)
+        try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        atomic_write(self.have_dir / str(offset), b"")
 
     def forget_segments(self) -> None:
         """Drop every marker (after a whole-file hash mismatch everything is sent again)."""

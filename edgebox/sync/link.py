@@ -77,7 +77,8 @@ class Link:
             self.client.username_pw_set(settings.username, settings.password or None)
         if settings.status_topic:
             self.client.will_set(settings.status_topic, _status("offline"), qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # A quick first retry: after a broker restart both ends are back within ~0.2 s.
+        self.client.reconnect_delay_set(min_delay=0.2, max_delay=30)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
