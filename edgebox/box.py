@@ -17,6 +17,7 @@ from edgebox.errors import ConfigError
 from edgebox.ingest.pairing import Pairing
 from edgebox.ingest.uploads import IngestSettings, Uploads
 from edgebox.keys import Keyring, certificate_fingerprint
+from edgebox.replication import replication_status
 from edgebox.review import ReviewKeys
 from edgebox.sync import state as sync_state
 from edgebox.users import Users
@@ -49,6 +50,7 @@ class Box:
         )
         self._running: list = []
         self.uplink = None
+        self.replicator = None
         self.stop_event = threading.Event()
 
     @property
@@ -70,6 +72,10 @@ class Box:
             None,
             {"recovered": {k: len(v) for k, v in report.items()}},
         )
+        from edgebox.replication import Replicator
+
+        # Not in _running: it must outlive the last checkpoint written by stop().
+        self.replicator = Replicator(self.config).start()
         server = WebServer(self, listen or self.config.listen_address).start()
         self._running.append(server)
         self._running.append(start_scheduler(self))
@@ -126,6 +132,8 @@ class Box:
             for part in reversed(self._running):
                 part.stop()
             self._running.clear()
+            if self.replicator is not None:
+                self.replicator.stop()
         finally:
             self.store.close()
 
@@ -196,6 +204,9 @@ class Box:
                 "free_bytes": disk.free,
                 "used_fraction": round(1 - disk.free / disk.total, 4),
             },
+            "replication": self.replicator.health()
+            if self.replicator is not None
+            else replication_status(self.config),
             "upstream": {
                 "broker": self.config.upstream.broker or None,
                 **sync_state.report(self.store),

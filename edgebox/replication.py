@@ -149,8 +149,8 @@ def _report(config: Config, state: dict, alive: bool) -> dict:
         "log": str(config.data_dir / LOG_NAME),
     }
     if not rep.enabled:
+        # Litestream may run as its own systemd unit (deploy/): still show how far it has got.
         report["state"] = "disabled"
-        return report
     try:
         report["replica"] = lsconf.replica_url(config)
     except ReplicationError as exc:
@@ -232,6 +232,11 @@ def _check_lineage(config: Config) -> None:
     folder = lsconf.replica_dir(config)
     marker = folder / MARKER_NAME
     ours = _lineage(lsconf.database_path(config))
+    if ours is None:
+        raise ReplicationError(
+            f"cannot read the custody log of {lsconf.database_path(config)} to tell which "
+            "history it carries"
+        )
     try:
         theirs = json.loads(marker.read_text())
     except FileNotFoundError:
@@ -529,7 +534,8 @@ def _source(config: Config, from_path: str | None) -> str:
 def _refuse_if_running(config: Config) -> None:
     state = _read_state(config)
     owner = state.get("owner_pid")
-    if owner and _process_identity(owner) == state.get("owner_identity"):
+    supervising = state.get("state") not in (None, "stopped", "disabled")
+    if supervising and _process_identity(owner) == state.get("owner_identity"):
         raise ReplicationError(
             f"the box is running (pid {owner} supervises its replication): stop it first"
         )

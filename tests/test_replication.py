@@ -119,6 +119,15 @@ def check_restored(config_path: Path, clips: dict[str, bytes], out: Path) -> Non
     assert out.read_bytes() == clips[recording_id]
 
 
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie that nobody reaped yet counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
 def sha256(path: Path) -> str:
     """SHA-256 of a file."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -176,7 +185,8 @@ def test_supervisor_restarts_a_killed_litestream(tmp_path):
         assert again["last_exit"] == "killed by signal 9"
         seen = json.loads(run_cli("replication", "status", "--json", config=config_path).stdout)
         assert (seen["state"], seen["restarts"], seen["pid"]) == ("running", 1, again["pid"])
-        assert seen["supervisor_running"] and seen["lag_seconds"] == 0
+        assert seen["supervisor_running"]
+        wait_for(lambda: replication_status(config)["lag_seconds"] == 0, message="no lag")
     finally:
         replicator.stop()
     assert replication_status(config)["state"] == "stopped"
@@ -221,7 +231,7 @@ def test_killing_the_supervising_process_takes_litestream_with_it(tmp_path):
         assert child and replication_status(config)["supervisor_running"]
         owner.send_signal(signal.SIGKILL)
         owner.wait(10)
-        wait_for(lambda: not Path(f"/proc/{child}").exists(), message="litestream to exit")
+        wait_for(lambda: not alive(child), message="litestream to exit")
         status = replication_status(config)
         assert status["state"] == "stopped" and status["pid"] is None
     finally:
@@ -252,7 +262,9 @@ def test_kill9_mid_write_then_restore_into_a_fresh_box(tmp_path):
             location = camera.create(len(data)).headers["Location"]
             conn = _send_partial(box.url, box.cert, camera.token, location, 0, len(data), 0, None)
             conn.send(data[: 4 * MIB])
-            partial = config_path.parent / "data" / "uploads" / f"{location.rsplit('/', 1)[1]}.partial"
+            partial = (
+                config_path.parent / "data" / "uploads" / f"{location.rsplit('/', 1)[1]}.partial"
+            )
             wait_for(lambda: partial.stat().st_size > 2 * MIB, message="the box to be writing")
             os.kill(status["pid"], signal.SIGKILL)
             box.kill9()
@@ -418,3 +430,15 @@ def test_a_fresh_box_never_replicates_over_another_box_history(tmp_path):
     finally:
         replicator.stop()
     assert listing(replica) == before
+
+
+def test_disabled_replication_starts_nothing_and_says_so(tmp_path):
+    config_path = make_box(tmp_path / "box")
+    config = load_config(config_path, environ=NO_SUPERVISOR)
+    replicator = Replicator(config).start()
+    health = replicator.health()
+    replicator.stop()
+    assert (health["state"], health["pid"]) == ("disabled", None)
+    assert not (config.data_dir / "litestream.yml").exists()
+    shown = run_cli("replication", "status", "--json", config=config_path, env=NO_SUPERVISOR)
+    assert json.loads(shown.stdout)["state"] == "disabled"

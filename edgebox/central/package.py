@@ -281,6 +281,7 @@ def _member(folder: Path, name, problems: list[str]) -> Path | None:
 
 
 def load_json(path: Path) -> tuple[dict, str | None]:
+    """A package file's JSON object, or ({}, the problem)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -293,6 +294,7 @@ def load_json(path: Path) -> tuple[dict, str | None]:
 
 
 def identity_key(b64) -> Ed25519PublicKey | None:
+    """The Ed25519 key in base64, or None when it is not one."""
     try:
         return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64, validate=True))
     except (TypeError, ValueError):
