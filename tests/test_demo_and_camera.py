@@ -52,7 +52,7 @@ def test_demo_delivers_lists_and_verifies(tmp_path):
         browser.post(
             f"{box.url}/login", data={"username": "demo", "password": "demo-password"}, timeout=10
         )
-        page = browser.get(f"{box.url}/", timeout=10)
+        page = browser.get(f"{box.url}/recordings", timeout=10)
         assert page.status_code == 200
         for rec in listed:
             assert f'id="rec-{rec["id"]}"' in page.text
