@@ -30,6 +30,7 @@ def make_app(files_dir: str, fsync: bool) -> FastAPI:
 
 
 def main() -> None:
+    """Parse the options and serve the tus router on uvicorn until stopped."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)

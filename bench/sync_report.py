@@ -1,0 +1,339 @@
+"""The `## Sync` section of bench/RESULTS.md, from a finished sync Bench."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import statistics
+import subprocess
+
+from bench.common import KIB, MB, fmt, machine
+from bench.sync_roles import CHUNK, WINDOW
+
+
+def varint_len(n: int) -> int:
+    """Bytes of MQTT's variable-length integer for `n`."""
+    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
+
+
+def framing(topic_bytes: int, payload_bytes: int, messages: int) -> int:
+    """MQTT 5 bytes around QoS 1 PUBLISHes on one leg: fixed header, remaining length, topic
+    length, packet id, empty property length, and the 4-byte PUBACK (success, no properties).
+    The remaining length is estimated from the average message size."""
+    if not messages:
+        return 0
+    avg = (topic_bytes + payload_bytes) // messages + 5
+    return messages * (1 + varint_len(avg) + 2 + 2 + 1 + 4)
+
+
+def report(bench) -> str:
+    """The section: the table, what the rows are, the aims with their evidence."""
+    m = bench.measurements
+    fill = bench.fill
+    now = dt.datetime.now().astimezone()
+    nbytes = fill["stored_bytes"]
+    lines = [
+        "## Sync",
+        "",
+        f"Run {now:%Y-%m-%d %H:%M %Z} with `{bench.command}` ({bench.args.reps} interleaved "
+        f"rounds; {bench.elapsed:.0f} s in all; load average {bench.load[0]:.1f} before, "
+        f"{bench.load[1]:.1f} after: the machine is shared). Machine: {machine()}, "
+        f"paho-mqtt {_version('paho-mqtt')}, "
+        f"{_mosquitto_version()}. Box, broker, central and the bench share the same "
+        f"{os.cpu_count()} cores.",
+        "",
+        f"Backlog: {fill['recordings']} recordings × {bench.args.recording_mib} MiB plaintext "
+        f"= {nbytes} stored (vault) bytes, put on the box over tus while it ran offline; each "
+        "box run starts a fresh copy of that box. Upstream settings are the defaults: chunk "
+        f"{CHUNK // KIB} KiB, window {WINDOW}, ack timeout 20 s. MB/s = 10^6 stored bytes per "
+        "second. CPU = user+sys seconds per GiB of stored bytes (median over the rounds).",
+        "",
+        "| measurement | best MB/s | median MB/s | median s | sender CPU s/GiB "
+        "| receiver CPU s/GiB | broker CPU s/GiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    roles = {
+        "box": ("box", "central"),
+        "raw": ("sender", "receiver"),
+        "store": (None, "receiver"),
+        "box-n": ("box", "central"),
+    }
+    for key, x in m.items():
+        if not x.samples:
+            lines.append(f"| {x.label} | failed | | | | | |")
+            continue
+        sender, receiver = roles[key]
+        secs = statistics.median(s.seconds for s in x.samples)
+        lines.append(
+            f"| {x.label} | {x.best():.1f} | {x.median():.1f} | {secs:.2f} "
+            f"| {fmt(sender and x.cpu_per_gib(sender), '.2f')} "
+            f"| {fmt(x.cpu_per_gib(receiver), '.2f')} | {fmt(x.cpu_per_gib('broker'), '.2f')} |"
+        )
+    box, raw, store = m["box"], m["raw"], m["store"]
+    lines += [
+        "",
+        "- **box → central**: timed from the `edgebox run` spawn (with the `EDGEBOX_UPSTREAM__*` "
+        "overrides: broker, CA, client certificate) until the box's own database shows every "
+        "recording `synced`, i.e. confirmed by central's `complete` answer (polled every 50 ms). "
+        "Includes the box's start-up (Python imports, recovery, HTTPS server, TLS connect, "
+        "custody first) and the last fin's whole-file check at central. Sender = the box "
+        "process, receiver = the central process (`edgebox central run --workers 1`), broker = "
+        "mosquitto, each over the timed interval; box CPU includes its start-up.",
+        "- **raw paho**: a separate publisher process (paho-mqtt 2.x, MQTT 5, "
+        f"`max_inflight_messages_set({WINDOW})` and at most {WINDOW} publishes without PUBACK) "
+        f"sends the same number of bytes in {CHUNK // KIB} KiB QoS 1 messages over the same TLS "
+        "listener (client certificate) to a separate subscriber process (QoS 1, counts bytes); "
+        "timed from the first publish to the subscriber holding every byte. No hashing, no "
+        "disk, no end-to-end acknowledgement: the limit of MQTT + TLS + Python on this machine.",
+        "- **central store alone**: in the bench process, no MQTT: what central does per "
+        "segment (SHA-256 check, `Transfer.put`: pwrite + fsync of the data file, atomically "
+        "written and fsynced marker file) for the same bytes. A bound on the one worker.",
+    ]
+    if "box-n" in m:
+        lines.append(
+            f"- **extra, `--workers {bench.args.extra_workers}`**: the box run again, with "
+            f"central running {bench.args.extra_workers} workers in the shared subscription "
+            f"(threads of one process, each with its own MQTT connection): does spreading "
+            f"central's per-segment work help? Not the figure the aim is about."
+        )
+    if box.samples:
+        lines.append(
+            f"- Box start-up: the first transfer appeared at central "
+            f"{box.extra_median('first_init'):.2f} s (median) after the box was spawned. "
+            f"Peak RSS during the transfers (VmHWM reset through /proc/PID/clear_refs once the "
+            f"box started sending, resp. when the box was spawned): box "
+            f"{bench.rss.get('box', 0) / MB:.0f} MB, central process "
+            f"{bench.rss.get('central', 0) / MB:.0f} MB; the start-up peaks before the reset "
+            f"were {bench.rss.get('box-startup', 0) / MB:.0f} and "
+            f"{bench.rss.get('central-startup', 0) / MB:.0f} MB (reached while the `edgebox` "
+            f"command starts)."
+        )
+    for key in m:
+        for failure in m[key].failures:
+            lines.append(f"- {m[key].label} FAILED once: {failure}")
+
+    lines += ["", "Aims:", ""]
+    if box.samples and raw.samples:
+        best, median = box.best() / raw.best(), box.median() / raw.median()
+        lines.append(
+            f"- box / raw paho ≥ 0.8: {best:.2f} on best ({box.best():.1f} vs {raw.best():.1f} "
+            f"MB/s), {median:.2f} on median — {'met' if best >= 0.8 else 'NOT met'}"
+        )
+        rounds = {s.extra.get("round"): s.mbps for s in raw.samples}
+        paired = [s.mbps / rounds[r] for s in box.samples if (r := s.extra.get("round")) in rounds]
+        if paired:
+            lines.append(
+                "  Paired by round (box and raw run back to back, so they share the machine's "
+                "load of the moment): "
+                + ", ".join(f"{x:.2f}" for x in paired)
+                + f"; median {statistics.median(paired):.2f}."
+            )
+        if store.samples:
+            lines.append(
+                f"  (box / central store alone: {box.best() / store.best():.2f} on best; raw "
+                f"paho / store alone: {raw.best() / store.best():.2f})"
+            )
+        central = next(
+            (
+                v
+                for k, v in bench.shares.items()
+                if k.startswith("paho-mqtt-client-edgebox-central")
+            ),
+            None,
+        )
+        uplink = bench.shares.get("uplink")
+        if central and uplink:
+            lines.append(
+                f"  In the profiled run central's one worker thread (it receives, checks, stores "
+                f"and answers every segment in paho's network thread) waited for input only "
+                f"{central.get('waiting', 0):.0%} of the time; fsync took "
+                f"{central.get('fsync', 0):.0%} (in {', '.join(central['fsync_sites'])}: the "
+                f"data file, then the marker file and its folder, per segment), SHA-256 "
+                f"{central.get('hashing', 0):.0%} (each segment, plus "
+                f"two whole-file passes at fin), TLS {central.get('TLS', 0):.0%}. The box's "
+                f"uplink thread waited for central's answers {uplink.get('waiting', 0):.0%} of "
+                f"the time"
+                + (
+                    ": the single worker, not the link, sets the pace."
+                    if central.get("waiting", 0) < 0.3 and uplink.get("waiting", 0) > 0.5
+                    else "."
+                )
+            )
+    else:
+        lines.append("- box / raw paho ≥ 0.8: not measured (a run failed)")
+    lines += overhead_lines(bench)
+    lines += restart_lines(bench)
+    lines += profile_lines(bench)
+    return "\n".join(lines) + "\n"
+
+
+def overhead_lines(bench) -> list[str]:
+    """The protocol overhead aim, with the observer's count per message kind."""
+    data = bench.overhead
+    if not data or "kinds" not in data:
+        return [f"- protocol overhead < 1%: not measured ({(data or {}).get('error')})"]
+    nbytes = bench.fill["stored_bytes"]
+    kinds = data["kinds"]
+    seg = kinds.get("seg", [0, 0, 0])
+    total = sum(v[1] + v[2] for v in kinds.values())
+    file_kinds = ("init", "seg", "fin", "ack:init", "ack:seg", "ack:fin")
+    files = sum(v[1] + v[2] for k, v in kinds.items() if k in file_kinds)
+    overhead = total / nbytes - 1
+    file_overhead = files / nbytes - 1
+    frames = sum(framing(v[1], v[2], v[0]) for v in kinds.values())
+    lines = [
+        f"- protocol overhead < 1%: {overhead:.3%} counting everything, {file_overhead:.3%} "
+        f"for the file transfers alone — {'met' if overhead < 0.01 else 'NOT met'}",
+        "",
+        "  | messages | count | topic bytes | payload bytes |",
+        "  | --- | ---: | ---: | ---: |",
+    ]
+    for kind in sorted(kinds, key=lambda k: (k.startswith("ack"), k)):
+        count, topic, payload = kinds[kind]
+        lines.append(f"  | {kind} | {count} | {topic} | {payload} |")
+    lines += [
+        "",
+        f"  Counted by a passive QoS 1 subscriber to `edgebox/v1/#` (plain listener, in a "
+        f"separate, untimed box run): topic + payload bytes of everything the box published "
+        f"(`status`, `meta` custody/metadata batches, `file/<tid>/init`, "
+        f"`.../seg/<offset>/<sha256>`, `.../fin`) and of every answer central published on "
+        f"the box's `ack` topic, over the {nbytes} stored bytes: "
+        f'{total} / {nbytes} − 1. "File transfers alone" leaves out `status` and `meta` '
+        f"(custody entries of the ingest, sent first whatever the files). Segment payloads "
+        f"were {seg[2]} bytes (= the stored bytes once: "
+        f"{'yes' if seg[2] == nbytes else 'NO'}); resent topics: {data['resent']}. Each "
+        f"segment topic is ~{seg[1] // max(seg[0], 1)} bytes (tid + offset + 64 hex SHA-256). "
+        f"Not counted: MQTT framing (≈{frames} bytes on one leg for these messages, "
+        f"{frames / nbytes:.3%}: fixed header, lengths, packet id, PUBACK) and TLS records "
+        f"(~22 bytes per 16 KiB record, ≈0.13%), both the same for raw paho.",
+    ]
+    return lines
+
+
+def restart_lines(bench) -> list[str]:
+    """The resume-after-restart aim, with the timeline of the restart."""
+    info = bench.restart
+    if not info or "first_marker_at_central" not in info:
+        lines = [
+            f"- resume < 2 s after a broker restart: not measured "
+            f"({(info or {}).get('error') or 'no restart happened'})"
+        ]
+        if info and info.get("evidence"):
+            lines += ["", "  ```", *("  " + x for x in info["evidence"].splitlines()), "  ```"]
+        return lines
+    resume = info["first_marker_at_central"]
+
+    def ms(value) -> str:
+        return "–" if value is None else f"{value * 1000:+.0f} ms"
+
+    verdict = "not measured" if resume is None else ("met" if resume < 2 else "NOT met")
+    lines = [
+        f"- resume < 2 s after a broker restart: {fmt(resume, '.2f')} s from the broker "
+        f"accepting connections again to the box's next segment stored at central — {verdict}",
+        "",
+        "  | event (relative to the restarted broker accepting TCP on its TLS port) | time |",
+        "  | --- | ---: |",
+        f"  | `restart(kill=False)` called (SIGTERM, persistence saved) "
+        f"| {ms(-info['stop_to_listen'])} |",
+        f"  | old broker's port closed | {ms(info['stop_to_down'] - info['stop_to_listen'])} |",
+        "  | new broker accepts TCP | +0 ms |",
+        f"  | observer (50 ms reconnect delay) reconnected | {ms(info['observer_connected'])} |",
+        f"  | central worker reconnected | {ms(info['central_connected'])} |",
+        f"  | box reconnected | {ms(info['box_connected'])} |",
+        f"  | first segment at the broker (observer) | {ms(info['first_seg_at_broker'])} |",
+        f"  | first new segment marker at central | {ms(info['first_marker_at_central'])} |",
+        "",
+        f"  Box messages the broker took after it was back but before central's worker had "
+        f"reconnected (no subscriber then: central's workers use a clean session, so the broker "
+        f"drops them and the box only notices after its ack timeout): "
+        f"{orphan_text(info.get('orphans'))}.",
+        "",
+    ]
+    box_back, central_back = info.get("box_connected"), info.get("central_connected")
+    if resume is not None and box_back is not None and central_back is not None:
+        lost = info["stop_to_down"] - info["stop_to_listen"]  # < 0: before the new broker
+        both = max(box_back, central_back)
+        lines += [
+            f"  Dominated by paho's reconnect back-off: the new broker was accepting "
+            f"{-lost * 1000:.0f} ms after the old one closed its port, but the box came back "
+            f"only {box_back - lost:.2f} s after losing its connection (central's worker "
+            f"{central_back - lost:.2f} s): `Link` in `edgebox/sync/link.py` calls "
+            f"`reconnect_delay_set(min_delay=1, max_delay=30)` and paho waits min_delay before "
+            f"its first retry; box and central both use that `Link`. {both:.2f} s of the "
+            f"{resume:.2f} s went to that wait; the remaining {(resume - both) * 1000:.0f} ms "
+            f"is the protocol resuming (the uplink notices the loss, sends pending custody, "
+            f"init, gets `have`, sends the missing segments). A first retry after ~0.1 s "
+            f"(paho takes a float min_delay; the observer here used 0.05 s and was back after "
+            f"{fmt(info.get('observer_connected') and info['observer_connected'] * 1000)} ms), "
+            f"for box and central alike, would bring this to about "
+            f"{resume - both + 0.1:.1f} s after a short outage.",
+            "",
+        ]
+    lines += [
+        f"  The restart came after {info['at_bytes'] / MB:.0f} MB of segments "
+        f"({bench.args.restart_at:.0%} of the backlog), in a separate box run with the observer. "
+        f"Reconnect times are when the 5 ms log poller saw mosquitto's `New client connected` "
+        f"line; segment markers (`transfers/*/*/have/*`) are polled every 5 ms, and only a "
+        f"marker that appears after central's worker reconnected counts: "
+        f"{info['stale_markers']} markers appeared between the restart call and that reconnect "
+        f"(central, the slower end of the pipeline, still storing segments it had read before "
+        f"the broker went down). Segments published twice in this run: "
+        f"{info.get('resent', '?')} ({fmt(info.get('resent_bytes'), 'd')} extra bytes). Whole "
+        f"run with the restart: {fmt(info.get('seconds'), '.1f')} s.",
+    ]
+    if info.get("error"):
+        lines.append(f"  The run then FAILED: {info['error']}")
+        if info.get("evidence"):
+            lines += ["", "  ```", *("  " + x for x in info["evidence"].splitlines()), "  ```"]
+    for note in bench.notes:
+        lines.append(f"  {note}")
+    return lines
+
+
+def orphan_text(orphans: dict | None) -> str:
+    """`3 seg, 1 init`-style count of the messages nobody received, or `none`."""
+    if not orphans:
+        return "none"
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(orphans.items()))
+
+
+def profile_lines(bench) -> list[str]:
+    """Where the time went per busy thread of box and central, if a profile was taken."""
+    if not bench.profiles:
+        return []
+    lines = [
+        "",
+        f"Where the time goes (py-spy, 100 Hz, idle included, self time per thread; one extra, "
+        f"uncounted box run of {fmt(bench.profile_seconds, '.1f')} s, sampled from the first "
+        f"transfer to the last confirmation):",
+        "",
+    ]
+    for name in ("box", "central"):
+        if bench.profiles.get(name):
+            lines.append(f"- {name}:")
+            lines += [f"  {x}" for x in bench.profiles[name]]
+    return lines
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _mosquitto_version() -> str:
+    from tests.brokers import MOSQUITTO
+
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [MOSQUITTO, "-h"], capture_output=True, text=True, timeout=10, check=False
+        )
+        match = re.search(r"mosquitto version (\S+)", out.stdout + out.stderr)
+        if match:
+            return f"Mosquitto {match.group(1)}"
+    return "Mosquitto ?"
