@@ -10,3 +10,4 @@ bench:
 	bash bench/run
 lint:
 	.venv/bin/ruff check edgebox tests bench
+	cd ansible && ../.venv/bin/ansible-lint --offline
