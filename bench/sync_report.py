@@ -88,8 +88,8 @@ def report(bench) -> str:
         "timed from the first publish to the subscriber holding every byte. No hashing, no "
         "disk, no end-to-end acknowledgement: the limit of MQTT + TLS + Python on this machine.",
         "- **central store alone**: in the bench process, no MQTT: what central does per "
-        "segment (SHA-256 check, `Transfer.put`: pwrite + fsync of the data file, atomically "
-        "written and fsynced marker file) for the same bytes. A bound on the one worker.",
+        "segment (SHA-256 check, `Transfer.put`: pwrite and a marker file; the data file is "
+        "fsynced once before the fin decision) for the same bytes. A bound on the one worker.",
     ]
     if "box-n" in m:
         lines.append(
@@ -149,10 +149,9 @@ def report(bench) -> str:
                 f"  In the profiled run central's one worker thread (it receives, checks, stores "
                 f"and answers every segment in paho's network thread) waited for input only "
                 f"{central.get('waiting', 0):.0%} of the time; fsync took "
-                f"{central.get('fsync', 0):.0%} (in {', '.join(central['fsync_sites'])}: the "
-                f"data file, then the marker file and its folder, per segment), SHA-256 "
+                f"{central.get('fsync', 0):.0%} (in {', '.join(central['fsync_sites'])}), SHA-256 "
                 f"{central.get('hashing', 0):.0%} (each segment, plus "
-                f"two whole-file passes at fin), TLS {central.get('TLS', 0):.0%}. The box's "
+                f"one whole-file pass at fin), TLS {central.get('TLS', 0):.0%}. The box's "
                 f"uplink thread waited for central's answers {uplink.get('waiting', 0):.0%} of "
                 f"the time"
                 + (
@@ -256,19 +255,17 @@ def restart_lines(bench) -> list[str]:
         lost = info["stop_to_down"] - info["stop_to_listen"]  # < 0: before the new broker
         both = max(box_back, central_back)
         lines += [
-            f"  Dominated by paho's reconnect back-off: the new broker was accepting "
+            f"  Mostly paho's reconnect back-off: the new broker was accepting "
             f"{-lost * 1000:.0f} ms after the old one closed its port, but the box came back "
             f"only {box_back - lost:.2f} s after losing its connection (central's worker "
-            f"{central_back - lost:.2f} s): `Link` in `edgebox/sync/link.py` calls "
-            f"`reconnect_delay_set(min_delay=1, max_delay=30)` and paho waits min_delay before "
-            f"its first retry; box and central both use that `Link`. {both:.2f} s of the "
+            f"{central_back - lost:.2f} s): `Link` in `edgebox/sync/link.py` sets paho's first "
+            f"retry to 0.2 s (`reconnect_delay_set(min_delay=0.2, max_delay=30)`); box and "
+            f"central both use that `Link`. {both:.2f} s of the "
             f"{resume:.2f} s went to that wait; the remaining {(resume - both) * 1000:.0f} ms "
             f"is the protocol resuming (the uplink notices the loss, sends pending custody, "
-            f"init, gets `have`, sends the missing segments). A first retry after ~0.1 s "
-            f"(paho takes a float min_delay; the observer here used 0.05 s and was back after "
-            f"{fmt(info.get('observer_connected') and info['observer_connected'] * 1000)} ms), "
-            f"for box and central alike, would bring this to about "
-            f"{resume - both + 0.1:.1f} s after a short outage.",
+            f"init, gets `have`, sends the missing segments). The observer here used a 0.05 s "
+            f"first retry and was back after "
+            f"{fmt(info.get('observer_connected') and info['observer_connected'] * 1000)} ms.",
             "",
         ]
     lines += [
