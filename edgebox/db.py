@@ -18,7 +18,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-BUSY_TIMEOUT_MS = 10_000
+BUSY_TIMEOUT_MS = 30_000  # Litestream locks the database briefly for its checkpoints
 migrations = Migrations("edgebox")
 
 
@@ -186,9 +186,26 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite_utils.Database]:
-        """One write transaction on the single writer connection; nested calls join it."""
-        with self._write_lock, self._writer.atomic():
-            yield self._writer
+        """One write transaction on the single writer connection; nested calls join it.
+
+        BEGIN IMMEDIATE takes the write lock up front: a deferred transaction that reads
+        and then writes fails at once (SQLITE_BUSY_SNAPSHOT, no busy wait) whenever another
+        process, such as Litestream, committed in between.
+        """
+        with self._write_lock:
+            conn = self._writer.conn
+            if conn.in_transaction:
+                with self._writer.atomic():  # a savepoint inside the outer transaction
+                    yield self._writer
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @property
     def read(self) -> sqlite_utils.Database:
