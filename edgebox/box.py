@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import ssl
 import threading
 from pathlib import Path
 
-from edgebox import custody
+from edgebox import custody, storage
 from edgebox.clock import iso
 from edgebox.config import Config
 from edgebox.db import Store
@@ -172,8 +171,9 @@ class Box:
 
     def status(self) -> dict:
         """What the box holds and how it is doing, for `edgebox status` and the API."""
+        from edgebox.scheduler import job_alarms, jobs_report
+
         q = self.store.one
-        disk = shutil.disk_usage(self.data_dir)
         head = q("SELECT seq, hash, ts FROM custody ORDER BY seq DESC LIMIT 1") or {}
         last_cp = q("SELECT seq, ts FROM checkpoints ORDER BY seq DESC LIMIT 1")
         central = None
@@ -187,7 +187,9 @@ class Box:
             "site": self.config.box.site,
             "time": iso(),
             "recordings": q(
-                "SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM recordings"
+                "SELECT COALESCE(SUM(sync_state != 'deleted'), 0) AS n, "
+                "COALESCE(SUM(CASE WHEN sync_state != 'deleted' THEN size END), 0) AS bytes, "
+                "COALESCE(SUM(sync_state = 'deleted'), 0) AS deleted FROM recordings"
             ),
             "cameras": q(
                 "SELECT COUNT(*) AS paired, COALESCE(SUM(revoked_at IS NOT NULL), 0) AS revoked "
@@ -199,11 +201,9 @@ class Box:
                 "head_hash": head.get("hash"),
                 "last_checkpoint": last_cp,
             },
-            "storage": {
-                "total_bytes": disk.total,
-                "free_bytes": disk.free,
-                "used_fraction": round(1 - disk.free / disk.total, 4),
-            },
+            "storage": storage.report(self),
+            "jobs": jobs_report(self),
+            "alarms": [*storage.alarms(self), *job_alarms(self)],
             "replication": self.replicator.health()
             if self.replicator is not None
             else replication_status(self.config),

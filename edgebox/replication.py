@@ -555,7 +555,12 @@ def orphan_vault_files(db_path: Path, vault_dir: Path) -> dict:
     """Vault files with no recording in the database, and recordings whose vault file is gone."""
     conn = sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True, timeout=10)
     try:
-        known = {row[0] for row in conn.execute("SELECT vault_file FROM recordings")}
+        known = {
+            row[0]
+            for row in conn.execute(
+                "SELECT vault_file FROM recordings WHERE sync_state != 'deleted'"
+            )
+        }
     finally:
         conn.close()
     present = {p.name for p in vault_dir.glob("*.ebv")} if vault_dir.is_dir() else set()

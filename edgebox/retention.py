@@ -13,7 +13,7 @@ Under disk pressure `edgebox.storage` may also free synced copies older than
 
 Deleting is crypto-shredding: the header is rewritten with no key stanzas (so no
 key, not even central's, opens what is left), the file is removed, the row is
-kept but marked deleted (`vault_file = ''`), and a `recording.deleted` custody
+kept but marked deleted (`sync_state = 'deleted'`), and a `recording.deleted` custody
 entry and upstream event record the reason and the hashes, in one transaction.
 """
 
@@ -35,14 +35,14 @@ from edgebox.sync.outbox import queue_meta
 
 log = logging.getLogger(__name__)
 
-DELETED = ""  # recordings.vault_file of a shredded recording (until a deleted_at column exists)
+DELETED = "deleted"  # recordings.sync_state of a shredded recording (it was 'synced' before)
 TOMB_SUFFIX = ".shredded"  # a shredded file waiting for its removal to be recorded
 KEEP_HOLD = "legal_hold"
 KEEP_UNSYNCED = "not_synced"
 KEEP_YOUNG = "younger_than_rule"
 REASON_RETENTION = "retention"
 REASON_PRESSURE = "storage_pressure"
-_LIVE = "vault_file != ''"
+LIVE = "sync_state != 'deleted'"  # SQL: the recording's vault file is still on the box
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def origin(rec: Mapping) -> tuple[dt.datetime, str]:
 
 def is_deleted(rec: Mapping) -> bool:
     """Whether a recording row was crypto-shredded."""
-    return rec["vault_file"] == DELETED
+    return rec["sync_state"] == DELETED
 
 
 def evaluate(rec: Mapping, policy: Policy, now: dt.datetime) -> Verdict:
@@ -162,13 +162,13 @@ class SweepReport:
         }
 
 
-def live_recordings(store, order: str = "received_at") -> list[dict]:
-    """Rows of recordings whose vault file is still on the box."""
-    columns = (
-        "id, started_at, received_at, category, legal_hold, sync_state, sealed, "
-        "evidence_sha256, stored_sha256, size, stored_size"
+def live_recordings(store) -> list[dict]:
+    """Rows of recordings whose vault file is still on the box, oldest received first."""
+    return store.query(
+        "SELECT id, started_at, received_at, category, legal_hold, sync_state, sealed, "  # noqa: S608
+        "evidence_sha256, stored_sha256, size, stored_size "
+        f"FROM recordings WHERE {LIVE} ORDER BY received_at, id"
     )
-    return store.query(f"SELECT {columns} FROM recordings WHERE {_LIVE} ORDER BY {order}")  # noqa: S608
 
 
 def sweep(box, now: dt.datetime | None = None, actor: str = "box") -> SweepReport:
@@ -253,10 +253,11 @@ def shred(
 ) -> dict | None:
     """Crypto-shred one recording if it may go now; returns what was deleted, or None.
 
-    Everything happens under the database's single writer, so a hold placed or
-    a state changed by anyone else is seen before the keys are destroyed. The
-    iron rule (synced, not held) is enforced here for every caller; `check` adds
-    the caller's own condition (past its rule, or past `keep_synced_days`).
+    Everything happens in one write transaction (BEGIN IMMEDIATE, under the single
+    writer), so a hold placed or a state changed by anyone else is seen before the
+    keys are destroyed. The iron rule (synced, not held) is enforced here for every
+    caller; `check` adds the caller's own condition (past its rule, or past
+    `keep_synced_days`).
     """
     policy = policy or Policy.from_config(box.config.retention)
     path = box.uploads.vault_path(recording_id)
@@ -290,25 +291,35 @@ def shred(
 def destroy_keys(path: Path) -> str:
     """Rewrite a vault header with no key stanzas; returns the file's new SHA-256.
 
-    Afterwards no key opens the file, central's included. On a disk so full that
-    the header journal cannot be written, the header area is zeroed in place
-    instead (overwriting blocks the file already owns needs no free space).
+    Afterwards no key opens the file, central's included. When the header journal
+    cannot be written (a disk full to the last block) or the header no longer
+    parses, the header area is zeroed in place instead: overwriting blocks the
+    file already owns needs no free space on ext4, and the file goes next anyway.
     """
     try:
         return vault.rewrite_header(path, [])
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        journal = path.with_name(path.name + ".header-journal")
-        journal.unlink(missing_ok=True)
+        path.with_name(path.name + ".header-journal").unlink(missing_ok=True)
+        log.warning("disk full: zeroing the header of %s instead of rewriting it", path.name)
+    except vault.VaultError as exc:
+        log.warning("unreadable header of %s zeroed: %s", path.name, exc.message)
+    _zero_header(path)
+    return vault.file_sha256(path)
+
+
+def _zero_header(path: Path) -> None:
+    try:
         area = vault.read_header(path).area
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, b"\x00" * area, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return vault.file_sha256(path)
+    except vault.VaultError:
+        area = vault.HEADER_AREA
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\x00" * min(area, os.fstat(fd).st_size), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _record_deletion(store, db, row, reason, actor, now, shredded, why) -> dict:
@@ -333,7 +344,7 @@ def _record_deletion(store, db, row, reason, actor, now, shredded, why) -> dict:
         "stored_size": row["stored_size"],
         "central_confirmed_seq": synced[0] if synced else None,
     }
-    db.execute("UPDATE recordings SET vault_file = ? WHERE id = ?", [DELETED, row["id"]])
+    db.execute("UPDATE recordings SET sync_state = ? WHERE id = ?", [DELETED, row["id"]])
     entry = custody.append(db, "recording.deleted", actor, row["id"], details)
     queue_meta(
         store,
@@ -369,18 +380,22 @@ def finish_interrupted(box) -> list[str]:
     for tomb in sorted(box.uploads.vault_dir.glob("*" + TOMB_SUFFIX)):
         recording_id = tomb.name.split(".", 1)[0]
         row = box.store.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
-        if row is not None and not is_deleted(row):
-            with box.store.write() as db:
-                _record_deletion(
-                    box.store,
-                    db,
-                    row,
-                    "interrupted_shred",
-                    "box",
-                    utcnow(),
-                    vault.file_sha256(tomb),
-                    {"note": "keys were destroyed before an interruption; removal completed now"},
-                )
+        try:
+            if row is not None and not is_deleted(row):
+                with box.store.write() as db:
+                    _record_deletion(
+                        box.store,
+                        db,
+                        row,
+                        "interrupted_shred",
+                        "box",
+                        utcnow(),
+                        vault.file_sha256(tomb),
+                        {"note": "keys destroyed before an interruption; removal completed now"},
+                    )
+        except (OSError, sqlite3.Error) as exc:  # still no room: try again next sweep
+            log.error("could not record the shred of %s: %s", recording_id, exc)
+            continue
         _remove(tomb)
         done.append(recording_id)
     return done

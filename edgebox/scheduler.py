@@ -99,6 +99,14 @@ def storage_watermarks(box, now: dt.datetime | None = None) -> dict:
     return storage.relieve(box, now).to_dict()
 
 
+def litestream_health(box, now: dt.datetime | None = None) -> dict:
+    """Check that Litestream runs and keeps up; `edgebox.replication` owns the details."""
+    from edgebox.replication import health_job
+
+    report = health_job(box)
+    return {k: report.get(k) for k in ("state", "lag_seconds", "restarts", "last_error")}
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One periodic job: its id, function, interval and delay before the first run."""
@@ -119,6 +127,7 @@ def default_jobs(box) -> list[JobSpec]:
         JobSpec("heartbeat", heartbeat, 300),
         JobSpec("retention_sweep", retention_sweep, 3600, first_after=120),
         JobSpec("storage_watermarks", storage_watermarks, 60, first_after=15),
+        JobSpec("litestream_health", litestream_health, 60, first_after=30),
     ]
 
 
@@ -162,13 +171,24 @@ class Jobs:
                 next_run_time=now + dt.timedelta(seconds=first),
                 misfire_grace_time=max(30, int(spec.seconds)),
             )
-            self.records[spec.id] = {**_blank(spec), **(self._persisted(spec.id) or {})}
+            persisted = self._persisted(spec.id) or {}
+            self.records[spec.id] = {**_blank(spec), **persisted, "interval_s": spec.seconds}
 
     def start(self) -> Jobs:
         """Start the scheduler thread and publish every job's next run."""
         self.scheduler.start()
         for job_id in self.specs:
             self._update(job_id, next_run=self._next_run(job_id))
+        current = [KEY_PREFIX + job_id for job_id in self.specs]
+        try:  # forget jobs this version no longer runs, so status does not show them forever
+            with self.box.store.write() as db:
+                db.execute(
+                    "DELETE FROM sync_state WHERE key LIKE ? AND key NOT IN "  # noqa: S608
+                    f"({', '.join('?' * len(current))})",
+                    [KEY_PREFIX + "%", *current],
+                )
+        except sqlite3.Error as exc:
+            log.warning("could not prune old job records: %s", exc)
         return self
 
     def stop(self) -> None:

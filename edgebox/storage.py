@@ -1,7 +1,8 @@
 """Disk watermarks: free what the rules allow as the data disk fills; alarm when nothing may go.
 
-Past `storage.high_watermark` (fraction of the data disk in use) `relieve` frees,
-in this order, until use is below `storage.low_watermark`:
+Past `storage.high_watermark` (fraction of the data disk in use), or when a clip of
+the usual size would be refused, `relieve` frees, in this order, until use is below
+`storage.low_watermark`:
 
 1. recordings past their retention rule (the retention sweep);
 2. synced copies kept for local review longer than `retention.keep_synced_days`,
@@ -24,7 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgebox import custody, retention
+from edgebox import custody, retention, vault
 from edgebox.clock import iso, utcnow
 from edgebox.sync import state
 from edgebox.sync.outbox import queue_meta
@@ -62,9 +63,19 @@ def ingest_headroom(box, disk: Usage | None = None) -> int:
     return disk.free_bytes - box.config.ingest.reserve_free_bytes - pending
 
 
+def typical_upload(box) -> int:
+    """The vault size of a usual clip here (mean of the last 20), at least one segment."""
+    row = box.store.one(
+        "SELECT AVG(stored_size) AS n FROM "
+        "(SELECT stored_size FROM recordings ORDER BY received_at DESC LIMIT 20)"
+    )
+    one_segment = box.config.vault.segment_size + vault.HEADER_AREA + vault.TAG
+    return max(int(row["n"] or 0), one_segment)
+
+
 def refusing_uploads(box, headroom: int) -> bool:
-    """Whether even a one-segment clip would now be refused with 507."""
-    return headroom < box.config.vault.segment_size
+    """Whether a clip of the usual size would now be refused with 507."""
+    return headroom < typical_upload(box)
 
 
 @dataclass
@@ -113,7 +124,8 @@ def relieve(box, now: dt.datetime | None = None) -> Relief:
     with _relief:
         disk = usage(box.data_dir)
         result = Relief(at=iso(now), before=disk.used_fraction)
-        if disk.used_fraction >= settings.high_watermark:
+        pressed = disk.used_fraction >= settings.high_watermark
+        if pressed or refusing_uploads(box, ingest_headroom(box, disk)):
             swept = retention.sweep(box, now)
             result.freed += swept.deleted
             result.failed += swept.failed
@@ -125,10 +137,10 @@ def relieve(box, now: dt.datetime | None = None) -> Relief:
         result.alarm = disk.used_fraction >= settings.high_watermark or refusing_uploads(
             box, headroom
         )
-        _set_alarm(box, result, headroom)
+        _set_alarm(box, result, headroom, now)
     if result.freed:
         log.warning(
-            "disk past high watermark (%.1f%%): freed %d recordings (%d bytes), now %.1f%%",
+            "disk pressure at %.1f%% used: freed %d recordings (%d bytes), now %.1f%%",
             result.before * 100,
             len(result.freed),
             result.freed_bytes,
@@ -140,9 +152,12 @@ def relieve(box, now: dt.datetime | None = None) -> Relief:
 def _free_old_copies(box, now: dt.datetime, low: float, result: Relief) -> None:
     """Shred synced copies past `keep_synced_days`, oldest first, until below `low`."""
     policy = retention.Policy.from_config(box.config.retention)
+    cutoff = iso(now - dt.timedelta(days=policy.keep_synced_days))
     candidates = box.store.query(
-        "SELECT id FROM recordings WHERE vault_file != '' AND sync_state = 'synced' "
-        "AND legal_hold = 0 ORDER BY COALESCE(started_at, received_at), id"
+        f"SELECT id FROM recordings WHERE {retention.LIVE} AND sync_state = 'synced' "  # noqa: S608
+        "AND legal_hold = 0 AND COALESCE(started_at, received_at) <= ? "
+        "ORDER BY COALESCE(started_at, received_at), id",
+        (cutoff,),
     )
     for rec in candidates:
         if usage(box.data_dir).used_fraction < low:
@@ -162,7 +177,7 @@ def _free_old_copies(box, now: dt.datetime, low: float, result: Relief) -> None:
         result.failed += report.failed
 
 
-def _set_alarm(box, result: Relief, headroom: int) -> None:
+def _set_alarm(box, result: Relief, headroom: int, now: dt.datetime) -> None:
     """Persist alarm transitions (raised, cleared) in sync_state, custody and upstream."""
     try:
         previous = state.get(box.store, ALARM_KEY)
@@ -171,7 +186,7 @@ def _set_alarm(box, result: Relief, headroom: int) -> None:
                 "used_fraction": round(result.after, 4),
                 "high_watermark": box.config.storage.high_watermark,
                 "ingest_headroom_bytes": headroom,
-                "kept": kept(box, utcnow()),
+                "kept": kept(box, now),
             }
             with box.store.write() as db:
                 state.put(box.store, ALARM_KEY, {"since": iso(), **details})
@@ -193,7 +208,7 @@ def kept(box, now: dt.datetime) -> dict:
     """What the disk holds that may not be freed now: unsynced, on hold, recent synced copies."""
     recent = iso(now - dt.timedelta(days=box.config.retention.keep_synced_days))
     row = box.store.one(
-        "SELECT "
+        "SELECT "  # noqa: S608 - a constant clause; values are bound
         "COALESCE(SUM(sync_state != 'synced'), 0) AS unsynced, "
         "COALESCE(SUM(CASE WHEN sync_state != 'synced' THEN stored_size END), 0) AS unsynced_b, "
         "COALESCE(SUM(legal_hold != 0), 0) AS held, "
@@ -202,7 +217,7 @@ def kept(box, now: dt.datetime) -> dict:
         "  AND COALESCE(started_at, received_at) > ?), 0) AS recent, "
         "COALESCE(SUM(CASE WHEN sync_state = 'synced' AND legal_hold = 0 "
         "  AND COALESCE(started_at, received_at) > ? THEN stored_size END), 0) AS recent_b "
-        "FROM recordings WHERE vault_file != ''",
+        f"FROM recordings WHERE {retention.LIVE}",
         (recent, recent),
     )
     return {
@@ -275,7 +290,8 @@ def _message(box, disk: Usage, refusing: bool) -> str:
     if refusing:
         parts.append(
             f"new uploads are refused (507, cameras keep their copies) until space returns: "
-            f"{disk.free_bytes // 2**20} MiB free, "
+            f"{disk.free_bytes // 2**20} MiB free, a usual clip takes "
+            f"{typical_upload(box) // 2**20 + 1} MiB, "
             f"{box.config.ingest.reserve_free_bytes // 2**20} MiB reserved for the database"
         )
     return "; ".join(parts)

@@ -39,6 +39,7 @@ class Report:
 def verify_box(box, review_key=None) -> Report:
     """Check chain and checkpoints, then each recording's file (with a review key, decrypt it)."""
     from edgebox.recordings import data_key_for
+    from edgebox.retention import deletion_problems, is_deleted
 
     chain = custody.verify_chain(box.store, box.config.box.box_id, box.keys.identity_public())
     report = Report(
@@ -64,6 +65,9 @@ def verify_box(box, review_key=None) -> Report:
                 report.problems.append(
                     f"{where}: {name} hash in the database differs from the custody log"
                 )
+        if is_deleted(rec):  # crypto-shredded by retention: no file, a custody entry
+            report.problems.extend(deletion_problems(box, rec))
+            continue
         for problem in vault.check_structure(path, rec["stored_sha256"]):
             report.problems.append(f"{where}: {problem}")
         if review_key is not None and path.exists() and not rec["sealed"]:

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from edgebox import custody, retention, vault
+from edgebox import catalog, custody, retention, vault
 from edgebox.box import Box
 from edgebox.central.index import Index
 from edgebox.clock import iso, parse_rfc3339, utcnow
@@ -20,6 +20,7 @@ from edgebox.errors import VaultError
 from edgebox.keys import x25519_private_from_file
 from edgebox.recordings import data_key_for
 from edgebox.scheduler import jobs_of
+from edgebox.verify import verify_box
 from tests.conftest import enroll, make_box
 from tests.sync_fixtures import central_workers, synced, upstream_env, wait_for
 from tests.test_ingest import upload_all
@@ -56,15 +57,17 @@ def record(camera, size: int = 64 * KIB, **metadata) -> tuple[str, bytes]:
     return response.headers["EdgeBox-Recording-Id"], data
 
 
-def set_state(box, recording_id: str, sync_state: str = "synced", hold: int = 0) -> None:
+def set_state(box, recording_id: str, sync_state: str = "synced") -> None:
     """Fixture shortcut, not a mock: these tests are about the retention rules, so central's
-    confirmation (and a supervisor's hold, which has no API yet) is written straight into
-    the row. test_deletion_reaches_central runs the real sync instead."""
+    confirmation is written straight into the row. test_deletion_reaches_central and
+    test_full_disk run the real sync instead."""
     with box.store.write() as db:
-        db.execute(
-            "UPDATE recordings SET sync_state = ?, legal_hold = ? WHERE id = ?",
-            [sync_state, hold, recording_id],
-        )
+        db.execute("UPDATE recordings SET sync_state = ? WHERE id = ?", [sync_state, recording_id])
+
+
+def hold(box, recording_id: str, on: bool = True) -> None:
+    """Place or lift a legal hold the way a supervisor does (logged, queued for central)."""
+    catalog.set_hold(box.store, recording_id, on, "investigation 2026-042", "user:supervisor")
 
 
 def live(box) -> set[str]:
@@ -111,7 +114,8 @@ def test_holds_and_unsynced_recordings_are_kept_past_their_date(rbox, rcam):
     t0 = utcnow()
     ids = {name: record(rcam, started_at=iso(t0))[0] for name in ("held", "pending", "rejected")}
     ids["sending"] = record(rcam, started_at=iso(t0))[0]
-    set_state(rbox, ids["held"], "synced", hold=1)
+    set_state(rbox, ids["held"], "synced")
+    hold(rbox, ids["held"])
     set_state(rbox, ids["rejected"], "rejected")
     set_state(rbox, ids["sending"], "sending")
 
@@ -129,10 +133,15 @@ def test_holds_and_unsynced_recordings_are_kept_past_their_date(rbox, rcam):
     assert all(rbox.uploads.vault_path(rid).exists() for rid in ids.values())
 
     # A hold on an unsynced recording: released, it still waits for central.
-    set_state(rbox, ids["pending"], "pending", hold=1)
-    set_state(rbox, ids["held"], "synced", hold=0)  # the supervisor lifts the hold
+    hold(rbox, ids["pending"])
+    hold(rbox, ids["held"], on=False)  # the supervisor lifts the hold
     assert deleted_ids(retention.sweep(rbox, t0 + 400 * DAY)) == {ids["held"]}
-    set_state(rbox, ids["pending"], "synced", hold=0)  # central confirmed it at last
+    set_state(rbox, ids["pending"], "synced")  # central confirmed it at last...
+    assert retention.sweep(rbox, t0 + 400 * DAY).kept == {
+        retention.KEEP_HOLD: 1,
+        retention.KEEP_UNSYNCED: 2,
+    }
+    hold(rbox, ids["pending"], on=False)  # ...and the hold is lifted
     assert deleted_ids(retention.sweep(rbox, t0 + 400 * DAY)) == {ids["pending"]}
     assert live(rbox) == {ids["rejected"], ids["sending"]}
 
@@ -205,6 +214,9 @@ def test_shred_destroys_every_key_then_the_file(rbox, rcam, tmp_path):
     assert details["shredded_sha256"] == shredded_hash
     chain = custody.verify_chain(rbox.store, rbox.config.box.box_id, rbox.keys.identity_public())
     assert chain.ok, chain.problems
+    report = verify_box(rbox)
+    assert report.ok, report.problems
+    assert rbox.status()["recordings"]["deleted"] == 1
 
     queued = rbox.store.one(
         "SELECT payload FROM outbox WHERE kind = 'meta' AND ref = 'recording.deleted'"

@@ -168,16 +168,26 @@ def status(config_file, as_json):
     """What the box holds: recordings, cameras, uploads, custody head, storage, keys."""
     with opened_box(config_file) as box:
         report = box.status()
-    emit(
-        report,
-        as_json,
-        lambda r: click.echo(
+
+    def text(r):
+        click.echo(
             f"box {r['box_id']}: {r['recordings']['n']} recordings, "
             f"{r['cameras']['paired']} cameras, {len(r['uploads_in_progress'])} uploads in "
             f"progress, custody {r['custody']['entries']} entries, "
             f"{r['storage']['free_bytes'] // 2**20} MiB free"
-        ),
-    )
+        )
+        for alarm in r["alarms"]:
+            click.echo(f"ALARM ({alarm['severity']}) {alarm['message']}")
+        for job_id, job in r["jobs"].items():
+            error = job["last_error"]
+            click.echo(
+                f"job {job_id}: last run {job['last_run'] or 'never'}"
+                + (f" ({job['last_outcome']})" if job["last_outcome"] else "")
+                + f", next {job['next_run'] or 'not scheduled'}"
+                + (f", last error {error['at']}: {error['message']}" if error else "")
+            )
+
+    emit(report, as_json, text)
 
 
 @main.command()

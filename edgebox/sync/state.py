@@ -29,7 +29,7 @@ def backlog(store: Store) -> dict:
     """What still has to reach central: recordings, bytes, custody entries, metadata events."""
     recordings = store.one(
         "SELECT COUNT(*) AS n, COALESCE(SUM(stored_size), 0) AS bytes FROM recordings "
-        "WHERE sync_state != 'synced'"
+        "WHERE sync_state NOT IN ('synced', 'deleted')"
     )
     head = store.one("SELECT COALESCE(MAX(seq), 0) AS seq FROM custody")["seq"]
     meta = store.one("SELECT COUNT(*) AS n FROM outbox WHERE state = 'queued' AND kind = 'meta'")

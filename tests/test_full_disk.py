@@ -1,0 +1,301 @@
+"""A full disk, for real: a small ext4 (or tmpfs) filesystem mounted by the test, filled with
+real uploads; watermarks free synced and expired recordings first, then old synced copies,
+never anything unsynced or on hold; past that, uploads get 507 and the alarm is raised, and
+ingest resumes by itself when space returns."""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from edgebox import catalog, retention, storage
+from edgebox.box import Box
+from edgebox.clock import iso, utcnow
+from edgebox.config import load_config
+from edgebox.errors import VaultError
+from edgebox.keys import x25519_private_from_file
+from edgebox.recordings import data_key_for
+from edgebox.scheduler import jobs_of
+from edgebox.verify import verify_box
+from tests.conftest import enroll, make_box
+from tests.sync_fixtures import central_workers, upstream_env, wait_for
+from tests.test_ingest import upload_all
+
+MIB = 1 << 20
+DISK_MIB = 96
+CLIP = 3 * MIB
+DAY = dt.timedelta(days=1)
+
+
+def _run(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A freshly made 96 MiB filesystem mounted under tmp_path (ext4 on a loop device, else
+    tmpfs); always unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    image = tmp_path / "disk.img"
+    problems = []
+    with open(image, "wb") as handle:
+        handle.truncate(DISK_MIB * MIB)
+    made = _run("mkfs.ext4", "-q", "-m", "0", "-F", str(image))
+    mounted = made.returncode == 0 and _run("mount", "-o", "loop", str(image), str(mount))
+    if not mounted or mounted.returncode != 0:
+        problems.append(f"ext4 on a loop device: {made.stderr or mounted and mounted.stderr}")
+        tmpfs = _run("mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(mount))
+        if tmpfs.returncode != 0:
+            problems.append(f"tmpfs: {tmpfs.stderr}")
+            pytest.skip("cannot mount a small filesystem here: " + "; ".join(problems))
+    try:
+        yield mount
+    finally:
+        for _ in range(50):
+            if _run("umount", str(mount)).returncode == 0:
+                break
+            time.sleep(0.2)  # a closing file may keep it busy for a moment
+        else:
+            _run("umount", "-l", str(mount))
+        image.unlink(missing_ok=True)
+
+
+def try_upload(camera, data: bytes, **metadata):
+    """Upload like a camera that keeps its copy on refusal: the first non-success response."""
+    created = camera.create(len(data), metadata)
+    if created.status_code != 201:
+        return created
+    offset, response = 0, created
+    while offset < len(data):
+        response = camera.patch(created.headers["Location"], offset, data[offset : offset + MIB])
+        if response.status_code != 204:
+            return response
+        offset = int(response.headers["Upload-Offset"])
+    return response
+
+
+def states(box) -> dict[str, dict]:
+    """Every recording row by id (live or deleted)."""
+    return {r["id"]: r for r in box.store.query("SELECT * FROM recordings")}
+
+
+def deletions(box) -> list[tuple[str, str]]:
+    """(recording id, reason) of every recording.deleted entry, in custody order."""
+    rows = box.store.query(
+        "SELECT subject, details FROM custody WHERE event = 'recording.deleted' ORDER BY seq"
+    )
+    return [(r["subject"], json.loads(r["details"])["reason"]) for r in rows]
+
+
+def used(box) -> float:
+    return storage.usage(box.data_dir).used_fraction
+
+
+def all_synced(box) -> bool:
+    """Whether central confirmed every recording still on the box."""
+    rows = retention.live_recordings(box.store)
+    return bool(rows) and all(r["sync_state"] == "synced" for r in rows)
+
+
+def assert_never_lost(box, protected: set[str]) -> None:
+    """Every deleted recording had central's confirmation and no hold; every protected one
+    is still there."""
+    rows = states(box)
+    for rid, rec in rows.items():
+        if retention.is_deleted(rec):
+            trail = [
+                e["event"]
+                for e in box.store.query(
+                    "SELECT event FROM custody WHERE subject = ? ORDER BY seq", (rid,)
+                )
+            ]
+            assert "recording.synced" in trail, rid
+            assert trail.index("recording.synced") < trail.index("recording.deleted"), rid
+            assert not rec["legal_hold"], rid
+            assert not box.uploads.vault_path(rid).exists()
+    for rid in protected:
+        assert not retention.is_deleted(rows[rid]), f"{rid} was deleted"
+        assert box.uploads.vault_path(rid).exists()
+
+
+def test_full_disk_end_to_end(tmp_path, small_disk, broker, pki):
+    store = tmp_path / "central"
+    workers = central_workers(store, broker, pki, count=1)
+    config = make_box(small_disk / "box", box_id="van-full")
+    env = {
+        **upstream_env(broker, pki, "van-full"),
+        "EDGEBOX_INGEST__RESERVE_FREE_BYTES": str(8 * MIB),
+        "EDGEBOX_STORAGE__LOW_WATERMARK": "0.5",
+        "EDGEBOX_STORAGE__HIGH_WATERMARK": "0.7",
+        "EDGEBOX_RETENTION__KEEP_SYNCED_DAYS": "7",
+        "EDGEBOX_REPLICATION__ENABLED": "false",
+    }
+    box = Box(load_config(config, environ=env)).start(("127.0.0.1", 0))
+    jobs = jobs_of(box)
+    jobs.pause()  # the test runs the watermark job itself, at the moments it checks
+    try:
+        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"], "CAM-F")
+        now = utcnow()
+
+        def clip(days_ago: float, **metadata) -> str:
+            started = iso(now - dt.timedelta(days=days_ago))
+            response, _ = upload_all(
+                camera, os.urandom(CLIP), metadata=dict(metadata, started_at=started)
+            )
+            return response.headers["EdgeBox-Recording-Id"]
+
+        # 1. With the link up: expired, old and recent recordings, all confirmed by central.
+        expired = [clip(40 + i / 24) for i in range(3)]
+        held = clip(41)
+        old = [clip(days) for days in (14, 13, 12, 11, 10)]  # oldest first
+        recent = [clip(1), clip(1.5)]
+        wait_for(lambda: all_synced(box), timeout=120, what="first recordings synced")
+        catalog.set_hold(box.store, held, True, "investigation 2026-042", "user:supervisor")
+
+        # 2. Central unreachable: new recordings stay unsynced while the disk fills.
+        broker.stop()
+        wait_for(lambda: not box.uplink.link.connected.is_set(), what="link down")
+        unsynced_old = [clip(40), clip(39)]  # past their date, but central has no copy
+        fill = []
+        while used(box) < box.config.storage.high_watermark:
+            fill.append(clip(0))
+        protected = {held, *recent, *unsynced_old, *fill}
+
+        relief = jobs.run_now("storage_watermarks")
+        assert relief["used_before"] >= 0.7 and relief["used_after"] < 0.5
+        gone = deletions(box)
+        assert [rid for rid, why in gone if why == "retention"] == expired
+        pressured = [rid for rid, why in gone if why == "storage_pressure"]
+        assert pressured and pressured == old[: len(pressured)]  # oldest first
+        assert len(pressured) < len(old)  # stopped once below the low watermark
+        assert_never_lost(box, protected)
+        assert storage.report(box)["alarm"] is None and storage.alarms(box) == []
+
+        # 3. Fill until the box refuses; the watermark job frees what it may, then alarms.
+        while True:
+            response = try_upload(camera, os.urandom(CLIP), started_at=iso(utcnow()))
+            if response.status_code != 204:
+                break
+            fill.append(response.headers["EdgeBox-Recording-Id"])
+        assert response.status_code == 507, response.text
+        assert int(response.headers["Retry-After"]) > 0
+        protected |= set(fill)
+        relief = jobs.run_now("storage_watermarks")
+        assert relief["alarm"] is True and relief["used_after"] >= 0.7
+        assert {rid for rid, why in deletions(box) if why == "storage_pressure"} == set(old)
+        while (response := try_upload(camera, os.urandom(CLIP))).status_code == 204:
+            fill.append(response.headers["EdgeBox-Recording-Id"])
+            protected.add(fill[-1])
+        assert response.status_code == 507 and response.headers["Retry-After"]
+        assert camera.create(CLIP).status_code == 507  # and stays refused: nothing changed
+
+        report = storage.report(box)
+        assert report["level"] == "above_high" and report["ingest"] == "refusing"
+        assert report["alarm"]["since"] and "uploads are refused" in report["alarm"]["message"]
+        assert report["kept"]["not_synced"]["n"] == len(unsynced_old) + len(fill)
+        assert report["kept"]["legal_hold"]["n"] == 1
+        alarms = storage.alarms(box)
+        status = box.status()
+        assert status["alarms"][0]["message"] == alarms[0]["message"]
+        assert status["storage"]["alarm"]["message"] == report["alarm"]["message"]
+        assert alarms[0]["source"] == "storage" and alarms[0]["severity"] == "critical"
+        assert box.store.one("SELECT 1 FROM custody WHERE event = 'storage.alarm_raised'")
+        assert_never_lost(box, protected)
+        assert (
+            box.store.one("SELECT COUNT(*) AS n FROM uploads WHERE state = 'receiving'")["n"] == 0
+        )  # refused uploads left nothing behind
+
+        # 4. Central returns: everything syncs; expired copies go, and a week later the
+        #    rest of the kept-for-review copies, oldest first, until below the low watermark.
+        broker.start()
+        wait_for(lambda: all_synced(box), timeout=240, what="backlog synced")
+        jobs.run_now("storage_watermarks")
+        assert {rid for rid, why in deletions(box) if why == "retention"} == {
+            *expired,
+            *unsynced_old,
+        }
+        jobs.clock.advance(days=8)
+        relief = jobs.run_now("storage_watermarks")
+        assert relief["used_after"] < 0.5 and relief["alarm"] is False
+        report = storage.report(box)
+        assert report["alarm"] is None and report["ingest"] == "accepting"
+        assert storage.alarms(box) == []
+        assert box.store.one("SELECT 1 FROM custody WHERE event = 'storage.alarm_cleared'")
+        late = [rid for rid, why in deletions(box) if why == "storage_pressure"][len(old) :]
+        assert late[:2] == recent[::-1]  # 9.5 and 9 days old now: the oldest copies go first
+        assert_never_lost(box, {held})
+
+        response, _ = upload_all(camera, os.urandom(CLIP))  # ingest resumed by itself
+        assert response.headers["EdgeBox-Recording-Id"]
+        assert box.status()["alarms"] == []
+        assert verify_box(box).ok, verify_box(box).problems
+    finally:
+        box.stop()
+        for worker in workers:
+            worker.stop()
+
+
+def test_shredding_works_on_a_completely_full_disk(tmp_path, small_disk):
+    config = make_box(small_disk / "box", box_id="van-brim")
+    env = {"EDGEBOX_INGEST__RESERVE_FREE_BYTES": str(MIB), "EDGEBOX_REPLICATION__ENABLED": "false"}
+    box = Box(load_config(config, environ=env)).start(("127.0.0.1", 0))
+    jobs_of(box).pause()
+    filler = small_disk / "filler"
+    try:
+        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"])
+        started = iso(utcnow() - 40 * DAY)
+        response, _ = upload_all(camera, os.urandom(CLIP), metadata={"started_at": started})
+        rid = response.headers["EdgeBox-Recording-Id"]
+        with box.store.write() as db:  # fixture shortcut: central's confirmation
+            db.execute("UPDATE recordings SET sync_state = 'synced' WHERE id = ?", [rid])
+        path = box.uploads.vault_path(rid)
+        central = x25519_private_from_file(small_disk / "box" / "central-demo" / "central.key")
+        data_key_for(path, central, role="central")
+
+        with open(filler, "wb") as handle:  # take every last block
+            block = b"\0" * MIB
+            try:
+                while True:
+                    handle.write(block)
+                    handle.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                block = b"\0" * 4096
+                try:
+                    while True:
+                        handle.write(block)
+                        handle.flush()
+                except OSError:
+                    pass
+        assert storage.usage(box.data_dir).free_bytes < 64 * 1024
+
+        # The header journal cannot be written: the keys are destroyed in place instead.
+        retention.destroy_keys(path)
+        with pytest.raises(VaultError):
+            data_key_for(path, central, role="central")
+
+        report = retention.sweep(box)
+        tomb = path.with_name(path.name + retention.TOMB_SUFFIX)
+        if report.deleted:
+            assert not path.exists() and not tomb.exists()
+        else:  # the database had no room to commit: the file waits, keyless, for space
+            assert report.failed and report.failed[0]["recording_id"] == rid
+            with pytest.raises(VaultError):
+                data_key_for(tomb if tomb.exists() else path, central, role="central")
+        filler.unlink()
+        retention.sweep(box)
+        row = box.store.one("SELECT * FROM recordings WHERE id = ?", (rid,))
+        assert retention.is_deleted(row) and list(box.uploads.vault_dir.iterdir()) == []
+        assert retention.deletion_problems(box, row) == []
+    finally:
+        filler.unlink(missing_ok=True)
+        box.stop()

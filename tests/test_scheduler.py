@@ -1,0 +1,120 @@
+"""Scheduled jobs: last run, next run and last error, seen in and out of process; a moved clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+
+from edgebox import retention
+from edgebox.box import Box
+from edgebox.clock import parse_rfc3339, utcnow
+from edgebox.config import load_config
+from edgebox.scheduler import (
+    Clock,
+    JobSpec,
+    job_alarms,
+    jobs_of,
+    jobs_report,
+    start_scheduler,
+)
+from tests.sync_fixtures import wait_for
+from tests.test_ingest import upload_all
+
+STANDARD = {
+    "custody_checkpoint",
+    "expire_uploads",
+    "heartbeat",
+    "retention_sweep",
+    "storage_watermarks",
+    "litestream_health",
+}
+
+
+def test_every_job_shows_its_next_run(box):
+    report = jobs_report(box)
+    assert set(report) == STANDARD
+    now = utcnow()
+    for job_id, record in report.items():
+        assert record["last_run"] is None and record["last_error"] is None, job_id
+        assert parse_rfc3339(record["next_run"]) > now - dt.timedelta(seconds=5), job_id
+        assert record["overdue"] is False
+    assert report["retention_sweep"]["interval_s"] == 3600
+    jobs_of(box).pause()
+    health = jobs_of(box).run_now("litestream_health")
+    assert isinstance(health["state"], str)  # this box's server runs without its replicator
+    assert jobs_report(box)["litestream_health"]["last_result"]["state"] == health["state"]
+
+
+def test_jobs_see_the_moved_clock(box, camera):
+    jobs = jobs_of(box)
+    jobs.pause()
+    response, _ = upload_all(camera, os.urandom(4096))
+    rid = response.headers["EdgeBox-Recording-Id"]
+    with box.store.write() as db:  # fixture shortcut: central's confirmation, see test_retention
+        db.execute("UPDATE recordings SET sync_state = 'synced' WHERE id = ?", [rid])
+    unfinished = camera.create(1000)
+    assert unfinished.status_code == 201
+
+    result = jobs.run_now("retention_sweep")
+    assert result["deleted"] == 0 and result["kept"] == {retention.KEEP_YOUNG: 1}
+    assert jobs.run_now("expire_uploads") == {"expired": 0}
+
+    jobs.clock.advance(days=31)
+    assert jobs.run_now("retention_sweep")["deleted"] == 1
+    assert jobs.run_now("expire_uploads") == {"expired": 1}
+    assert not box.uploads.vault_path(rid).exists()
+
+    report = jobs_report(box)["retention_sweep"]
+    assert report["runs"] == 2 and report["last_outcome"] == "ok"
+    assert report["last_result"]["deleted"] == 1
+    assert parse_rfc3339(report["last_run"]) <= utcnow()  # runs are stamped in real time
+
+
+def test_scheduled_runs_and_errors_are_recorded(box_config):
+    box = Box(load_config(box_config))
+    calls = []
+    second = threading.Event()
+
+    def flaky(box, now):
+        calls.append(now)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        second.set()
+        return {"done": len(calls)}
+
+    clock = Clock(dt.timedelta(days=40))
+    jobs = start_scheduler(box, clock, extra=[JobSpec("flaky", flaky, 0.3, first_after=0)])
+    try:
+        wait_for(lambda: jobs_report(box)["flaky"]["errors"] == 1, timeout=10, what="a failure")
+        alarm = job_alarms(box)
+        assert alarm and alarm[0]["source"] == "job:flaky"
+        assert "No space left on device" in alarm[0]["message"]
+        assert second.wait(10)
+        wait_for(
+            lambda: jobs_report(box)["flaky"]["last_outcome"] == "ok", timeout=10, what="a run"
+        )
+        record = jobs_report(box)["flaky"]
+        assert record["last_error"]["message"].startswith("OSError")
+        assert record["last_result"]["done"] >= 2
+        assert parse_rfc3339(record["next_run"]) > parse_rfc3339(record["last_run"])
+        assert job_alarms(box) == []  # a later success clears the warning, the error stays
+        assert calls[0] - utcnow() > dt.timedelta(days=39)  # the job saw the injected clock
+    finally:
+        jobs.stop()
+        box.store.close()
+
+    # Another process (here: another Box on the same files) reads what the jobs did.
+    reopened = Box(load_config(box_config))
+    try:
+        report = jobs_report(reopened)
+        assert set(report) == STANDARD | {"flaky"}
+        assert report["flaky"]["runs"] >= 2 and report["flaky"]["errors"] == 1
+        assert report["flaky"]["last_error"]["message"].startswith("OSError")
+        assert all(r["next_run"] is None and not r["overdue"] for r in report.values())
+        jobs = start_scheduler(reopened)  # a version without the job forgets its record
+        assert set(jobs_report(reopened)) == STANDARD
+        assert reopened.store.one("SELECT 1 FROM sync_state WHERE key = 'job:flaky'") is None
+        jobs.stop()
+    finally:
+        reopened.store.close()
