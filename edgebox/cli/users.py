@@ -55,28 +55,24 @@ def list_users(config_file, as_json):
     emit(rows, as_json, text)
 
 
-@users.command("disable")
-@click.argument("username")
-@config_option
-@json_option
-@handle_errors
-def disable_user(username, config_file, as_json):
-    """Disable USERNAME and end all their sessions."""
-    with opened_box(config_file) as box:
-        row = Users(box.store).set_disabled(username, True)
-    emit(row, as_json, lambda r: click.echo(f"user {r['username']} disabled"))
+def _state_command(name: str, disabled: bool, help_text: str):
+    """Register `edgebox users NAME USERNAME` that disables or re-enables a user."""
+
+    @users.command(name, help=help_text)
+    @click.argument("username")
+    @config_option
+    @json_option
+    @handle_errors
+    def command(username, config_file, as_json):
+        with opened_box(config_file) as box:
+            row = Users(box.store).set_disabled(username, disabled)
+        emit(row, as_json, lambda r: click.echo(f"user {r['username']} {name}d"))
+
+    return command
 
 
-@users.command("enable")
-@click.argument("username")
-@config_option
-@json_option
-@handle_errors
-def enable_user(username, config_file, as_json):
-    """Allow a disabled USERNAME to log in again."""
-    with opened_box(config_file) as box:
-        row = Users(box.store).set_disabled(username, False)
-    emit(row, as_json, lambda r: click.echo(f"user {r['username']} enabled"))
+disable_user = _state_command("disable", True, "Disable USERNAME and end all their sessions.")
+enable_user = _state_command("enable", False, "Allow a disabled USERNAME to log in again.")
 
 
 @users.command("passwd")
