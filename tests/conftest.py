@@ -205,3 +205,26 @@ def run_cli(
         timeout=300,
         env={**os.environ, **(env or {})},
     )
+
+
+def build_wheel(dist: Path) -> Path:
+    """The real edgebox wheel of this tree, built with `pip wheel --no-deps`."""
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    [wheel] = Path(dist).glob("edgebox-*.whl")
+    return wheel

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgebox.keys import key_id
+from tests.conftest import build_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSIBLE = ROOT / "ansible"
@@ -67,20 +68,7 @@ def run(*command, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess
 
 def pip_wheel_of_this_tree(dist: Path) -> Path:
     """The real edgebox wheel, built as the issue says: pip wheel --no-deps."""
-    built = run(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "--no-build-isolation",
-        "-w",
-        str(dist),
-        str(ROOT),
-    )
-    assert built.returncode == 0, built.stderr
-    [wheel] = dist.glob("edgebox-*.whl")
-    return wheel
+    return build_wheel(dist)
 
 
 def repack_wheel(src: Path, dist: Path, version: str, *, broken: bool = False) -> Path:

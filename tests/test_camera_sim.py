@@ -5,17 +5,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import ipaddress
 import json
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from edgebox.camera import (
     AuthError,
@@ -26,6 +21,7 @@ from edgebox.camera import (
     rfc3339,
     run_camera,
 )
+from edgebox.keys import certificate_fingerprint, generate_tls_certificate
 
 TOKEN = "token-of-the-test-camera"
 CODE = "ABCDE23456"
@@ -67,39 +63,12 @@ def test_rfc3339_is_utc_with_z():
 
 
 def _self_signed(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgebox test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    """A box-like self-signed certificate, made the way `edgebox init` makes the box's."""
+    key_pem, cert_pem = generate_tls_certificate("test", ["localhost", "127.0.0.1"])
     cert_path, key_path = tmp_path / "box.pem", tmp_path / "box.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path, cert.fingerprint(hashes.SHA256()).hex()
+    cert_path.write_bytes(cert_pem)
+    key_path.write_bytes(key_pem)
+    return cert_path, key_path, certificate_fingerprint(cert_pem)
 
 
 class _BoxState:

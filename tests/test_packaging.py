@@ -7,28 +7,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+from tests.conftest import build_wheel
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_carries_web_assets_and_runs(tmp_path):
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(tmp_path / "dist"),
-            str(ROOT),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert built.returncode == 0, built.stderr
-    [wheel] = (tmp_path / "dist").glob("edgebox-*.whl")
+    wheel = build_wheel(tmp_path / "dist")
     names = zipfile.ZipFile(wheel).namelist()
     assert "edgebox/_web/templates/recordings.html" in names
     assert "edgebox/_web/static/edgebox.css" in names
