@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(mosquitto ffmpeg fonts-dejavu-core python3 python3-venv python3-dev gcc openssl
-  ca-certificates systemd hostapd dnsmasq-base nftables openssh-client)
+  ca-certificates systemd hostapd dnsmasq-base nftables openssh-client chromium)
 VENV=${EDGEBOX_VENV:-.venv}
 
 missing=()
@@ -28,7 +28,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install -q -e ".[test${EDGEBOX_EXTRAS:+,$EDGEBOX_EXTRAS}]" 2>&1 \
   | grep -v "^WARNING: Location" >&2 || true
 "$VENV/bin/python" -c "import edgebox, flask, cryptography, paho.mqtt" \

@@ -13,6 +13,7 @@ from tests.test_web_auth import PASSWORD, browser
 
 PAGES = {
     "/": ("crew", "supervisor", "admin"),
+    "/dashboard/live": ("crew", "supervisor", "admin"),
     "/recordings": ("crew", "supervisor", "admin"),
     "/cameras": ("supervisor", "admin"),
     "/audit": ("supervisor", "admin"),

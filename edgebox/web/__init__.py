@@ -37,12 +37,14 @@ def create_app(box, testing: bool = False) -> Flask:
 
     from edgebox.web.api import api
     from edgebox.web.auth import auth, csrf_token
+    from edgebox.web.dashboard import duration
     from edgebox.web.media import media
     from edgebox.web.openapi import openapi
     from edgebox.web.tus import tus
     from edgebox.web.ui import ui
 
     app.jinja_env.globals["csrf_token"] = csrf_token
+    app.jinja_env.filters["duration"] = duration
 
     @app.context_processor
     def _page_context():

@@ -1,9 +1,8 @@
 """The local web pages: dashboard, recordings, recording (tags, hold, playback), cameras, audit,
-users and settings. Forms post back here with the session's CSRF token; no script is needed."""
+users and settings. Forms post back here with the session's CSRF token and work without script;
+the one script (static/edgebox.js) only refreshes the dashboard in place."""
 
 from __future__ import annotations
-
-import shutil
 
 import segno
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
@@ -11,6 +10,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from edgebox import catalog
 from edgebox.errors import EdgeboxError
 from edgebox.keys import certificate_fingerprint
+from edgebox.web import dashboard as dashboard_data
 from edgebox.web.auth import current_user, require
 
 ui = Blueprint("ui", __name__)
@@ -24,30 +24,27 @@ def _actor() -> str:
     return f"user:{current_user()['username']}"
 
 
-def _days_left(box) -> float | None:
-    """Days until the disk is full at the rate of the last seven days."""
-    week = box.store.one(
-        "SELECT COALESCE(SUM(stored_size), 0) AS n FROM recordings "
-        "WHERE received_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-7 days')"
-    )["n"]
-    if not week:
-        return None
-    return round(shutil.disk_usage(box.data_dir).free / (week / 7), 1)
+def _dashboard_context() -> dict:
+    meter = current_app.extensions.setdefault("edgebox.drain", dashboard_data.DrainMeter())
+    return dashboard_data.context(_box(), meter)
 
 
 @ui.get("/")
 @require()
 def dashboard():
-    """Cameras and their offloads, storage, the upstream link, alarms."""
-    box = _box()
-    status = box.status()
-    return render_template(
-        "dashboard.html",
-        status=status,
-        uploads=box.uploads.in_progress(),
-        cameras=box.pairing.devices(),
-        days_left=_days_left(box),
+    """Cameras and their offloads, storage, the upstream link, latest recordings, alarms."""
+    return render_template("dashboard.html", **_dashboard_context())
+
+
+@ui.get("/dashboard/live")
+@require()
+def dashboard_live():
+    """The dashboard's cards alone, which the page's script swaps in every few seconds."""
+    response = current_app.make_response(
+        render_template("dashboard_live.html", **_dashboard_context())
     )
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @ui.get("/recordings")
