@@ -6,12 +6,63 @@ request body to a temporary file, which keeps plaintext footage off the disk.
 
 from __future__ import annotations
 
+import io
 import threading
 
 from cheroot import wsgi
+from cheroot.makefile import StreamReader, StreamWriter
+from cheroot.server import HTTPConnection
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from edgebox.web import create_app
+
+BULK_READ = 64 << 10
+
+
+class BulkStreamReader(StreamReader):
+    """cheroot's socket reader, with large reads done straight into one buffer.
+
+    cheroot's reader is pure Python (_pyio): for a 1 MiB read it allocates a zeroed 1 MiB
+    buffer for every TLS record (16 KiB) it receives, then joins the pieces. Footage bodies
+    are read in large blocks, so those take this path instead: what is buffered first, then
+    `readinto` the rest of one preallocated buffer. Small reads (headers, chunk sizes) are
+    unchanged, so `has_data()` and keep-alive behave as before.
+    """
+
+    def read(self, size=-1):
+        """Read up to `size` bytes, blocking until that many arrived or the peer closed."""
+        if size is None or size < BULK_READ:
+            return super().read(size)
+        with self._read_lock:
+            out = bytearray(size)
+            view = memoryview(out)
+            buffered = len(self._read_buf) - self._read_pos
+            got = min(buffered, size)
+            view[:got] = self._read_buf[self._read_pos : self._read_pos + got]
+            self._read_pos += got
+            while got < size:
+                count = self.raw.readinto(view[got:])
+                if not count:
+                    break
+                got += count
+            view.release()
+        self.bytes_read += got
+        del out[got:]
+        return out
+
+
+def _streams(sock, mode="r", bufsize=io.DEFAULT_BUFFER_SIZE):
+    """cheroot's makefile(), with the bulk reader for reading."""
+    if "r" in mode:
+        return BulkStreamReader(sock, mode, bufsize)
+    return StreamWriter(sock, mode, bufsize)
+
+
+class _Connection(HTTPConnection):
+    """A cheroot connection whose request bodies are read by BulkStreamReader."""
+
+    def __init__(self, server, sock, makefile=None):
+        super().__init__(server, sock, makefile=_streams)
 
 
 class WebServer:
@@ -28,6 +79,7 @@ class WebServer:
             timeout=60,
         )
         self.server.max_request_body_size = 0
+        self.server.ConnectionClass = _Connection
         if box.config.server.tls:
             self.server.ssl_adapter = BuiltinSSLAdapter(
                 str(box.keys.tls_cert), str(box.keys.tls_key)

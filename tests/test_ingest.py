@@ -6,6 +6,7 @@ import base64
 import hashlib
 import http.client
 import os
+import socket
 import ssl
 import threading
 from pathlib import Path
@@ -520,4 +521,33 @@ def test_chunked_patch_bodies(box, camera):
             Upload_Offset=str(MIB), Content_Type="application/offset+octet-stream"
         ),
     )
+    assert response.headers["EdgeBox-Evidence-Sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_camera_that_vanishes_mid_body_resumes_from_what_was_kept(box, camera):
+    """The connection drops halfway through a PATCH body: the box keeps every byte that
+    arrived, HEAD says where to go on, and the resumed upload has the right evidence hash."""
+    data = os.urandom(5 * MIB + 777)
+    location = camera.create(len(data)).headers["Location"]
+    context = ssl.create_default_context(cafile=str(box.keys.tls_cert))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # no unread session tickets: a clean FIN
+    host, port = box.url.removeprefix("https://").split(":")
+    with context.wrap_socket(
+        socket.create_connection((host, int(port))), server_hostname=host
+    ) as tls:
+        head = (
+            f"PATCH {location} HTTP/1.1\r\nHost: {host}\r\nTus-Resumable: 1.0.0\r\n"
+            f"Authorization: Bearer {camera.token}\r\nUpload-Offset: 0\r\n"
+            f"Content-Type: application/offset+octet-stream\r\nContent-Length: {len(data)}\r\n\r\n"
+        )
+        tls.sendall(head.encode() + data[: 3 * MIB + 12345])
+    offset = None
+    for _ in range(100):  # the box notices the cut when its read fails
+        offset = int(camera.head(location).headers["Upload-Offset"])
+        if offset:
+            break
+        threading.Event().wait(0.1)
+    assert offset == 3 * MIB + 12345, offset
+    response = camera.patch(location, offset, data[offset:])
+    assert response.status_code == 204, response.text
     assert response.headers["EdgeBox-Evidence-Sha256"] == hashlib.sha256(data).hexdigest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 
+from cheroot.server import ChunkedRFile, KnownLengthRFile
 from flask import Blueprint, Response, current_app, request
 
 from edgebox.clock import parse_rfc3339
@@ -113,10 +114,18 @@ def patch(upload_id: str):
         device,
         request.headers.get("Upload-Offset"),
         request.content_length,
-        request.stream,
+        _body_stream(),
         request.headers.get("Upload-Checksum"),
     )
     return _progress_response(progress, 204)
+
+
+def _body_stream():
+    """The request body as the server hands it over, already bounded by Content-Length or by
+    the chunked encoding (cheroot's own readers, so each block is read once, not re-buffered
+    and copied twice by werkzeug's generic wrapper)."""
+    raw = request.environ["wsgi.input"]
+    return raw if isinstance(raw, (KnownLengthRFile, ChunkedRFile)) else request.stream
 
 
 @tus.route("/<upload_id>", methods=["DELETE"])
