@@ -28,6 +28,7 @@ from pathlib import Path
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import ingest_floor as floor  # noqa: E402
 from bench.common import (  # noqa: E402
     GIB,
     HERE,
@@ -174,6 +175,9 @@ class Bench:
                     self.record(key, pid, body)
                     after()
             self.box_lifetime_hwm = vm_hwm(box.proc.pid)
+            if "floor" not in args.skip:
+                log("bench: the CPU floor (TLS, SHA-256, AES-GCM alone)")
+                self.floor = floor.measure(Path(box.cert), Path(box.key))
             if args.profile:
                 self.profile(box)
             self.elapsed = time.monotonic() - started
@@ -357,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="skip a server (peer-http, peer-https, peer-https-fsync), a variant "
-        "(multi, small, tuspy), vault, or KEY like box/tuspy",
+        "(multi, small, tuspy), vault, floor (the CPU floor), or KEY like box/tuspy",
     )
     parser.add_argument(
         "--profile",

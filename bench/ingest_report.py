@@ -98,6 +98,7 @@ def report(bench) -> str:
             f"{'met' if ok else 'NOT met'} "
             f"(on best)"
         )
+    aims += _floor_lines(bench, have)
     aims.append(
         f"- box peak RSS < 150 MB: {box_rss / MB:.0f} MB (box process VmHWM over the "
         f"whole run, start-up included) — {'met' if box_rss < 150 * MB else 'NOT met'}"
@@ -139,3 +140,29 @@ def report(bench) -> str:
         ]
         lines += [f"- {share:5.1%} {frame}" for frame, share in hot["self"][:10]]
     return "\n".join(lines) + "\n"
+
+
+def _floor_lines(bench, have) -> list[str]:
+    """What the unavoidable steps cost on this machine, and the ceiling they put on ingest."""
+    f = getattr(bench, "floor", None)
+    if f is None:
+        return []
+    cores = os.cpu_count() or 1
+    lines = [
+        f"  CPU floor, measured in the same run (each step alone in the bench process, best "
+        f"of 3): TLS receive {f.tls_receive:.2f} + SHA-256 of the plaintext {f.sha256:.2f} + "
+        f"SHA-256 of the stored file {f.sha256:.2f} + AES-256-GCM {f.aes_gcm:.2f} = "
+        f"{f.box:.2f} CPU s/GiB for the box, plus {f.tls_send:.2f} for the client's TLS send: "
+        f"{f.total:.2f} CPU s/GiB. With client and box on the same {cores} cores no "
+        f"implementation can pass {f.ceiling_mb_s(cores):.0f} MB/s here"
+    ]
+    if "disk" in have:
+        lines[0] += f" ({f.ceiling_mb_s(cores) / have['disk'].best():.2f} × disk)"
+    if "box/single" in have and have["box/single"].cpu_per_gib():
+        box_cpu = have["box/single"].cpu_per_gib()
+        lines[0] += (
+            f"; the box spends {box_cpu:.2f} CPU s/GiB on a single upload, "
+            f"{box_cpu / f.box:.2f} × its floor"
+        )
+    lines[0] += "."
+    return lines
