@@ -95,6 +95,7 @@ class ReplicationSection:
     sync_interval_seconds: int = 1
     s3_url: str = ""
     litestream_bin: str = ""
+    ship_interval_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ def _validate(config: Config) -> None:
         ("upstream.session_expiry_hours", 1),
         ("upstream.keepalive_seconds", 5),
         ("upstream.ack_timeout_seconds", 1),
+        ("replication.ship_interval_seconds", 0),
     ):
         section, key = name.split(".")
         if getattr(getattr(config, section), key) < minimum:

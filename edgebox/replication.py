@@ -28,19 +28,19 @@ from edgebox import replication_config as lsconf
 from edgebox.clock import iso
 from edgebox.config import Config
 from edgebox.durable import atomic_write, fsync_dir
-from edgebox.replication_config import ReplicationError
+from edgebox.replication_config import MARKER_NAME, ReplicationError
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "replication-state.json"
 LOG_NAME = "litestream.log"
-MARKER_NAME = "edgebox-replica.json"
 LOG_LIMIT = 1 << 20
 FAILED_AFTER = 5  # consecutive quick deaths before the state reads "failed" (it keeps retrying)
 
 __all__ = [
     "ReplicationError",
     "Replicator",
+    "claim_replica",
     "health_job",
     "orphan_vault_files",
     "replication_status",
@@ -221,8 +221,10 @@ def _lineage(db_path: Path) -> str | None:
         conn.close()
 
 
-def _check_lineage(config: Config) -> None:
-    """Refuse to replicate a different database over a replica that holds a box's history.
+def claim_replica(config: Config) -> None:
+    """Mark an empty replica folder as this box's, or refuse one that holds another history.
+
+    Refuses to replicate a different database over a replica that holds a box's history.
 
     Litestream 0.5 accepts any database into a replica whose position is ahead and makes it
     the newest restorable state, so a freshly initialised box would hide the old history.
@@ -421,7 +423,7 @@ class Replicator:
                 ) from None
         if not lsconf.database_path(self.config).exists():
             raise ReplicationError(f"no database at {lsconf.database_path(self.config)}")
-        _check_lineage(self.config)
+        claim_replica(self.config)
         self._evict_stray()
         path = lsconf.write(self.config)
         if self.log_path.exists() and self.log_path.stat().st_size > LOG_LIMIT:

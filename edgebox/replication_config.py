@@ -23,6 +23,7 @@ from edgebox.errors import EdgeboxError
 
 DB_NAME = "box.db"
 CONFIG_NAME = "litestream.yml"
+MARKER_NAME = "edgebox-replica.json"  # the replica's owner, written by the box (replication.py)
 _LTX = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 
 
@@ -119,15 +120,21 @@ def write(config: Config) -> Path:
 
 
 def ltx_files(folder: Path) -> list[tuple[int, int, int, Path]]:
-    """(level, min txid, max txid, path) of every LTX file under `folder/ltx`."""
+    """(level, min txid, max txid, path) of every LTX file under `folder/ltx`.
+
+    Levels are read in ascending order (see `replication_set.scan` for why).
+    """
     found = []
-    root = folder / "ltx"
+    root = Path(folder) / "ltx"
     if not root.is_dir():
         return found
-    for level in root.iterdir():
-        if not level.is_dir() or not level.name.isdigit():
+    levels = [p for p in root.iterdir() if p.name.isdigit() and p.is_dir()]
+    for level in sorted(levels, key=lambda p: int(p.name)):
+        try:
+            entries = list(level.iterdir())
+        except FileNotFoundError:  # Litestream removed an emptied level
             continue
-        for entry in level.iterdir():
+        for entry in entries:
             match = _LTX.match(entry.name)
             if match:
                 found.append(

@@ -5,7 +5,8 @@ Layout under the store folder:
 - `transfers/<box>/<tid>/init.json`: the accepted init message;
 - `transfers/<box>/<tid>/data`: the file, preallocated, written by offset;
 - `transfers/<box>/<tid>/have/<offset>`: a marker per stored, hash-checked segment;
-- `boxes/<box>/recordings/<recording>.ebv` and `.manifest.json`: complete files.
+- `boxes/<box>/recordings/<recording>.ebv` and `.manifest.json`: complete recordings;
+- `replicas/<box>/...`: complete replica files and sets (`edgebox.central.replicas`).
 
 Completion is decided from what is stored (markers, size, whole-file hash), never
 from which worker saw which message.
@@ -101,13 +102,14 @@ class Transfer:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def complete_into(self, destination: Path, manifest: dict) -> None:
-        """Move the verified file into the box's recordings, with its manifest beside it."""
+    def complete_into(self, destination: Path, manifest: dict | None = None) -> None:
+        """Move the verified file into place (a recording's with its manifest beside it)."""
         destination.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(
-            destination.with_suffix(".manifest.json"),
-            json.dumps(manifest, indent=2, sort_keys=True).encode(),
-        )
+        if manifest is not None:
+            atomic_write(
+                destination.with_suffix(".manifest.json"),
+                json.dumps(manifest, indent=2, sort_keys=True).encode(),
+            )
         os.replace(self.data, destination)
         fsync_dir(destination.parent)
         shutil.rmtree(self.folder, ignore_errors=True)

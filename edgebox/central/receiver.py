@@ -10,23 +10,20 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgebox import custody, vault
-from edgebox.central.files import Transfer, file_sha256, recording_path
+from edgebox import custody
+from edgebox.central.files import Transfer, file_sha256
 from edgebox.central.index import Index
+from edgebox.central.kinds import RecordingFiles, Refused, ReplicaFiles, check_init, kind_of
 from edgebox.clock import iso
 from edgebox.sync import protocol
 from edgebox.sync.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
-MAX_FILE = 1 << 40
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 CUSTODY_INSERT = (
     "INSERT OR IGNORE INTO custody (box_id, seq, ts, event, actor, subject, details, prev_hash, "
     "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -40,6 +37,10 @@ class Receiver:
         self.root = Path(store_dir)
         self.index = Index(self.root)
         self.publish = publish
+        self.kinds = {
+            "recording": RecordingFiles(self.root, self.index),
+            "replica": ReplicaFiles(self.root, self.index),
+        }
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Dispatch one message; problems are logged as rejections, never raised."""
@@ -99,6 +100,12 @@ class Receiver:
         public = self._identity(box, message.get("identity"))
         if message.get("type") == "custody":
             status = self._custody(box, message, public)
+        elif message.get("type") == "replica.set":
+            try:
+                status = self.kinds["replica"].commit(box, message, public)
+            except Refused as exc:
+                self.index.reject(protocol.meta_topic(box), f"replica set: {exc.message}")
+                status = {"status": "rejected", "reason": exc.message}
         else:
             with self.index.write() as db:
                 db.execute(
@@ -184,58 +191,32 @@ class Receiver:
     # -- files ----------------------------------------------------------------
     def _init(self, box: str, tid: str, message: dict) -> None:
         public = self._identity(box, message.get("identity"))
-        _check_init(box, tid, message)
-        if not protocol.check_signature(message["manifest"], message["signature"], public):
-            self.index.reject(protocol.init_topic(box, tid), "manifest signature invalid")
-            self._ack(
-                box,
-                {
-                    "re": "init",
-                    "tid": tid,
-                    "status": "rejected",
-                    "reason": "manifest signature invalid",
-                },
-            )
+        kind = kind_of(tid, self.kinds)
+        try:
+            check_init(box, tid, message)
+            kind.check(box, tid, message)
+            if not protocol.check_signature(message["manifest"], message["signature"], public):
+                raise Refused("manifest signature invalid")
+        except Refused as exc:
+            self.index.reject(protocol.init_topic(box, tid), exc.message)
+            self._ack(box, {"re": "init", "tid": tid, "status": "rejected", "reason": exc.message})
             return
         transfer = Transfer(self.root, box, tid)
         with transfer.locked():
-            self._init_locked(box, tid, message, transfer)
-
-    def _init_locked(self, box: str, tid: str, message: dict, transfer: Transfer) -> None:
-        held = self.index.one(
-            "SELECT * FROM recordings WHERE box_id = ? AND recording_id = ?",
-            (box, message["recording_id"]),
-        )
-        if held is not None:
-            if held["stored_sha256"] == message["sha256"]:
-                self._complete(box, "init", tid, held["stored_sha256"], held["size"])
-            else:
-                self.index.alarm(
-                    box, f"recording {message['recording_id']} sent again with other bytes"
-                )
-                self._ack(
-                    box,
-                    {
-                        "re": "init",
-                        "tid": tid,
-                        "status": "rejected",
-                        "reason": "central already holds this recording with other bytes",
-                    },
-                )
-            return
-        if transfer.exists and transfer.init()["sha256"] != message["sha256"]:
-            raise ProtocolError("init for an existing transfer with other bytes")
-        transfer.create(message)
+            verdict = kind.verdict(box, tid, message)
+            if verdict is not None:
+                self._ack(box, {"re": "init", "tid": tid, **verdict})
+                return
+            if transfer.exists and transfer.init()["sha256"] != message["sha256"]:
+                raise ProtocolError("init for an existing transfer with other bytes")
+            transfer.create(message)
         self._ack(box, {"re": "init", "tid": tid, "status": "ok", "have": transfer.have()})
 
     def _segment(self, parts: dict, payload: bytes) -> None:
         box, tid, offset = parts["box"], parts["tid"], parts["offset"]
         transfer = Transfer(self.root, box, tid)
         if not transfer.exists:
-            held = self.index.one(
-                "SELECT 1 FROM recordings WHERE box_id = ? AND tid = ?", (box, tid)
-            )
-            if held:
+            if kind_of(tid, self.kinds).held(box, tid):
                 self._ack(box, {"re": "seg", "tid": tid, "offset": offset, "status": "ok"})
                 return
             self.index.reject(
@@ -260,9 +241,10 @@ class Receiver:
 
     def _fin(self, box: str, tid: str, message: dict) -> None:
         transfer = Transfer(self.root, box, tid)
-        held = self.index.one("SELECT * FROM recordings WHERE box_id = ? AND tid = ?", (box, tid))
+        kind = kind_of(tid, self.kinds)
+        held = kind.held(box, tid)
         if held is not None:
-            self._complete(box, "fin", tid, held["stored_sha256"], held["size"])
+            self._complete(box, "fin", tid, held["sha256"], held["size"])
             return
         if not transfer.exists:
             self.index.reject(protocol.fin_topic(box, tid), "fin for an unknown transfer")
@@ -272,7 +254,7 @@ class Receiver:
         if message.get("size") != init["size"] or message.get("sha256") != init["sha256"]:
             raise ProtocolError("fin names another size or hash than the init")
         with transfer.locked():
-            if self.index.one("SELECT 1 FROM recordings WHERE box_id = ? AND tid = ?", (box, tid)):
+            if kind.held(box, tid):
                 self._complete(box, "fin", tid, init["sha256"], init["size"])
                 return None
             missing = sorted(
@@ -291,37 +273,9 @@ class Receiver:
                 transfer.forget_segments()
                 self._ack(box, {"re": "fin", "tid": tid, "status": "resend_all"})
                 return None
-            self._store(box, tid, transfer, init)
+            kind.store(box, tid, transfer, init)
         self._complete(box, "fin", tid, init["sha256"], init["size"])
         return None
-
-    def _store(self, box: str, tid: str, transfer: Transfer, init: dict) -> None:
-        destination = recording_path(self.root, box, init["recording_id"])
-        problems = vault.check_structure(transfer.data)  # the hash was checked by the caller
-        if problems:
-            self.index.alarm(box, f"recording {init['recording_id']}: {problems[0]}")
-        transfer.complete_into(
-            destination, {"manifest": init["manifest"], "signature": init["signature"], "tid": tid}
-        )
-        recording = init["manifest"]["recording"]
-        with self.index.write() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO recordings (box_id, recording_id, tid, evidence_sha256, "
-                "stored_sha256, size, file, manifest, signature, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    box,
-                    init["recording_id"],
-                    tid,
-                    recording["evidence_sha256"],
-                    init["sha256"],
-                    init["size"],
-                    str(destination.relative_to(self.root)),
-                    json.dumps(init["manifest"]),
-                    init["signature"],
-                    iso(),
-                ],
-            )
 
 
 def _public(b64: str) -> Ed25519PublicKey:
@@ -329,34 +283,3 @@ def _public(b64: str) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64, validate=True))
     except (ValueError, TypeError):
         raise ProtocolError("identity is not an Ed25519 public key") from None
-
-
-def _check_init(box: str, tid: str, message: dict) -> None:
-    """Reject an init whose fields are missing, malformed or inconsistent."""
-    try:
-        size, chunk, sha = message["size"], message["chunk"], message["sha256"]
-        manifest, rid = message["manifest"], message["recording_id"]
-        isinstance(message["signature"], str) or _raise("signature must be text")
-    except KeyError as exc:
-        raise ProtocolError(f"init without {exc.args[0]}") from None
-    if message.get("box") != box or message.get("tid") != tid:
-        raise ProtocolError("init names another box or transfer than its topic")
-    if not isinstance(size, int) or not 0 <= size <= MAX_FILE:
-        raise ProtocolError("init size must be a non-negative integer")
-    if not isinstance(chunk, int) or not 1024 <= chunk <= 16 << 20:
-        raise ProtocolError("init chunk must be 1 KiB to 16 MiB")
-    if not isinstance(sha, str) or not _HEX64.match(sha):
-        raise ProtocolError("init sha256 must be 64 lowercase hex digits")
-    if not isinstance(rid, str) or not _RID.match(rid) or tid != protocol.transfer_id(rid, sha):
-        raise ProtocolError("init recording id does not match its transfer id")
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("box_id") != box
-        or manifest.get("stored_sha256") != sha
-        or manifest.get("stored_size") != size
-    ):
-        raise ProtocolError("manifest does not describe this file")
-
-
-def _raise(message: str):
-    raise ProtocolError(message)

@@ -163,3 +163,44 @@ def verify_package_central(folder, as_json):
 
     emit(report.to_dict(), as_json, text)
     sys.exit(0 if report.ok else 1)
+
+
+@central.command("replica")
+@click.argument("box_id")
+@store_option
+@click.option(
+    "--check", is_flag=True, help="Re-hash every file of the copy; exit 1 when one is damaged."
+)
+@click.option(
+    "--export",
+    "export_to",
+    type=click.Path(path_type=Path),
+    help="Copy the current set to this folder (new or empty), checking every file's hash.",
+)
+@json_option
+@handle_errors
+def replica_central(box_id, store, check, export_to, as_json):
+    """Central's copy of a box's Litestream replica: where it is, how far it goes."""
+    from edgebox.central.replicas import ReplicaStore
+
+    replicas = ReplicaStore(store, box_id)
+    if export_to is not None:
+        report = replicas.export(export_to)
+    elif check:
+        report = replicas.check()
+    else:
+        report = replicas.report()
+
+    def text(r):
+        click.echo(
+            f"box {r['box_id']}: set {r['set']} at txid {r['txid']}, {r['files']} files, "
+            f"{r['bytes']} bytes, received {r['received_at']}"
+        )
+        click.echo(f"restore with: edgebox restore --from {r.get('exported_to') or r['path']}")
+        for path in r["damaged"]:
+            click.echo(f"DAMAGED {path}: the box's next replica set brings it again")
+        for path in r["kept"]:
+            click.echo(f"earlier replica kept at {path}")
+
+    emit(report, as_json, text)
+    sys.exit(1 if report["damaged"] else 0)

@@ -115,6 +115,21 @@ def transfer_id(recording_id: str, stored_sha256: str) -> str:
     return f"{recording_id}.{stored_sha256[:16]}"
 
 
+REPLICA_TRANSFER = "replica."
+
+
+def replica_transfer_id(sha256: str) -> str:
+    """A replica file's transfer id: named by its content (recording ids never end in 64 hex
+    after their only dot)."""
+    return f"{REPLICA_TRANSFER}{sha256}"
+
+
+def is_replica_transfer(tid: str) -> bool:
+    """Whether a transfer id names a replica file rather than a recording."""
+    rest = tid.removeprefix(REPLICA_TRANSFER)
+    return rest != tid and len(rest) == 64 and all(c in "0123456789abcdef" for c in rest)
+
+
 def offsets(size: int, chunk: int) -> list[int]:
     """Every segment offset of a file of `size` bytes (an empty file has one empty segment)."""
     return list(range(0, size, chunk)) or [0]

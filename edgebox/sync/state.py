@@ -1,4 +1,5 @@
-"""The upstream link's small persistent state (custody cursor, link status, transfer progress)."""
+"""The upstream link's small persistent state (custody cursor, link status, transfer progress,
+the replica set central holds)."""
 
 from __future__ import annotations
 
@@ -42,9 +43,11 @@ def backlog(store: Store) -> dict:
 
 
 def report(store: Store) -> dict:
-    """Link state, last transfer progress and backlog, for `edgebox status`."""
+    """Link state, last transfer progress, backlog and the replica's copy at central, for
+    `edgebox status`."""
     return {
         "link": get(store, "link", {"state": "offline", "detail": "never connected"}),
         "transfer": get(store, "transfer"),
         "backlog": backlog(store),
+        "replica": get(store, "replica"),
     }

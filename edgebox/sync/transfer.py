@@ -1,4 +1,8 @@
-"""One vault file to central: init, segments by offset in a bounded window, fin, end-to-end ack."""
+"""Files to central: init, segments by offset in a bounded window, fin, end-to-end ack.
+
+`SegmentedTransfer` is the protocol; `FileTransfer` sends a recording's vault file
+(`edgebox.sync.replica` sends the Litestream replica's files the same way).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 
 from edgebox import vault
 from edgebox.errors import EdgeboxError
@@ -37,17 +42,18 @@ MANIFEST_FIELDS = (
 )
 
 
-class FileTransfer:
-    """Sends one recording's vault file and waits for central's verdict."""
+class SegmentedTransfer:
+    """One file to central: init, segments by offset in a bounded window, fin, and central's
+    end-to-end verdict. Subclasses say what the file is (`init_message`) and what central's
+    answers mean for it (`completed`, `refused`)."""
 
-    def __init__(self, uplink, rec: dict):
+    def __init__(self, uplink, path: Path, size: int, sha256: str, tid: str):
         self.uplink = uplink
-        self.rec = rec
         self.box_id = uplink.box_id
-        self.path = uplink.box.uploads.vault_path(rec["id"])
-        self.size = rec["stored_size"]
-        self.sha256 = rec["stored_sha256"]
-        self.tid = protocol.transfer_id(rec["id"], self.sha256)
+        self.path = Path(path)
+        self.size = size
+        self.sha256 = sha256
+        self.tid = tid
         self.chunk = uplink.up.chunk_size
 
     def _match(self, kind: str, offset: int | None = None):
@@ -59,6 +65,127 @@ class FileTransfer:
             )
 
         return match
+
+    def init_message(self) -> dict:
+        """The init central checks the file against (subclasses add what the file is)."""
+        return {
+            "tid": self.tid,
+            "box": self.box_id,
+            "size": self.size,
+            "sha256": self.sha256,
+            "chunk": self.chunk,
+            "identity": self.uplink.identity,
+        }
+
+    def signed(self, manifest: dict) -> dict:
+        """`manifest` with the box's signature over it, for the init."""
+        identity = self.uplink.box.keys.identity()
+        return {"manifest": manifest, "signature": protocol.sign(manifest, identity)}
+
+    def completed(self, ack: dict) -> None:
+        """Central holds the whole file (hash and size already checked against ours)."""
+
+    def refused(self, reason: str) -> None:
+        """Central rejected the file."""
+
+    def advanced(self, sent: int) -> None:
+        """Segments up to about `sent` bytes are confirmed (for progress reports)."""
+
+    def send(self) -> None:
+        """Transfer the file; returns when central confirmed or rejected it, raises LinkLost.
+
+        The file stays open for the whole transfer, so a replica file that Litestream
+        deletes meanwhile is still read whole.
+        """
+        init = self.init_message()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            while True:
+                try:
+                    return self._attempt(init, fd)
+                except _Restart:
+                    log.info("central lost transfer %s; starting it again", self.tid)
+        finally:
+            os.close(fd)
+
+    def _attempt(self, init: dict, fd: int) -> None:
+        ack = self.uplink.request(
+            protocol.init_topic(self.box_id, self.tid), init, self._match("init")
+        )
+        while True:
+            if ack.get("status") == "unknown":
+                raise _Restart()
+            if ack.get("status") == "complete":
+                return self._finish(ack)
+            if ack.get("status") == "rejected":
+                return self.refused(str(ack.get("reason", "no reason given")))
+            have = set(ack.get("have") or []) if ack.get("status") != "resend_all" else set()
+            wanted = ack.get("offsets") if ack.get("status") == "resend" else None
+            self._send_segments(fd, have, wanted)
+            ack = self.uplink.request(
+                protocol.fin_topic(self.box_id, self.tid),
+                {"tid": self.tid, "box": self.box_id, "size": self.size, "sha256": self.sha256},
+                self._match("fin"),
+            )
+
+    def _finish(self, ack: dict) -> None:
+        if ack.get("sha256") != self.sha256 or ack.get("size") != self.size:
+            raise EdgeboxError(
+                f"central's confirmation for {self.tid} names other bytes "
+                f"({ack.get('sha256')}, {ack.get('size')}); not trusting it"
+            )
+        self.completed(ack)
+
+    def _send_segments(self, fd: int, have: set, wanted: list | None) -> None:
+        todo = [o for o in (wanted or protocol.offsets(self.size, self.chunk)) if o not in have]
+        todo.reverse()  # pop() from the end sends in ascending order
+        inflight: dict[int, float] = {}
+        window = self.uplink.up.window
+        timeout = self.uplink.up.ack_timeout_seconds
+        sent = self.size - len(todo) * self.chunk
+        while todo or inflight:
+            while todo and len(inflight) < window and not self.uplink.interleave_due():
+                offset = todo.pop()
+                data = self.uplink.read_chunk(fd, offset, self.size)
+                self.uplink.throttle(len(data))
+                digest = hashlib.sha256(data).hexdigest()
+                self.uplink.publish(
+                    protocol.segment_topic(self.box_id, self.tid, offset, digest), data
+                )
+                inflight[offset] = time.monotonic()
+            if not inflight:  # the window is drained: let the replica round go in between
+                self.uplink.interleave()
+                continue
+            ack = self.uplink.wait_ack(self._match("seg"), timeout)
+            if ack is None:  # nothing came back in time: resend what is outstanding
+                todo.extend(sorted(inflight, reverse=True))
+                inflight.clear()
+                continue
+            offset = ack.get("offset")
+            if offset not in inflight:
+                continue
+            del inflight[offset]
+            if ack.get("status") == "unknown":
+                raise _Restart()
+            if ack.get("status") == "ok":
+                sent += self.chunk
+                self.advanced(min(sent, self.size))
+            else:
+                todo.append(offset)
+
+
+class FileTransfer(SegmentedTransfer):
+    """Sends one recording's vault file and waits for central's verdict."""
+
+    def __init__(self, uplink, rec: dict):
+        super().__init__(
+            uplink,
+            uplink.box.uploads.vault_path(rec["id"]),
+            rec["stored_size"],
+            rec["stored_sha256"],
+            protocol.transfer_id(rec["id"], rec["stored_sha256"]),
+        )
+        self.rec = rec
 
     def manifest(self) -> dict:
         """The signed facts central checks the file against."""
@@ -75,103 +202,40 @@ class FileTransfer:
             "custody": ingested,
         }
 
+    def init_message(self) -> dict:
+        """The recording's init: its id, file name and signed manifest."""
+        return {
+            **super().init_message(),
+            "recording_id": self.rec["id"],
+            "name": self.path.name,
+            **self.signed(self.manifest()),
+        }
+
     def run(self) -> None:
         """Transfer the file; returns when central confirmed, rejected, or the link dropped."""
         problems = vault.check_structure(self.path, self.sha256)
         if problems:  # never ship damaged bytes; flag it and let the rest of the backlog go on
             return self.uplink.damaged(self.rec, problems[0])
-        manifest = self.manifest()
-        identity = self.uplink.box.keys.identity()
-        init = {
-            "tid": self.tid,
-            "box": self.box_id,
-            "recording_id": self.rec["id"],
-            "name": self.path.name,
-            "size": self.size,
-            "sha256": self.sha256,
-            "chunk": self.chunk,
-            "manifest": manifest,
-            "signature": protocol.sign(manifest, identity),
-            "identity": self.uplink.identity,
-        }
         with self.uplink.store.write() as db:
             db.execute(
                 "UPDATE recordings SET sync_state = 'sending' WHERE id = ? "
                 "AND sync_state = 'pending'",
                 [self.rec["id"]],
             )
-        while True:
-            try:
-                return self._attempt(init)
-            except _Restart:
-                log.info("central lost transfer %s; starting it again", self.tid)
+        self.send()
 
-    def _attempt(self, init: dict) -> None:
-        ack = self.uplink.request(
-            protocol.init_topic(self.box_id, self.tid), init, self._match("init")
-        )
-        while True:
-            if ack.get("status") == "unknown":
-                raise _Restart()
-            if ack.get("status") == "complete":
-                return self._finish(ack)
-            if ack.get("status") == "rejected":
-                return self.uplink.rejected(self.rec, str(ack.get("reason", "no reason given")))
-            have = set(ack.get("have") or []) if ack.get("status") != "resend_all" else set()
-            wanted = ack.get("offsets") if ack.get("status") == "resend" else None
-            self._send_segments(have, wanted)
-            ack = self.uplink.request(
-                protocol.fin_topic(self.box_id, self.tid),
-                {"tid": self.tid, "box": self.box_id, "size": self.size, "sha256": self.sha256},
-                self._match("fin"),
-            )
-
-    def _finish(self, ack: dict) -> None:
-        if ack.get("sha256") != self.sha256 or ack.get("size") != self.size:
-            raise EdgeboxError(
-                f"central's confirmation for {self.rec['id']} names other bytes "
-                f"({ack.get('sha256')}, {ack.get('size')}); not sealing"
-            )
+    def completed(self, ack: dict) -> None:
+        """Mark synced and seal (see Uplink.confirmed)."""
         self.uplink.progress(self.rec["id"], self.size, self.size, force=True)
         self.uplink.confirmed(self.rec, ack)
 
-    def _send_segments(self, have: set, wanted: list | None) -> None:
-        todo = [o for o in (wanted or protocol.offsets(self.size, self.chunk)) if o not in have]
-        todo.reverse()  # pop() from the end sends in ascending order
-        inflight: dict[int, float] = {}
-        window = self.uplink.up.window
-        timeout = self.uplink.up.ack_timeout_seconds
-        sent = self.size - len(todo) * self.chunk
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            while todo or inflight:
-                while todo and len(inflight) < window:
-                    offset = todo.pop()
-                    data = self.uplink.read_chunk(fd, offset, self.size)
-                    self.uplink.throttle(len(data))
-                    digest = hashlib.sha256(data).hexdigest()
-                    self.uplink.publish(
-                        protocol.segment_topic(self.box_id, self.tid, offset, digest), data
-                    )
-                    inflight[offset] = time.monotonic()
-                ack = self.uplink.wait_ack(self._match("seg"), timeout)
-                if ack is None:  # nothing came back in time: resend what is outstanding
-                    todo.extend(sorted(inflight, reverse=True))
-                    inflight.clear()
-                    continue
-                offset = ack.get("offset")
-                if offset not in inflight:
-                    continue
-                del inflight[offset]
-                if ack.get("status") == "unknown":
-                    raise _Restart()
-                if ack.get("status") == "ok":
-                    sent += self.chunk
-                    self.uplink.progress(self.rec["id"], min(sent, self.size), self.size)
-                else:
-                    todo.append(offset)
-        finally:
-            os.close(fd)
+    def refused(self, reason: str) -> None:
+        """Keep the recording, flagged as rejected."""
+        self.uplink.rejected(self.rec, reason)
+
+    def advanced(self, sent: int) -> None:
+        """Report progress for status and the dashboard."""
+        self.uplink.progress(self.rec["id"], sent, self.size)
 
 
 class _Restart(Exception):

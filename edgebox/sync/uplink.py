@@ -3,6 +3,8 @@
 One thread does the work in priority order (custody and metadata first, then
 recordings under a hold or tied to an incident, then the oldest), sending only
 while the link is up and keeping at most `window` file segments unacknowledged.
+Once per `replication.ship_interval_seconds` the Litestream replica's new files
+go up in between (see `edgebox.sync.replica`).
 Only central's end-to-end answer marks anything delivered; then the recording
 is sealed.
 """
@@ -24,6 +26,7 @@ from edgebox.clock import iso
 from edgebox.errors import EdgeboxError
 from edgebox.sync import protocol, state
 from edgebox.sync.link import Link, settings_from_config
+from edgebox.sync.replica import ReplicaShipper
 
 log = logging.getLogger(__name__)
 CUSTODY_BATCH = 500
@@ -76,6 +79,7 @@ class Uplink:
         )
         self.identity = base64.b64encode(identity).decode()
         self._bucket = _Bucket(self.up.bandwidth_bytes_per_second)
+        self.replica = ReplicaShipper(self)
         self._thread: threading.Thread | None = None
         self._progress_stamp = 0.0
 
@@ -132,7 +136,12 @@ class Uplink:
             if not self.link.connected.wait(1):
                 continue
             try:
-                busy = self._send_custody() or self._send_meta() or self._send_next_recording()
+                busy = (
+                    self._send_custody()
+                    or self._send_meta()
+                    or self.replica.ship_if_due()
+                    or self._send_next_recording()
+                )
             except LinkLost:
                 continue
             except EdgeboxError as exc:
@@ -170,6 +179,14 @@ class Uplink:
                 "ignored stale or unrelated ack %s", {k: ack.get(k) for k in ("re", "tid", "id")}
             )
         raise LinkLost()
+
+    def interleave_due(self) -> bool:
+        """Whether a long transfer should pause between windows for the replica round."""
+        return self.replica.due()
+
+    def interleave(self) -> None:
+        """Run the replica round that is due (between two windows of a long transfer)."""
+        self.replica.ship_if_due()
 
     def request(self, topic: str, message: dict, match) -> dict:
         """Publish a JSON message and wait for its ack, resending after each timeout."""

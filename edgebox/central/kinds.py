@@ -1,0 +1,211 @@
+"""What each kind of file transfer is at central: how its init is checked, what central already
+holds of it, and where the complete file goes.
+
+Recordings go to `boxes/<box>/recordings/` and the index; Litestream replica files go to
+`replicas/<box>/incoming/<sha256>` and wait for the set that lists them
+(`edgebox.central.replicas`). The transfer itself (segments by offset, fin, whole-file
+hash) is the same for both (`edgebox.central.receiver`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from edgebox import replication_set, vault
+from edgebox.central.files import Transfer, recording_path
+from edgebox.central.index import Index
+from edgebox.central.replicas import ReplicaStore
+from edgebox.clock import iso
+from edgebox.sync import protocol
+from edgebox.sync.protocol import ProtocolError
+
+MAX_FILE = 1 << 40
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class Refused(ProtocolError):
+    """A well-formed message central will not act on: it answers `rejected` with the reason."""
+
+
+def check_init(box: str, tid: str, message: dict) -> None:
+    """Reject an init whose common fields are missing, malformed or inconsistent."""
+    try:
+        size, chunk, sha, manifest = (message[k] for k in ("size", "chunk", "sha256", "manifest"))
+        isinstance(message["signature"], str) or _raise("signature must be text")
+    except KeyError as exc:
+        raise ProtocolError(f"init without {exc.args[0]}") from None
+    if message.get("box") != box or message.get("tid") != tid:
+        raise ProtocolError("init names another box or transfer than its topic")
+    if not isinstance(size, int) or not 0 <= size <= MAX_FILE:
+        raise ProtocolError("init size must be a non-negative integer")
+    if not isinstance(chunk, int) or not 1024 <= chunk <= 16 << 20:
+        raise ProtocolError("init chunk must be 1 KiB to 16 MiB")
+    if not isinstance(sha, str) or not _HEX64.match(sha):
+        raise ProtocolError("init sha256 must be 64 lowercase hex digits")
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("box_id") != box
+        or manifest.get("stored_sha256") != sha
+        or manifest.get("stored_size") != size
+    ):
+        raise ProtocolError("manifest does not describe this file")
+
+
+def _raise(message: str):
+    raise ProtocolError(message)
+
+
+class RecordingFiles:
+    """Vault files of recordings: signed manifest, indexed once per box and recording."""
+
+    def __init__(self, root: Path, index: Index):
+        self.root = Path(root)
+        self.index = index
+
+    def check(self, box: str, tid: str, message: dict) -> None:
+        """The recording id must be sound and match the transfer id."""
+        rid = message.get("recording_id")
+        if rid is None:
+            raise ProtocolError("init without recording_id")
+        if not isinstance(rid, str) or not _RID.match(rid):
+            raise ProtocolError("init recording id does not match its transfer id")
+        if tid != protocol.transfer_id(rid, message["sha256"]):
+            raise ProtocolError("init recording id does not match its transfer id")
+
+    def verdict(self, box: str, tid: str, message: dict) -> dict | None:
+        """`complete` when central holds the recording, `rejected` when it holds other bytes."""
+        held = self.index.one(
+            "SELECT * FROM recordings WHERE box_id = ? AND recording_id = ?",
+            (box, message["recording_id"]),
+        )
+        if held is None:
+            return None
+        if held["stored_sha256"] == message["sha256"]:
+            return {"status": "complete", "sha256": held["stored_sha256"], "size": held["size"]}
+        self.index.alarm(box, f"recording {message['recording_id']} sent again with other bytes")
+        return {
+            "status": "rejected",
+            "reason": "central already holds this recording with other bytes",
+        }
+
+    def held(self, box: str, tid: str) -> dict | None:
+        """Hash and size of the complete file of this transfer, if central holds it."""
+        row = self.index.one(
+            "SELECT stored_sha256, size FROM recordings WHERE box_id = ? AND tid = ?", (box, tid)
+        )
+        return {"sha256": row["stored_sha256"], "size": row["size"]} if row else None
+
+    def store(self, box: str, tid: str, transfer: Transfer, init: dict) -> None:
+        """Move the checked file into the box's recordings and index it."""
+        destination = recording_path(self.root, box, init["recording_id"])
+        problems = vault.check_structure(transfer.data)  # the hash was checked by the caller
+        if problems:
+            self.index.alarm(box, f"recording {init['recording_id']}: {problems[0]}")
+        transfer.complete_into(
+            destination, {"manifest": init["manifest"], "signature": init["signature"], "tid": tid}
+        )
+        recording = init["manifest"]["recording"]
+        with self.index.write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO recordings (box_id, recording_id, tid, evidence_sha256, "
+                "stored_sha256, size, file, manifest, signature, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    box,
+                    init["recording_id"],
+                    tid,
+                    recording["evidence_sha256"],
+                    init["sha256"],
+                    init["size"],
+                    str(destination.relative_to(self.root)),
+                    json.dumps(init["manifest"]),
+                    init["signature"],
+                    iso(),
+                ],
+            )
+
+
+class ReplicaFiles:
+    """Files of a box's Litestream replica: named by content until a set places them."""
+
+    def __init__(self, root: Path, index: Index):
+        self.root = Path(root)
+        self.index = index
+
+    def check(self, box: str, tid: str, message: dict) -> None:
+        """The transfer id must name the content; the path must be a replica file's."""
+        if tid != protocol.replica_transfer_id(message["sha256"]):
+            raise ProtocolError("replica transfer id does not name the file's sha256")
+        if message.get("kind") != "replica":
+            raise ProtocolError("replica transfer without kind 'replica'")
+        try:
+            path = replication_set.check_path(message.get("path"))
+        except replication_set.ReplicaPathError as exc:
+            self.index.alarm(box, f"replica file refused: {exc.message}")
+            raise Refused(exc.message) from None
+        if message["manifest"].get("replica_path") != path:
+            raise ProtocolError("manifest does not describe this file")
+
+    def verdict(self, box: str, tid: str, message: dict) -> dict | None:
+        """`complete` when central already holds a file with this content."""
+        size = ReplicaStore(self.root, box).held(message["sha256"], message["size"])
+        if size is None:
+            return None
+        return {"status": "complete", "sha256": message["sha256"], "size": size}
+
+    def held(self, box: str, tid: str) -> dict | None:
+        """Hash and size of the file this transfer names, if central holds it."""
+        sha = tid.removeprefix(protocol.REPLICA_TRANSFER)
+        size = ReplicaStore(self.root, box).held(sha)
+        return None if size is None else {"sha256": sha, "size": size}
+
+    def store(self, box: str, tid: str, transfer: Transfer, init: dict) -> None:
+        """Keep the checked file under its hash until its set comes."""
+        transfer.complete_into(ReplicaStore(self.root, box).incoming(init["sha256"]))
+
+    def commit(self, box: str, message: dict, public) -> dict:
+        """Apply a `replica.set` message: the answer's status and fields."""
+        body, signature = message.get("set"), message.get("signature")
+        if not isinstance(body, dict) or not isinstance(signature, str):
+            raise ProtocolError("replica set without set or signature")
+        if body.get("box_id") != box:
+            raise ProtocolError("replica set names another box")
+        if message.get("id") != replication_set.set_id(body):
+            raise ProtocolError("replica set id does not match its content")
+        files = body.get("files")
+        if not isinstance(files, dict) or not files:
+            raise ProtocolError("replica set without files")
+        try:
+            for path, entry in files.items():
+                replication_set.check_path(path)
+                _check_entry(path, entry)
+        except replication_set.ReplicaPathError as exc:
+            self.index.alarm(box, f"replica set refused: {exc.message}")
+            raise Refused(exc.message) from None
+        if not protocol.check_signature(body, signature, public):
+            raise Refused("replica set signature invalid")
+        outcome = ReplicaStore(self.root, box).commit(message["id"], files)
+        if outcome.get("alarm"):
+            self.index.alarm(box, outcome.pop("alarm"))
+        if outcome["status"] == "rejected":
+            self.index.reject(protocol.meta_topic(box), f"replica set: {outcome['reason']}")
+        return outcome
+
+
+def _check_entry(path: str, entry) -> None:
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("size"), int)
+        or not 0 <= entry["size"] <= MAX_FILE
+        or not isinstance(entry.get("sha256"), str)
+        or not _HEX64.match(entry["sha256"])
+    ):
+        raise ProtocolError(f"replica set entry for {path} needs a size and a sha256")
+
+
+def kind_of(tid: str, kinds: dict):
+    """The kind a transfer id belongs to."""
+    return kinds["replica" if protocol.is_replica_transfer(tid) else "recording"]
