@@ -17,9 +17,11 @@ from edgebox.central.index import Index
 from edgebox.central.replicas import ReplicaStore
 from edgebox.config import load_config
 from edgebox.db import Store
+from edgebox.errors import ConfigError
 from edgebox.replication import claim_replica
 from edgebox.replication_config import MARKER_NAME
 from edgebox.sync import protocol
+from edgebox.sync import state as sync_state
 from tests.conftest import BoxProcess, enroll, make_box, run_cli
 from tests.replica_fixtures import (
     CHURN,
@@ -145,6 +147,15 @@ def test_central_copy_follows_compaction_and_retention(tmp_path, broker, pki):
                 ),
                 what="central's copy to catch up with the replica",
             )
+            shown = wait_for(
+                lambda: (
+                    (r := sync_state.report(box.store)["replica"])
+                    and r["set"] >= final["seq"]
+                    and r
+                ),
+                what="the box to note central's set",
+            )
+            assert shown["last_error"] is None and int(shown["txid"], 16) >= local["txid"]
         finally:
             box.stop()
             for worker in workers:
@@ -167,6 +178,16 @@ def test_central_copy_follows_compaction_and_retention(tmp_path, broker, pki):
     verified = run_cli("verify", "--json", config=fresh)
     assert verified.returncode == 0, verified.stdout
     assert len(recordings(fresh)) == 1
+
+
+def test_ship_interval_is_a_checked_setting(tmp_path):
+    config_path = make_box(tmp_path / "box")
+    assert load_config(config_path).replication.ship_interval_seconds == 60
+    off = {"EDGEBOX_REPLICATION__SHIP_INTERVAL_SECONDS": "0"}
+    assert load_config(config_path, environ=off).replication.ship_interval_seconds == 0
+    with pytest.raises(ConfigError) as refused:
+        load_config(config_path, environ={"EDGEBOX_REPLICATION__SHIP_INTERVAL_SECONDS": "-5"})
+    assert refused.value.field == "replication.ship_interval_seconds"
 
 
 @pytest.fixture(scope="module")

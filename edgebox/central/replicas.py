@@ -30,6 +30,7 @@ from edgebox.clock import iso
 from edgebox.durable import atomic_write, fsync_dir
 from edgebox.errors import EdgeboxError
 from edgebox.replication_config import MARKER_NAME
+from edgebox.sync import protocol
 from edgebox.vault import file_sha256
 
 
@@ -43,7 +44,8 @@ class ReplicaStore:
     """One box's replica copies at central."""
 
     def __init__(self, root: Path, box_id: str):
-        self.folder = Path(root) / "replicas" / box_id
+        self.root = Path(root)
+        self.folder = self.root / "replicas" / box_id
         self.box_id = box_id
         self.incoming_dir = self.folder / "incoming"
         self.sets_dir = self.folder / "sets"
@@ -191,7 +193,14 @@ class ReplicaStore:
         return [p for p in self.sets_dir.iterdir() if p.name.split(".")[0].isdigit()]
 
     def _collect(self, keep: set[int]) -> None:
-        """Drop older sets (not the previous one, nor kept ones) and every waiting file."""
+        """Drop older sets (not the previous one, nor kept ones), every waiting file, and
+        replica transfers left unfinished (the box sends a set only after its files, so
+        any still open are of files Litestream deleted before they went whole)."""
+        transfers = self.root / "transfers" / self.box_id
+        if transfers.is_dir():
+            for folder in transfers.iterdir():
+                if protocol.is_replica_transfer(folder.name):
+                    shutil.rmtree(folder, ignore_errors=True)
         for entry in self._entries():
             seq = int(entry.name.split(".")[0])
             if seq in keep or (entry.suffix != ".building" and self._kept(seq)):

@@ -63,6 +63,7 @@ def run_central(broker, store, workers, ca, cert, key, username, password_file):
 def list_central(store, as_json):
     """What central holds: box, recording id, evidence and stored-bytes SHA-256, completeness."""
     from edgebox.central.index import Index
+    from edgebox.sync.protocol import is_replica_transfer
 
     index = Index(store)
     try:
@@ -82,6 +83,8 @@ def list_central(store, as_json):
         index.close()
 
     for folder in sorted(p.parent for p in (store / "transfers").glob("*/*/init.json")):
+        if is_replica_transfer(folder.name):
+            continue  # a replica file, not a recording (see `edgebox central replica`)
         rows.append(
             {
                 "box_id": folder.parent.name,

@@ -84,7 +84,10 @@ class ReplicaShipper:
         self.interval = config.replication.ship_interval_seconds
         self.folder = None
         if self.interval and not config.replication.s3_url:
-            self.folder = lsconf.replica_dir(config)
+            try:
+                self.folder = lsconf.replica_dir(config)
+            except lsconf.ReplicationError as exc:  # the box still syncs everything else
+                log.error("replica not shipped: %s", exc.message)
         self._next = 0.0
         self._running = False
 
