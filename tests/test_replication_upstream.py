@@ -219,10 +219,20 @@ def layered(tmp_path_factory):
 def test_restorability_check_agrees_with_litestream(layered, tmp_path):
     replica = lsconf.replica_dir(layered)
     files = sorted(replication_set.scan(replica))
+    levels = {p: replication_set.txids(p) for p in files if replication_set.txids(p)}
+    snapshot_end = max(t[2] for t in levels.values() if t[0] == 9)
+    newest = replication_set.plan(files)["txid"]
+    assert newest > snapshot_end + 1  # transactions after the snapshot, in levels 0-2
+    middle = (snapshot_end + newest) // 2 + 1
+    gapped = [
+        p
+        for p in files
+        if not (p in levels and levels[p][0] != 9 and levels[p][1] <= middle <= levels[p][2])
+    ]
     rng = random.Random(11)
-    outcomes = set()
-    for n in range(30):
-        subset = [p for p in files if rng.random() < 0.8]
+    subsets = [files, gapped] + [[p for p in files if rng.random() < 0.8] for _ in range(30)]
+    outcomes = []
+    for n, subset in enumerate(subsets):
         copy = tmp_path / f"subset{n}"
         for path in subset:
             (copy / path).parent.mkdir(parents=True, exist_ok=True)
@@ -230,8 +240,8 @@ def test_restorability_check_agrees_with_litestream(layered, tmp_path):
         ours = replication_set.plan(subset)
         theirs = restore_rows(layered, copy, tmp_path / "probe.db")
         assert ours["restorable"] == (theirs is not None), (subset, ours)
-        outcomes.add(ours["restorable"])
-    assert outcomes == {True, False}  # both kinds of subset were tried
+        outcomes.append(ours["restorable"])
+    assert outcomes[:2] == [True, False]  # the whole replica restores; one with a gap does not
 
 
 def replica_files(config) -> dict:
@@ -281,6 +291,22 @@ def test_a_replica_path_that_escapes_is_refused_and_nothing_is_written(layered, 
         assert len(reasons) == 4 and all("replica" in r for r in reasons)
         assert len(alarms) == 4
         assert ReplicaStore(store, "van-8").current()["seq"] == 1
+        unknown = run_cli("central", "replica", "van-0", "--store", str(store))
+        assert unknown.returncode == 2
+        assert unknown.stderr.strip() == "error: central holds no replica of box van-0"
+        occupied = tmp_path / "occupied"
+        occupied.mkdir()
+        (occupied / "notes.txt").write_text("keep me")
+        refused = run_cli(
+            "central", "replica", "van-8", "--store", str(store), "--export", str(occupied)
+        )
+        assert refused.returncode == 2 and "not an empty folder" in refused.stderr
+        assert [p.name for p in occupied.iterdir()] == ["notes.txt"]
+        exported = run_cli(
+            "central", "replica", "van-8", "--store", str(store), "--export", str(tmp_path / "x")
+        )
+        assert exported.returncode == 0, exported.stderr
+        assert restore_rows(layered, tmp_path / "x", tmp_path / "probe.db") is not None
     finally:
         voice.close()
 
