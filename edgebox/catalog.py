@@ -34,8 +34,55 @@ def _time(args: dict, name: str) -> str | None:
         raise _bad(name, f"{name} must be an RFC 3339 time, e.g. 2026-11-28T00:00:00Z") from None
 
 
+_COLUMNS = (
+    "id, serial, user_id, started_at, stopped_at, received_at, category, incident, warned, "
+    "exemption, pre_event_seconds, size, evidence_sha256, sync_state, sealed, legal_hold"
+)
+_NEWEST_FIRST = " ORDER BY received_at DESC, id DESC LIMIT ?"
+
+
 def search(store, args: dict) -> dict:
     """Recordings matching the filters, newest first, one page; `next` is the next cursor."""
+    sql, params, limit = search_sql(args)
+    rows = store.query(sql, params)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = f"{rows[-1]['received_at']}~{rows[-1]['id']}" if more and rows else None
+    return {"items": rows, "next": cursor}
+
+
+def search_sql(args: dict) -> tuple[str, tuple, int]:
+    """The SQL of `search` for `args`: (sql, bound parameters, page size); it reads one row more
+    than the page to tell whether another page follows.
+
+    Every page is read in index order (migration m004: received_at, id, after at most one
+    equality filter), so neither the table's size nor the page's depth costs a sort or a scan;
+    the cursor is a keyset (received_at, id), never an OFFSET. A time filter (on started_at)
+    cannot share that order: it picks its rows' positions from the covering index
+    (started_at, received_at, id) first and reads only the page's rows from the table.
+    """
+    where, params = _filters(args)
+    try:
+        limit = int(args.get("limit", 50))
+    except ValueError:
+        raise _bad("limit", "limit must be a whole number") from None
+    if not 1 <= limit <= PAGE_MAX:
+        raise _bad("limit", f"limit must be 1 to {PAGE_MAX}")
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    # Column names and operators come from the fixed tables above; values are bound parameters.
+    if args.get("from") or args.get("to"):
+        sql = (
+            f"SELECT {_COLUMNS} FROM recordings WHERE rowid IN "  # noqa: S608
+            f"(SELECT rowid FROM recordings{clause}{_NEWEST_FIRST})"
+            " ORDER BY received_at DESC, id DESC"
+        )
+    else:
+        sql = f"SELECT {_COLUMNS} FROM recordings{clause}{_NEWEST_FIRST}"  # noqa: S608
+    return sql, (*params, limit + 1), limit
+
+
+def _filters(args: dict) -> tuple[list[str], list]:
+    """WHERE terms and their parameters for the filters in `args` (validated)."""
     where, params = [], []
     for name, column, op in (("from", "started_at", ">="), ("to", "started_at", "<")):
         value = _time(args, name)
@@ -59,6 +106,7 @@ def search(store, args: dict) -> dict:
     if args.get("gap"):
         if args["gap"] not in GAPS:
             raise _bad("gap", f"gap must be one of {', '.join(GAPS)}")
+        # These two terms are the WHERE of the partial index recordings_gap_warning (m004).
         where.append(
             "warned IS NULL AND exemption IS NULL"
             if args["gap"] == "warning"
@@ -74,25 +122,7 @@ def search(store, args: dict) -> dict:
             raise _bad("cursor", "cursor is not one this box handed out")
         where.append("(received_at, id) < (?, ?)")
         params.extend(match.groups())
-    try:
-        limit = int(args.get("limit", 50))
-    except ValueError:
-        raise _bad("limit", "limit must be a whole number") from None
-    if not 1 <= limit <= PAGE_MAX:
-        raise _bad("limit", f"limit must be 1 to {PAGE_MAX}")
-    sql = (
-        "SELECT id, serial, user_id, started_at, stopped_at, received_at, category, incident, "
-        "warned, exemption, pre_event_seconds, size, evidence_sha256, sync_state, sealed, "
-        "legal_hold FROM recordings"
-    )
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY received_at DESC, id DESC LIMIT ?"
-    rows = store.query(sql, (*params, limit + 1))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    cursor = f"{rows[-1]['received_at']}~{rows[-1]['id']}" if more and rows else None
-    return {"items": rows, "next": cursor}
+    return where, params
 
 
 def detail(store, recording_id: str) -> dict:

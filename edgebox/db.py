@@ -260,3 +260,25 @@ def m003_user_security(db: sqlite_utils.Database) -> None:
         ALTER TABLE users ADD COLUMN session_epoch INTEGER NOT NULL DEFAULT 0;
         """
     )
+
+
+@migrations()
+def m004_recordings_listing(db: sqlite_utils.Database) -> None:
+    """Indexes for the recordings list (`edgebox.catalog.search_sql`): newest first
+    (received_at, id), alone or after one equality filter (camera, user, category, sync state,
+    incident), and the compliance gap "no warned/exemption answer". Each serves a filtered
+    page and its cursor in index order, with no sort and no scan of the table. A time filter
+    (started_at) sorts only index entries: (started_at, received_at, id) covers it."""
+    db.executescript(
+        """
+        CREATE INDEX recordings_received ON recordings(received_at, id);
+        CREATE INDEX recordings_serial_received ON recordings(serial, received_at, id);
+        CREATE INDEX recordings_user_received ON recordings(user_id, received_at, id);
+        CREATE INDEX recordings_category_received ON recordings(category, received_at, id);
+        CREATE INDEX recordings_sync_received ON recordings(sync_state, received_at, id);
+        CREATE INDEX recordings_incident ON recordings(incident, received_at, id);
+        CREATE INDEX recordings_started_received ON recordings(started_at, received_at, id);
+        CREATE INDEX recordings_gap_warning ON recordings(received_at, id)
+            WHERE warned IS NULL AND exemption IS NULL;
+        """
+    )

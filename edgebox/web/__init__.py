@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from pathlib import Path
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 
 from edgebox.errors import EdgeboxError
 
@@ -34,6 +35,7 @@ def create_app(box, testing: bool = False) -> Flask:
         SESSION_COOKIE_SAMESITE="Strict",
     )
     app.extensions["edgebox"] = box
+    _server_timing(app)
 
     from edgebox.web.api import api
     from edgebox.web.auth import auth, csrf_token
@@ -83,6 +85,24 @@ def create_app(box, testing: bool = False) -> Flask:
         return response
 
     return app
+
+
+def _server_timing(app: Flask) -> None:
+    """`Server-Timing: app;dur=MS` on every response: the time from the first before-request
+    hook to the last after-request hook (a streamed body is not included). Registered before
+    the blueprints, so it wraps their hooks too."""
+
+    @app.before_request
+    def _start_clock():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _stop_clock(response):
+        started = g.get("started")
+        if started is not None:
+            elapsed = (time.perf_counter() - started) * 1000
+            response.headers["Server-Timing"] = f"app;dur={elapsed:.2f}"
+        return response
 
 
 _REASONS = {460: "Checksum Mismatch", 507: "Insufficient Storage", 499: "Client Closed Request"}
