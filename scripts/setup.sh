@@ -29,7 +29,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-"$VENV/bin/python" -m pip install -q -e ".[test${EDGEBOX_EXTRAS:+,$EDGEBOX_EXTRAS}]" 2>&1 \
+"$VENV/bin/python" -m pip install -q -e ".[test,bench${EDGEBOX_EXTRAS:+,$EDGEBOX_EXTRAS}]" 2>&1 \
   | grep -v "^WARNING: Location" >&2 || true
 "$VENV/bin/python" -c "import edgebox, flask, cryptography, paho.mqtt" \
   || { echo "setup: the venv is incomplete" >&2; exit 1; }

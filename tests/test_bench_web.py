@@ -15,11 +15,8 @@ import sys
 from pathlib import Path
 
 import psutil
-import pytest
 
 from tests.test_catalog_listing import expected
-
-pytest.importorskip("datasette", reason="the web bench's peer: pip install -e '.[bench]'")
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = {"box": 10, "lean": 10, "datasette": 3}  # timed requests per round in --quick
