@@ -43,6 +43,7 @@ __all__ = [
     "claim_replica",
     "health_job",
     "orphan_vault_files",
+    "refuse_if_running",
     "replication_status",
     "restore_database",
 ]
@@ -533,7 +534,9 @@ def _source(config: Config, from_path: str | None) -> str:
     return folder.as_uri()
 
 
-def _refuse_if_running(config: Config) -> None:
+def refuse_if_running(config: Config) -> None:
+    """Raise ReplicationError while the box runs: its replication supervisor is alive, or
+    something answers on its listen address. Offline work (restore, adoption) checks this."""
     state = _read_state(config)
     owner = state.get("owner_pid")
     supervising = state.get("state") not in (None, "stopped", "disabled")
@@ -646,7 +649,7 @@ def restore_database(
             f"a database already exists at {db}; nothing was changed. Pass --force to move it "
             "aside (into data/replaced-TIME/) and restore over it",
         )
-    _refuse_if_running(config)
+    refuse_if_running(config)
     binary = lsconf.litestream_binary(config)
     stamp = iso().replace(":", "").replace("-", "").replace(".", "")
     tmp = data / f"{db.name}.restoring-{stamp}"

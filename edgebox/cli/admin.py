@@ -139,7 +139,7 @@ def keys_add_supervisor(name, secret_file, new_secret_file, config_file):
 
 @main.group()
 def recordings():
-    """List recordings held by the box."""
+    """Recordings held by the box: list them, adopt vault files left without a row."""
 
 
 @recordings.command("list")
@@ -158,6 +158,27 @@ def recordings_list(limit, config_file, as_json):
         click.echo(f"{len(rows)} recording(s)")
 
     emit(rows, as_json, text)
+
+
+@recordings.command("adopt")
+@click.argument("files", nargs=-1)
+@click.option("--secret-file", type=click.Path(dir_okay=False), help="Supervisor review secret.")
+@config_option
+@json_option
+@handle_errors
+def recordings_adopt(files, secret_file, config_file, as_json):
+    """Rebuild the rows of vault files no recording accounts for (after a restore; stop the box
+    first): each is decrypted and checked whole. FILES limits it to those vault file names.
+    Exit 1 when a file was skipped."""
+    from edgebox.adopt import adopt_orphans, describe, unlock_supervisor
+    from edgebox.replication import refuse_if_running
+
+    with opened_box(config_file) as box:
+        refuse_if_running(box.config)  # before asking for the secret
+        supervisor, review = unlock_supervisor(box.keys, read_secret(secret_file))
+        result = adopt_orphans(box, supervisor, review, list(files))
+    emit(result, as_json, lambda r: click.echo("\n".join(describe(r))))
+    raise SystemExit(1 if result["skipped"] else 0)
 
 
 @main.command()

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from edgebox.cli import config_option, emit, handle_errors, json_option, load, main
+from edgebox.cli import (
+    config_option,
+    emit,
+    handle_errors,
+    json_option,
+    load,
+    main,
+    opened_box,
+    read_secret,
+)
 
 
 @main.command()
@@ -19,14 +28,32 @@ from edgebox.cli import config_option, emit, handle_errors, json_option, load, m
     is_flag=True,
     help="Replace an existing database; it is moved to data/replaced-TIME/, never deleted.",
 )
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Then adopt the vault files left without a recording (asks for a review secret first).",
+)
+@click.option("--secret-file", type=click.Path(dir_okay=False), help="Review secret for --adopt.")
 @config_option
 @json_option
 @handle_errors
-def restore(from_path, force, config_file, as_json):
+def restore(from_path, force, adopt, secret_file, config_file, as_json):
     """Rebuild the box's database from its Litestream replica (stop the box first)."""
     from edgebox.replication import restore_database
 
-    report = restore_database(load(config_file), from_path, force=force)
+    config = load(config_file)
+    unlocked = None
+    if adopt:  # a wrong secret must stop us before the restore changes anything
+        from edgebox.adopt import unlock_supervisor
+        from edgebox.keys import Keyring
+
+        unlocked = unlock_supervisor(Keyring(config.data_dir / "keys"), read_secret(secret_file))
+    report = restore_database(config, from_path, force=force)
+    if unlocked is not None:
+        from edgebox.adopt import adopt_orphans
+
+        with opened_box(config_file) as box:
+            report["adoption"] = adopt_orphans(box, *unlocked)
 
     def text(r):
         click.echo(
@@ -42,9 +69,16 @@ def restore(from_path, force, config_file, as_json):
             )
         for name in r["missing_vault_files"]:
             click.echo(f"WARNING recording file {name} is not in the vault folder")
+        if "adoption" in r:
+            from edgebox.adopt import describe
+
+            click.echo("\n".join(describe(r["adoption"])))
+        elif r["orphan_vault_files"]:
+            click.echo("adopt them with: edgebox recordings adopt")
         click.echo("next: edgebox verify")
 
     emit(report, as_json, text)
+    raise SystemExit(1 if report.get("adoption", {}).get("skipped") else 0)
 
 
 @main.group()
