@@ -606,14 +606,18 @@ def _checked(config: Config, restored: Path) -> dict:
     return {"recordings": counts["n"], "custody_entries": chain.entries, "head": chain.head_hash}
 
 
-def _record_restore(restored: Path, details: dict) -> None:
-    """Log the restore in the restored chain, then fold its WAL in so one file holds it all."""
+def _record_restore(config: Config, restored: Path, details: dict) -> None:
+    """Log the restore in the restored chain and sign a checkpoint over it (central accepts the
+    restored history only with the box's signature on it), then fold the WAL in."""
     from edgebox import custody
     from edgebox.db import Store
+    from edgebox.keys import Keyring
 
     store = Store(restored)
     try:
         custody.record(store, "database.restored", "operator", None, details)
+        identity = Keyring(config.data_dir / "keys").identity()
+        custody.make_checkpoint(store, config.box.box_id, identity)
     finally:
         store.close()
     conn = sqlite3.connect(restored, timeout=10)
@@ -676,7 +680,7 @@ def restore_database(
             "orphan_vault_files": vault["orphans"],
             "missing_vault_files": vault["missing"],
         }
-        _record_restore(tmp, details)
+        _record_restore(config, tmp, details)
         if aside:
             _move_aside(*aside)
         tmp.replace(db)
