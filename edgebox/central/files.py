@@ -91,16 +91,18 @@ class Transfer:
         self.have_dir.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
-    def locked(self):
-        """Serialise init and fin decisions across workers and processes (striped lock files
-        outside the transfer folder, which completion removes)."""
+    def locked(self, shared: bool = False):
+        """Serialise init and fin decisions across workers, threads and processes (striped
+        lock files outside the transfer folder, which completion removes). Segment writes
+        hold it `shared`: many at once, but never while a fin moves the file into place or
+        drops the markers."""
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def complete_into(self, destination: Path, manifest: dict | None = None) -> None:
         """Move the verified file into place (a recording's with its manifest beside it)."""
@@ -113,6 +115,41 @@ class Transfer:
         os.replace(self.data, destination)
         fsync_dir(destination.parent)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class InitCache:
+    """The accepted inits' size, chunk and hash, so a segment costs one stat, not a JSON parse.
+
+    An entry is trusted only while `init.json` is the same file (inode and mtime); a transfer
+    completed and accepted again (possibly with another chunk size) is read afresh.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self):
+        self._entries: dict[Path, tuple] = {}
+
+    def get(self, transfer: Transfer) -> dict | None:
+        """{"size", "chunk", "sha256"} of the transfer's init, or None if none was accepted."""
+        path = transfer.folder / "init.json"
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return None
+        stamp = (stat.st_ino, stat.st_mtime_ns)
+        entry = self._entries.get(path)
+        if entry is None or entry[0] != stamp:
+            try:
+                init = transfer.init()
+            except FileNotFoundError:
+                return None
+            if len(self._entries) >= self.LIMIT:
+                self._entries.clear()
+            entry = self._entries[path] = (
+                stamp,
+                {k: init[k] for k in ("size", "chunk", "sha256")},
+            )
+        return entry[1]
 
 
 def recording_path(root: Path, box_id: str, recording_id: str) -> Path:

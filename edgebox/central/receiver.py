@@ -1,4 +1,5 @@
-"""Central's message handling: custody and metadata, file init / segment / fin, and acks.
+"""Central's message handling: custody and metadata, and acks; file init / segment / fin
+go to `edgebox.central.channel`.
 
 Every message is idempotent by its id, offset or transfer id: duplicates get the
 same answer and change nothing. Malformed or hostile messages are logged in the
@@ -8,6 +9,7 @@ same answer and change nothing. Malformed or hostile messages are logged in the
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -16,9 +18,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgebox import custody
-from edgebox.central.files import Transfer, file_sha256
+from edgebox.central.channel import FileChannel
 from edgebox.central.index import Index
-from edgebox.central.kinds import RecordingFiles, Refused, ReplicaFiles, check_init, kind_of
+from edgebox.central.kinds import RecordingFiles, Refused, ReplicaFiles
 from edgebox.clock import iso
 from edgebox.sync import protocol
 from edgebox.sync.protocol import ProtocolError
@@ -41,30 +43,42 @@ class Receiver:
             "recording": RecordingFiles(self.root, self.index),
             "replica": ReplicaFiles(self.root, self.index),
         }
+        self.files = FileChannel(self.root, self.index, self.kinds, self._ack)
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Dispatch one message; problems are logged as rejections, never raised."""
+    def handle(self, topic: str, payload: bytes, defer: Callable | None = None) -> None:
+        """Dispatch one message; problems are logged as rejections, never raised.
+
+        The checks run now, in arrival order; the costly rest of a file message (hashing,
+        writing, the fin decision) runs now too, or is handed to `defer(work)` to run on
+        another thread.
+        """
+        later = self._guarded(topic, lambda: self._dispatch(topic, payload))
+        if later is not None:
+            work = functools.partial(self._guarded, topic, later)
+            defer(work) if defer else work()
+
+    def _guarded(self, topic: str, step: Callable):
         try:
-            parts = protocol.parse_topic(topic)
-            if parts["kind"] == "meta":
-                self._meta(parts["box"], protocol.decode(payload))
-            elif parts["kind"] == "init":
-                self._init(parts["box"], parts["tid"], protocol.decode(payload))
-            elif parts["kind"] == "seg":
-                self._segment(parts, payload)
-            elif parts["kind"] == "fin":
-                self._fin(parts["box"], parts["tid"], protocol.decode(payload))
-            else:
-                raise ProtocolError(f"central does not take {parts['kind']} messages")
+            return step()
         except ProtocolError as exc:
             log.warning("rejected %s: %s", topic[:120], exc.message)
             self.index.reject(topic, exc.message)
+            return None
 
-    def _complete(self, box: str, answering: str, tid: str, sha256: str, size: int) -> None:
-        """Tell the box central holds the whole file with this hash and size."""
-        self._ack(
-            box, {"re": answering, "tid": tid, "status": "complete", "sha256": sha256, "size": size}
-        )
+    def _dispatch(self, topic: str, payload: bytes):
+        parts = protocol.parse_topic(topic)
+        box, kind = parts["box"], parts["kind"]
+        if kind == "meta":
+            return self._meta(box, protocol.decode(payload))
+        if kind == "init":
+            message = protocol.decode(payload)
+            public = self._identity(box, message.get("identity"))
+            return self.files.init(box, parts["tid"], message, public)
+        if kind == "seg":
+            return self.files.segment(parts, payload)
+        if kind == "fin":
+            return self.files.fin(box, parts["tid"], protocol.decode(payload))
+        raise ProtocolError(f"central does not take {kind} messages")
 
     def _ack(self, box: str, message: dict) -> None:
         self.publish(protocol.ack_topic(box), protocol.encode({"box": box, **message}))
@@ -187,95 +201,6 @@ class Receiver:
                     [seq, prev, iso(), box],
                 )
         return {"status": "ok"}
-
-    # -- files ----------------------------------------------------------------
-    def _init(self, box: str, tid: str, message: dict) -> None:
-        public = self._identity(box, message.get("identity"))
-        kind = kind_of(tid, self.kinds)
-        try:
-            check_init(box, tid, message)
-            kind.check(box, tid, message)
-            if not protocol.check_signature(message["manifest"], message["signature"], public):
-                raise Refused("manifest signature invalid")
-        except Refused as exc:
-            self.index.reject(protocol.init_topic(box, tid), exc.message)
-            self._ack(box, {"re": "init", "tid": tid, "status": "rejected", "reason": exc.message})
-            return
-        transfer = Transfer(self.root, box, tid)
-        with transfer.locked():
-            verdict = kind.verdict(box, tid, message)
-            if verdict is not None:
-                self._ack(box, {"re": "init", "tid": tid, **verdict})
-                return
-            if transfer.exists and transfer.init()["sha256"] != message["sha256"]:
-                raise ProtocolError("init for an existing transfer with other bytes")
-            transfer.create(message)
-        self._ack(box, {"re": "init", "tid": tid, "status": "ok", "have": transfer.have()})
-
-    def _segment(self, parts: dict, payload: bytes) -> None:
-        box, tid, offset = parts["box"], parts["tid"], parts["offset"]
-        transfer = Transfer(self.root, box, tid)
-        if not transfer.exists:
-            if kind_of(tid, self.kinds).held(box, tid):
-                self._ack(box, {"re": "seg", "tid": tid, "offset": offset, "status": "ok"})
-                return
-            self.index.reject(
-                protocol.segment_topic(box, tid, offset, parts["sha256"]),
-                "segment for an unknown transfer",
-            )
-            self._ack(box, {"re": "seg", "tid": tid, "offset": offset, "status": "unknown"})
-            return
-        init = transfer.init()
-        size, chunk = init["size"], init["chunk"]
-        expected = min(chunk, size - offset) if offset < size or offset == 0 else -1
-        status = "ok"
-        if offset % chunk or expected < 0 or len(payload) != max(expected, 0):
-            status, reason = "resend", f"segment at {offset} has the wrong offset or length"
-        elif protocol.sha256_hex(payload) != parts["sha256"]:
-            status, reason = "resend", f"segment at {offset} does not match its sha256"
-        if status != "ok":
-            self.index.reject(protocol.segment_topic(box, tid, offset, parts["sha256"]), reason)
-        else:
-            transfer.put(offset, payload)
-        self._ack(box, {"re": "seg", "tid": tid, "offset": offset, "status": status})
-
-    def _fin(self, box: str, tid: str, message: dict) -> None:
-        transfer = Transfer(self.root, box, tid)
-        kind = kind_of(tid, self.kinds)
-        held = kind.held(box, tid)
-        if held is not None:
-            self._complete(box, "fin", tid, held["sha256"], held["size"])
-            return
-        if not transfer.exists:
-            self.index.reject(protocol.fin_topic(box, tid), "fin for an unknown transfer")
-            self._ack(box, {"re": "fin", "tid": tid, "status": "unknown"})
-            return None
-        init = transfer.init()
-        if message.get("size") != init["size"] or message.get("sha256") != init["sha256"]:
-            raise ProtocolError("fin names another size or hash than the init")
-        with transfer.locked():
-            if kind.held(box, tid):
-                self._complete(box, "fin", tid, init["sha256"], init["size"])
-                return None
-            missing = sorted(
-                set(protocol.offsets(init["size"], init["chunk"])) - set(transfer.have())
-            )
-            if missing:
-                self._ack(box, {"re": "fin", "tid": tid, "status": "resend", "offsets": missing})
-                return None
-            transfer.sync()
-            digest = file_sha256(transfer.data)
-            if digest != init["sha256"]:
-                self.index.reject(
-                    protocol.fin_topic(box, tid),
-                    f"whole file sha256 {digest} differs from {init['sha256']}",
-                )
-                transfer.forget_segments()
-                self._ack(box, {"re": "fin", "tid": tid, "status": "resend_all"})
-                return None
-            kind.store(box, tid, transfer, init)
-        self._complete(box, "fin", tid, init["sha256"], init["size"])
-        return None
 
 
 def _public(b64: str) -> Ed25519PublicKey:

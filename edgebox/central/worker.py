@@ -7,17 +7,23 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from edgebox.central.lanes import Lanes
 from edgebox.central.receiver import Receiver
 from edgebox.sync import protocol
 from edgebox.sync.link import Link, LinkSettings
 
 
 class CentralWorker:
-    """One shared-subscription member: its own MQTT client and store connection."""
+    """One shared-subscription member: its own MQTT client and store connection, and a few
+    threads (`Lanes`) for the costly part of each file message."""
 
     def __init__(self, store: Path, settings: LinkSettings):
         self.receiver = Receiver(store, self._publish)
-        self.link = Link(settings, self.receiver.handle)
+        self.lanes = Lanes(settings.client_id or "central")
+        self.link = Link(settings, self._message)
+
+    def _message(self, topic: str, payload: bytes) -> None:
+        self.receiver.handle(topic, payload, self.lanes.submit)
 
     def _publish(self, topic: str, payload: bytes) -> None:
         self.link.client.publish(topic, payload, qos=1)
@@ -28,8 +34,9 @@ class CentralWorker:
         return self
 
     def stop(self) -> None:
-        """Disconnect and close the index."""
+        """Disconnect, finish the queued work and close the index."""
         self.link.stop()
+        self.lanes.stop()
         self.receiver.index.close()
 
 
