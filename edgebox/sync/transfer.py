@@ -55,6 +55,8 @@ class SegmentedTransfer:
         self.sha256 = sha256
         self.tid = tid
         self.chunk = uplink.up.chunk_size
+        self._init: dict | None = None
+        self._fd: int | None = None
 
     def _match(self, kind: str, offset: int | None = None):
         def match(ack: dict) -> bool:
@@ -91,42 +93,92 @@ class SegmentedTransfer:
     def advanced(self, sent: int) -> None:
         """Segments up to about `sent` bytes are confirmed (for progress reports)."""
 
-    def send(self) -> None:
-        """Transfer the file; returns when central confirmed or rejected it, raises LinkLost.
+    def resending_all(self) -> bool:
+        """Central found the whole file's hash wrong; False stops the transfer (the file
+        turned out damaged on the box)."""
+        return True
 
-        The file stays open for the whole transfer, so a replica file that Litestream
-        deletes meanwhile is still read whole.
+    def send(self) -> None:
+        """Transfer the file; returns when central confirmed or rejected it, raises LinkLost."""
+        if self.stream():
+            self.finish()
+
+    def stream(self) -> bool:
+        """Send the init and every segment central lacks, in this thread.
+
+        True when the fin remains to be sent (`finish`, which may run in another thread);
+        False when central already answered for the whole file. The file stays open until
+        then, so a replica file that Litestream deletes meanwhile is still read whole.
         """
-        init = self.init_message()
-        fd = os.open(self.path, os.O_RDONLY)
+        self._init = self.init_message()
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self.uplink.acks.open(self.tid)
         try:
             while True:
                 try:
-                    return self._attempt(init, fd)
+                    ack = self._request("init")
+                    if self._settled(ack):
+                        self._close()
+                        return False
+                    self._send_segments(self._fd, *self._wanted(ack))
+                    return True
                 except _Restart:
                     log.info("central lost transfer %s; starting it again", self.tid)
-        finally:
-            os.close(fd)
+        except BaseException:
+            self._close()
+            raise
 
-    def _attempt(self, init: dict, fd: int) -> None:
-        ack = self.uplink.request(
-            protocol.init_topic(self.box_id, self.tid), init, self._match("init")
-        )
-        while True:
-            if ack.get("status") == "unknown":
-                raise _Restart()
-            if ack.get("status") == "complete":
-                return self._finish(ack)
-            if ack.get("status") == "rejected":
-                return self.refused(str(ack.get("reason", "no reason given")))
-            have = set(ack.get("have") or []) if ack.get("status") != "resend_all" else set()
-            wanted = ack.get("offsets") if ack.get("status") == "resend" else None
-            self._send_segments(fd, have, wanted)
-            ack = self.uplink.request(
-                protocol.fin_topic(self.box_id, self.tid),
-                {"tid": self.tid, "box": self.box_id, "size": self.size, "sha256": self.sha256},
-                self._match("fin"),
-            )
+    def finish(self) -> None:
+        """Send the fin and act on central's answers (resend what it lacks, start again if
+        it lost the transfer) until its verdict; then close the file."""
+        try:
+            ack = self._request("fin")
+            while True:
+                try:
+                    while not self._settled(ack):
+                        self._send_segments(self._fd, *self._wanted(ack))
+                        ack = self._request("fin")
+                    return
+                except _Restart:
+                    log.info("central lost transfer %s; starting it again", self.tid)
+                    ack = self._request("init")
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self.uplink.acks.close(self.tid)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _request(self, kind: str) -> dict:
+        """Send the init or the fin; central's answer to it."""
+        if kind == "init":
+            topic, message = protocol.init_topic(self.box_id, self.tid), self._init
+        else:
+            topic = protocol.fin_topic(self.box_id, self.tid)
+            message = {"tid": self.tid, "box": self.box_id, "size": self.size}
+            message["sha256"] = self.sha256
+        return self.uplink.request(topic, message, self._match(kind), self.tid)
+
+    def _settled(self, ack: dict) -> bool:
+        """Whether central's answer ends the transfer (raises _Restart when central lost it)."""
+        status = ack.get("status")
+        if status == "unknown":
+            raise _Restart()
+        if status == "complete":
+            self._finish(ack)
+            return True
+        if status == "rejected":
+            self.refused(str(ack.get("reason", "no reason given")))
+            return True
+        return status == "resend_all" and not self.resending_all()
+
+    @staticmethod
+    def _wanted(ack: dict) -> tuple[set, list | None]:
+        """(offsets central holds, offsets it asks for or None for all) from its answer."""
+        have = set(ack.get("have") or []) if ack.get("status") != "resend_all" else set()
+        return have, ack.get("offsets") if ack.get("status") == "resend" else None
 
     def _finish(self, ack: dict) -> None:
         if ack.get("sha256") != self.sha256 or ack.get("size") != self.size:
@@ -156,7 +208,7 @@ class SegmentedTransfer:
             if not inflight:  # the window is drained: let the replica round go in between
                 self.uplink.interleave()
                 continue
-            ack = self.uplink.wait_ack(self._match("seg"), timeout)
+            ack = self.uplink.wait_ack(self._match("seg"), timeout, self.tid)
             if ack is None:  # nothing came back in time: resend what is outstanding
                 todo.extend(sorted(inflight, reverse=True))
                 inflight.clear()
@@ -211,18 +263,34 @@ class FileTransfer(SegmentedTransfer):
             **self.signed(self.manifest()),
         }
 
-    def run(self) -> None:
-        """Transfer the file; returns when central confirmed, rejected, or the link dropped."""
-        problems = vault.check_structure(self.path, self.sha256)
+    def ready(self) -> bool:
+        """Check the file and mark the recording as sending; False when it is damaged (then
+        it is flagged and not sent).
+
+        The check (header, size, stored-bytes hash) usually ran ahead, while the previous
+        recording was sent (`Uplink.lookahead`); either way it comes before any byte of
+        this file leaves the box.
+        """
+        problems = self.uplink.lookahead.problems(self.path, self.sha256)
         if problems:  # never ship damaged bytes; flag it and let the rest of the backlog go on
-            return self.uplink.damaged(self.rec, problems[0])
+            self.uplink.damaged(self.rec, problems[0])
+            return False
         with self.uplink.store.write() as db:
             db.execute(
                 "UPDATE recordings SET sync_state = 'sending' WHERE id = ? "
                 "AND sync_state = 'pending'",
                 [self.rec["id"]],
             )
-        self.send()
+        return True
+
+    def resending_all(self) -> bool:
+        """Central's copy hashed wrong: send it all again, unless the file on the box is what
+        changed (then flag it damaged and stop)."""
+        problems = vault.check_structure(self.path, self.sha256)
+        if problems:
+            self.uplink.damaged(self.rec, problems[0])
+            return False
+        return True
 
     def completed(self, ack: dict) -> None:
         """Mark synced and seal (see Uplink.confirmed)."""

@@ -26,6 +26,7 @@ from edgebox.clock import iso
 from edgebox.errors import EdgeboxError
 from edgebox.sync import protocol, state
 from edgebox.sync.link import Link, settings_from_config
+from edgebox.sync.pipeline import Acks, Finisher, LookAhead
 from edgebox.sync.replica import ReplicaShipper
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,15 @@ class _Bucket:
         self.rate = rate
         self.tokens = float(rate)
         self.stamp = time.monotonic()
+        self.lock = threading.Lock()  # the uplink and the finisher both send
 
     def take(self, amount: int, stop: threading.Event) -> None:
         if not self.rate:
             return
+        with self.lock:
+            self._take(amount, stop)
+
+    def _take(self, amount: int, stop: threading.Event) -> None:
         while True:
             now = time.monotonic()
             self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
@@ -67,7 +73,7 @@ class Uplink:
         self.store = box.store
         self.box_id = box.config.box.box_id
         self.up = box.config.upstream
-        self.acks: queue.Queue = queue.Queue()
+        self.acks = Acks()
         self.stop_event = threading.Event()
         self.link = Link(
             settings_from_config(box.config, [protocol.ack_topic(self.box_id)]),
@@ -80,6 +86,8 @@ class Uplink:
         self.identity = base64.b64encode(identity).decode()
         self._bucket = _Bucket(self.up.bandwidth_bytes_per_second)
         self.replica = ReplicaShipper(self)
+        self.finisher = Finisher(LinkLost)
+        self.lookahead = LookAhead()
         self._thread: threading.Thread | None = None
         self._progress_stamp = 0.0
 
@@ -96,6 +104,8 @@ class Uplink:
         self.stop_event.set()
         if self._thread:
             self._thread.join(timeout=15)
+        self.finisher.wait(timeout=15)
+        self.lookahead.wait()
         self.link.stop()
 
     def flush_custody(self, timeout: float = 5) -> bool:
@@ -136,6 +146,7 @@ class Uplink:
             if not self.link.connected.wait(1):
                 continue
             try:
+                self.finisher.raise_failure()
                 busy = (
                     self._send_custody()
                     or self._send_meta()
@@ -160,8 +171,10 @@ class Uplink:
         if self.link.publish(topic, payload) is None:
             raise LinkLost()
 
-    def wait_ack(self, match, timeout: float) -> dict | None:
-        """The next ack that `match` accepts, or None after `timeout`; others are dropped."""
+    def wait_ack(self, match, timeout: float, tid: str | None = None) -> dict | None:
+        """The next ack that `match` accepts, or None after `timeout`; others are dropped.
+
+        With `tid`, only answers about that transfer are read (see `Acks`)."""
         deadline = time.monotonic() + timeout
         while not self.stop_event.is_set():
             remaining = deadline - time.monotonic()
@@ -170,7 +183,7 @@ class Uplink:
             if not self.link.connected.is_set():
                 raise LinkLost()
             try:
-                ack = self.acks.get(timeout=min(remaining, 0.5))
+                ack = self.acks.get(tid, timeout=min(remaining, 0.5))
             except queue.Empty:
                 continue
             if match(ack):
@@ -181,18 +194,19 @@ class Uplink:
         raise LinkLost()
 
     def interleave_due(self) -> bool:
-        """Whether a long transfer should pause between windows for the replica round."""
-        return self.replica.due()
+        """Whether a long transfer should pause between windows for the replica round (only
+        the uplink thread runs rounds, not a transfer being finished)."""
+        return threading.current_thread() is self._thread and self.replica.due()
 
     def interleave(self) -> None:
         """Run the replica round that is due (between two windows of a long transfer)."""
         self.replica.ship_if_due()
 
-    def request(self, topic: str, message: dict, match) -> dict:
+    def request(self, topic: str, message: dict, match, tid: str | None = None) -> dict:
         """Publish a JSON message and wait for its ack, resending after each timeout."""
         while True:
             self.publish(topic, protocol.encode(message))
-            ack = self.wait_ack(match, self.up.ack_timeout_seconds)
+            ack = self.wait_ack(match, self.up.ack_timeout_seconds, tid)
             if ack is not None:
                 return ack
 
@@ -264,19 +278,38 @@ class Uplink:
         return bool(rows)
 
     # -- recordings -----------------------------------------------------------
-    def _next_recording(self) -> dict | None:
+    def _next_recording(self, *skip: str | None) -> dict | None:
+        """The recording to send next, leaving out the ids in `skip`."""
         return self.store.one(
             "SELECT * FROM recordings WHERE sync_state IN ('pending', 'sending') "
-            "ORDER BY legal_hold DESC, (incident IS NOT NULL) DESC, received_at, id LIMIT 1"
+            "AND id NOT IN (?, ?) "
+            "ORDER BY legal_hold DESC, (incident IS NOT NULL) DESC, received_at, id LIMIT 1",
+            tuple(x or "" for x in (*skip, None, None)[:2]),
         )
 
     def _send_next_recording(self) -> bool:
-        rec = self._next_recording()
-        if rec is None:
-            return False
+        """Stream the next recording, then hand its end to the finisher and go on.
+
+        While it streams, the recording after it is checked ahead; while the finisher
+        waits for central's verdict on it (and seals it), the next one streams.
+        """
+        finishing = self.finisher.recording_id
+        rec = self._next_recording(finishing)
+        if rec is None:  # nothing more to stream: let the last one finish, then go round
+            self.finisher.wait(timeout=1)
+            return finishing is not None
         from edgebox.sync.transfer import FileTransfer
 
-        FileTransfer(self, rec).run()
+        transfer = FileTransfer(self, rec)
+        if not transfer.ready():
+            return True
+        following = self._next_recording(finishing, rec["id"])
+        if following is not None:
+            self.lookahead.start(
+                self.box.uploads.vault_path(following["id"]), following["stored_sha256"]
+            )
+        if transfer.stream():
+            self.finisher.take(transfer, rec["id"])
         return True
 
     def progress(self, recording_id: str, sent: int, size: int, force: bool = False) -> None:
