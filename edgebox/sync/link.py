@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 from edgebox.clock import iso
 from edgebox.config import parse_broker_url
 from edgebox.sync import protocol
+from edgebox.sync.paho_client import LeanClient
 
 log = logging.getLogger(__name__)
 REFUSALS = {"Bad user name or password", "Not authorized", "Banned", "Client identifier not valid"}
@@ -61,7 +62,7 @@ class Link:
         self._on_message = on_message
         self._on_state = on_state or (lambda state, detail: None)
         scheme, self.host, self.port = parse_broker_url(settings.broker)
-        self.client = mqtt.Client(
+        self.client = LeanClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=settings.client_id or f"edgebox-{settings.box_id}",
             protocol=mqtt.MQTTv5,

