@@ -53,8 +53,8 @@ def replicating(config_path: Path):
         replicator.stop()
 
 
-def replicated_ids(config_path: Path, probe: Path) -> set[str]:
-    """Recording ids that a restore from the replica would bring back right now."""
+def replicated_rows(config_path: Path, probe: Path, sql: str, params=()) -> list[tuple]:
+    """What `sql` finds in the database a restore from the replica would bring back right now."""
     config = load_config(config_path)
     done = subprocess.run(
         [
@@ -69,12 +69,17 @@ def replicated_ids(config_path: Path, probe: Path) -> set[str]:
         text=True,
     )
     if done.returncode != 0:
-        return set()
+        return []
     conn = sqlite3.connect(probe)
     try:
-        return {row[0] for row in conn.execute("SELECT id FROM recordings")}
+        return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def replicated_ids(config_path: Path, probe: Path) -> set[str]:
+    """Recording ids that a restore from the replica would bring back right now."""
+    return {row[0] for row in replicated_rows(config_path, probe, "SELECT id FROM recordings")}
 
 
 def pair(box: BoxProcess):

@@ -86,6 +86,38 @@ def c001_index(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def c002_superseded_custody(db: sqlite_utils.Database) -> None:
+    """Custody entries and checkpoints a restored box's chain replaced: kept, never deleted."""
+    db.executescript(
+        """
+        CREATE TABLE custody_superseded (
+            box_id TEXT NOT NULL,
+            superseded_at TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts TEXT NOT NULL,
+            event TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            subject TEXT,
+            details TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            PRIMARY KEY (box_id, superseded_at, seq)
+        );
+        CREATE TABLE checkpoints_superseded (
+            box_id TEXT NOT NULL,
+            superseded_at TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts TEXT NOT NULL,
+            head_hash TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            PRIMARY KEY (box_id, superseded_at, seq)
+        );
+        """
+    )
+
+
 class Index:
     """Per-thread connections to `central.db`; writes use short IMMEDIATE transactions."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgebox import custody
+from edgebox.central import forks
 from edgebox.central.channel import FileChannel
 from edgebox.central.index import Index
 from edgebox.central.kinds import RecordingFiles, Refused, ReplicaFiles
@@ -146,7 +147,7 @@ class Receiver:
             "SELECT custody_seq, custody_hash FROM boxes WHERE box_id = ?", (box,)
         )
         seq, prev = head["custody_seq"], head["custody_hash"]
-        fresh = []
+        fresh, fork_at = [], None
         for entry in entries:
             try:
                 number, computed = int(entry["seq"]), custody.entry_hash(entry)
@@ -154,14 +155,17 @@ class Receiver:
                 raise ProtocolError("malformed custody entry") from None
             if computed != entry.get("hash"):
                 raise ProtocolError(f"custody entry {number}: hash does not match its content")
-            if number <= seq:
+            if number <= seq and fork_at is None:
                 known = self.index.one(
                     "SELECT hash FROM custody WHERE box_id = ? AND seq = ?", (box, number)
                 )
-                if known and known["hash"] != entry["hash"]:
-                    self.index.alarm(box, f"custody fork at entry {number}: history rewritten")
-                    return {"status": "rejected", "reason": f"fork at entry {number}"}
-                continue
+                if not known or known["hash"] == entry["hash"]:
+                    continue
+                why = forks.refusal(self.index, box, entries, checkpoints, number)
+                if why:
+                    self.index.alarm(box, f"custody {why}")
+                    return {"status": "rejected", "reason": why}
+                fork_at, seq, prev = number, number - 1, entry["prev_hash"]
             if number != seq + 1:
                 self.index.alarm(box, f"custody gap: entries {seq + 1}..{number - 1} missing")
                 return {"status": "gap", "next_seq": seq + 1}
@@ -186,6 +190,8 @@ class Receiver:
                 raise ProtocolError("checkpoint does not match the chain")
         columns = ("seq", "ts", "event", "actor", "subject", "details", "prev_hash", "hash")
         with self.index.write() as db:
+            if fork_at is not None:
+                moved = forks.supersede(db, box, fork_at, iso())
             for entry in fresh:
                 db.execute(CUSTODY_INSERT, [box, *(entry[c] for c in columns)])
             for cp in checkpoints:
@@ -200,6 +206,12 @@ class Receiver:
                     "WHERE box_id = ?",
                     [seq, prev, iso(), box],
                 )
+        if fork_at is not None:
+            self.index.alarm(
+                box,
+                f"box restored from its replica: central's custody entries {fork_at}.."
+                f"{fork_at + moved - 1} were replaced by the restored chain (kept as superseded)",
+            )
         return {"status": "ok"}
 
 
