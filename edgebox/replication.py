@@ -609,13 +609,16 @@ def _checked(config: Config, restored: Path) -> dict:
 def _record_restore(config: Config, restored: Path, details: dict) -> None:
     """Log the restore in the restored chain and sign a checkpoint over it (central accepts the
     restored history only with the box's signature on it), then fold the WAL in."""
-    from edgebox import custody
+    from edgebox import custody, restored_seals
     from edgebox.db import Store
     from edgebox.keys import Keyring
 
     store = Store(restored)
     try:
+        found = restored_seals.find(store, config.data_dir / "vault")
+        details["found_sealed"] = [rec["id"] for rec in found]
         custody.record(store, "database.restored", "operator", None, details)
+        restored_seals.record(store, found)
         identity = Keyring(config.data_dir / "keys").identity()
         custody.make_checkpoint(store, config.box.box_id, identity)
     finally:
@@ -692,7 +695,7 @@ def restore_database(
         "restored": str(db),
         **details,
         "recordings": checked["recordings"],
-        "custody_entries": checked["custody_entries"] + 1,
+        "custody_entries": checked["custody_entries"] + 1 + len(details["found_sealed"]),
         "seconds": round(time.monotonic() - started, 2),
     }
 

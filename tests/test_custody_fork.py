@@ -15,9 +15,11 @@ from edgebox import custody
 from edgebox import replication_config as lsconf
 from edgebox.central.index import Index
 from edgebox.central.receiver import Receiver
+from edgebox.cli import opened_box
 from edgebox.config import load_config
 from edgebox.db import Store
 from edgebox.keys import Keyring
+from edgebox.recordings import seal_recording
 from edgebox.sync import protocol
 from tests.conftest import SECRET, BoxProcess, make_box, run_cli
 from tests.sync_fixtures import alarms, central_workers, upstream_env, wait_for
@@ -210,3 +212,36 @@ def test_only_a_signed_restore_may_fork_the_chain(tmp_path):
     assert [s for s, _ in central_chain(tmp_path / "central", "van-3", "custody_superseded")] == [
         shared + 1, shared + 2, shared + 3,
     ]  # fmt: skip
+
+
+def test_a_seal_after_the_replicas_position_is_found_not_called_damage(tmp_path):
+    config_path = make_box(tmp_path / "box", box_id="van-4")
+    replica = lsconf.replica_dir(load_config(config_path))
+    box = BoxProcess(config_path).start()
+    try:
+        rid, _ = ingest(pair(box), 300_000)
+        wait_for(
+            lambda: (
+                replicated_rows(config_path, tmp_path / "probe.db", "SELECT id FROM recordings")
+                == [(rid,)]
+            ),
+            what="the replica to hold the recording",
+        )
+        older = tmp_path / "older-replica"
+        shutil.copytree(replica, older)
+    finally:
+        box.stop()
+    with opened_box(str(config_path)) as opened:  # central confirmed it; the box seals it
+        before = opened.store.one("SELECT stored_sha256 FROM recordings")["stored_sha256"]
+        seal_recording(opened, rid)
+    vault_file = load_config(config_path).data_dir / "vault" / f"{rid}.ebv"
+    sealed_bytes = vault_file.read_bytes()
+
+    restored = run_cli("restore", "--from", str(older), "--force", "--json", config=config_path)
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["found_sealed"] == [rid]
+    verified = run_cli("verify", "--json", config=config_path)
+    assert verified.returncode == 0, verified.stdout
+    row = listed(config_path)[rid]
+    assert (row["sealed"], row["sync_state"]) == (1, "synced")
+    assert row["stored_sha256"] != before and vault_file.read_bytes() == sealed_bytes

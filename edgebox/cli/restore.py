@@ -69,6 +69,11 @@ def restore(from_path, force, adopt, secret_file, config_file, as_json):
             )
         for name in r["missing_vault_files"]:
             click.echo(f"WARNING recording file {name} is not in the vault folder")
+        for recording_id in r["found_sealed"]:
+            click.echo(
+                f"recording {recording_id} was sealed after the replica's last position "
+                "(central confirmed it); recorded as sealed with its file's hash"
+            )
         if "adoption" in r:
             from edgebox.adopt import describe
 
