@@ -49,7 +49,7 @@ from bench.common import (  # noqa: E402
     reset_hwm,
     vm_hwm,
 )
-from bench.profiling import HOT_THREADS, Spy, pyspy, summarize_threads  # noqa: E402
+from bench.profiling import Spy, pyspy, summarize_threads  # noqa: E402
 from bench.sync_limits import raw_paho, store_alone  # noqa: E402
 from bench.sync_observe import Observer, time_restart  # noqa: E402
 from bench.sync_report import report  # noqa: E402
@@ -57,6 +57,12 @@ from bench.sync_wiring import BOX_ID, Wiring, fill_box  # noqa: E402
 from tests.brokers import TestPKI  # noqa: E402
 
 STALL_SECONDS = 60  # no progress at central for this long (3 x the 20 s ack timeout): a stall
+# The busy threads per process: the box's uplink (and its finisher and look-ahead check) and
+# paho's network thread; central's network thread and its lanes (`edgebox/central/lanes.py`).
+SYNC_THREADS = {
+    "box": ("uplink", "paho-mqtt-client-edgebox-"),
+    "central": ("paho-mqtt-client-edgebox-central", "edgebox-central-"),
+}
 
 
 @dataclass
@@ -100,6 +106,7 @@ class BoxRun:
 
     seconds: float | None = None
     first_init: float | None = None
+    startup_cpu: float | None = None  # the box's CPU seconds until the first transfer
     cpu: dict = field(default_factory=dict)
     rss: dict = field(default_factory=dict)
     error: str | None = None
@@ -174,6 +181,7 @@ class Bench:
                     with contextlib.suppress(OSError):
                         if os.listdir(wiring.transfers):
                             result.first_init = now - t0
+                            result.startup_cpu = box.cpu()
                             startup_hwm["box"] = reset_hwm(box.pid)
                             if profile:
                                 spies = self.spies(box.pid, wiring.central.pid)
@@ -250,7 +258,7 @@ class Bench:
     def take_profiles(self, spies: dict[str, Spy]) -> None:
         """Stop the spies; keep per process the lines on its busy threads, and their shares."""
         for name, spy in spies.items():
-            self.profiles[name], shares = summarize_threads(spy.finish(), HOT_THREADS[name])
+            self.profiles[name], shares = summarize_threads(spy.finish(), SYNC_THREADS[name])
             self.shares.update(shares)
 
     def record_box(self, name: str, key: str = "box", workers: int = 1) -> None:
@@ -266,7 +274,11 @@ class Bench:
                 result.seconds,
                 self.fill["stored_bytes"],
                 result.cpu,
-                {"first_init": result.first_init, "round": name.rsplit("-", 1)[-1]},
+                {
+                    "first_init": result.first_init,
+                    "startup_cpu": result.startup_cpu,
+                    "round": name.rsplit("-", 1)[-1],
+                },
             )
         )
         for role, value in result.rss.items():
@@ -274,7 +286,8 @@ class Bench:
                 self.rss[role] = max(self.rss.get(role, 0), value)
         log(
             f"  {key}: {m.samples[-1].mbps:.1f} MB/s ({result.seconds:.2f} s; first init at "
-            f"central {result.first_init:.2f} s after start); CPU s {cpu_text(result.cpu)}"
+            f"central {result.first_init:.2f} s after start, box CPU by then "
+            f"{result.startup_cpu:.1f} s); CPU s {cpu_text(result.cpu)}"
         )
 
     def record_raw(self, name: str) -> None:

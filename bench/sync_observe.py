@@ -2,14 +2,13 @@
 
 `Observer` counts what box and central publish (the protocol's overhead, resends, when segments
 pass the broker); `time_restart` restarts the broker mid-transfer and times the reconnects and
-the first new segment stored at central, from the broker's log and central's segment markers.
+the first new segment stored at central, from the broker's log and central's present marks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import threading
 import time
@@ -22,6 +21,7 @@ from paho.mqtt.properties import Properties
 
 from bench.common import port_open
 from bench.sync_wiring import BOX_ID, Wiring
+from edgebox.central.files import segments_present
 from tests.brokers import Mosquitto
 
 
@@ -112,13 +112,8 @@ def time_restart(wiring: Wiring, observer: Observer) -> dict:
     connects: dict[str, float] = {}
     stop_watch = threading.Event()
 
-    def markers() -> set[str]:
-        names = set()
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(wiring.transfers):
-                with contextlib.suppress(OSError):
-                    names.update(f"{tid}/{o}" for o in os.listdir(wiring.transfers / tid / "have"))
-        return names
+    def markers() -> set:
+        return segments_present(wiring.store)
 
     def watch() -> None:
         offset = log_offset

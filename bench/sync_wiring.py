@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.common import MIB, Proc, clean_env, edgebox_cmd, free_port
 from bench.tus import DemoBox, TusUploader
+from edgebox.central.files import segments_present
 from tests.brokers import Mosquitto
 
 BOX_ID = "bench-sync"
@@ -167,15 +168,10 @@ class Wiring:
         return states.get("synced", 0), states.get("rejected", 0)
 
     def central_progress(self) -> tuple[int, int]:
-        """(recordings complete, segment markers of transfers under way) at central."""
+        """(recordings complete, segments present of transfers under way) at central."""
         done = self.store / "boxes" / BOX_ID / "recordings"
         complete = len(list(done.glob("*.ebv"))) if done.exists() else 0
-        markers = 0
-        if self.transfers.exists():
-            for have in self.transfers.glob("*/have"):
-                with contextlib.suppress(OSError):
-                    markers += len(os.listdir(have))
-        return complete, markers
+        return complete, len(segments_present(self.store))
 
     def evidence(self) -> str:
         """What the box and central say, for a stall or failure report."""

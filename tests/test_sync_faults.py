@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from edgebox.central.files import segments_present
 from edgebox.central.index import Index
 from edgebox.sync import protocol
 from tests.brokers import connect_client
@@ -141,11 +142,7 @@ def test_central_worker_killed_mid_file(tmp_path, broker, pki):
     try:
         fill(box, 2, 4 * MIB)
         wait_for(
-            lambda: (
-                list((store / "transfers").rglob("have/*"))
-                if (store / "transfers").exists()
-                else None
-            ),
+            lambda: segments_present(store),
             what="segments stored at central",
         )
         assert second.poll() is None, (tmp_path / "central-b.log").read_text()
@@ -175,11 +172,7 @@ def test_box_killed_mid_transfer(tmp_path, broker, pki):
         for data in payloads:
             upload_all(camera, data)
         wait_for(
-            lambda: (
-                list((store / "transfers").rglob("have/*"))
-                if (store / "transfers").exists()
-                else None
-            ),
+            lambda: segments_present(store),
             what="a transfer under way",
         )
         process.kill9()

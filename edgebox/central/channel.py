@@ -31,6 +31,17 @@ class FileChannel:
         self.kinds = kinds
         self.ack = ack
         self.inits = InitCache()
+        self._transfers: dict[tuple[str, str], Transfer] = {}
+
+    def _transfer(self, box: str, tid: str) -> Transfer:
+        """The transfer's paths (kept: building them anew per segment cost more than the rest
+        of the bookkeeping)."""
+        transfer = self._transfers.get((box, tid))
+        if transfer is None:
+            if len(self._transfers) >= InitCache.LIMIT:
+                self._transfers.clear()
+            transfer = self._transfers[(box, tid)] = Transfer(self.root, box, tid)
+        return transfer
 
     def _complete(self, box: str, answering: str, tid: str, sha256: str, size: int) -> None:
         """Tell the box central holds the whole file with this hash and size."""
@@ -52,7 +63,7 @@ class FileChannel:
             return None
 
         def accept() -> None:
-            transfer = Transfer(self.root, box, tid)
+            transfer = self._transfer(box, tid)
             with transfer.locked():
                 verdict = kind.verdict(box, tid, message)
                 if verdict is not None:
@@ -61,7 +72,7 @@ class FileChannel:
                 if transfer.exists and transfer.init()["sha256"] != message["sha256"]:
                     raise ProtocolError("init for an existing transfer with other bytes")
                 transfer.create(message)
-                have = transfer.have()
+                have = transfer.have(self.inits.get(transfer)["chunk"])
             self.ack(box, {"re": "init", "tid": tid, "status": "ok", "have": have})
 
         return accept
@@ -70,7 +81,7 @@ class FileChannel:
         """Check a segment's transfer, offset and length; later: its hash, then store it."""
         box, tid, offset, sha = parts["box"], parts["tid"], parts["offset"], parts["sha256"]
         topic = protocol.segment_topic(box, tid, offset, sha)
-        transfer = Transfer(self.root, box, tid)
+        transfer = self._transfer(box, tid)
         init = self.inits.get(transfer)
         if init is None:
             self._absent(box, tid, offset, topic)
@@ -87,7 +98,7 @@ class FileChannel:
             with transfer.locked(shared=True):
                 present = transfer.exists  # a fin may have completed it meanwhile
                 if present:
-                    transfer.put(offset, payload)
+                    transfer.put(offset, payload, chunk)
             if present:
                 self.ack(box, {"re": "seg", "tid": tid, "offset": offset, "status": "ok"})
             else:
@@ -109,7 +120,7 @@ class FileChannel:
 
     def fin(self, box: str, tid: str, message: dict) -> Later:
         """Check a fin against its init; later: decide from what is stored."""
-        transfer = Transfer(self.root, box, tid)
+        transfer = self._transfer(box, tid)
         kind = kind_of(tid, self.kinds)
         held = kind.held(box, tid)
         if held is not None:
@@ -131,8 +142,9 @@ class FileChannel:
                 if not transfer.exists:  # forgotten meanwhile: the box starts it again
                     self.ack(box, {"re": "fin", "tid": tid, "status": "unknown"})
                     return
+                chunk = init["chunk"]
                 missing = sorted(
-                    set(protocol.offsets(init["size"], init["chunk"])) - set(transfer.have())
+                    set(protocol.offsets(init["size"], chunk)) - set(transfer.have(chunk))
                 )
                 if missing:
                     self.ack(box, {"re": "fin", "tid": tid, "status": "resend", "offsets": missing})

@@ -4,11 +4,12 @@ Layout under the store folder:
 
 - `transfers/<box>/<tid>/init.json`: the accepted init message;
 - `transfers/<box>/<tid>/data`: the file, preallocated, written by offset;
-- `transfers/<box>/<tid>/have/<offset>`: a marker per stored, hash-checked segment;
+- `transfers/<box>/<tid>/present`: one byte per segment, 1 once it is stored and
+  hash-checked;
 - `boxes/<box>/recordings/<recording>.ebv` and `.manifest.json`: complete recordings;
 - `replicas/<box>/...`: complete replica files and sets (`edgebox.central.replicas`).
 
-Completion is decided from what is stored (markers, size, whole-file hash), never
+Completion is decided from what is stored (present marks, size, whole-file hash), never
 from which worker saw which message.
 """
 
@@ -36,35 +37,41 @@ class Transfer:
         stripe = zlib.crc32(f"{box_id}/{tid}".encode()) % LOCK_STRIPES
         self.lock_path = Path(root) / "transfers" / ".locks" / f"{stripe}.lock"
         self.data = self.folder / "data"
-        self.have_dir = self.folder / "have"
+        self.present = self.folder / "present"
+        self.init_path = self.folder / "init.json"
 
     @property
     def exists(self) -> bool:
         """Whether an init was accepted for this transfer."""
-        return (self.folder / "init.json").exists()
+        return self.init_path.exists()
 
     def init(self) -> dict:
         """The accepted init message."""
-        return json.loads((self.folder / "init.json").read_text())
+        return json.loads(self.init_path.read_text())
 
     def create(self, init: dict) -> None:
-        """Accept an init: make the folder and the preallocated data file (idempotent)."""
-        self.have_dir.mkdir(parents=True, exist_ok=True)
-        if not self.data.exists():
-            with open(self.data, "wb") as handle:
-                handle.truncate(init["size"])
+        """Accept an init: make the folder, the preallocated data file and the (empty) map of
+        present segments (idempotent)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path, size in ((self.data, init["size"]), (self.present, 0)):
+            if not path.exists():
+                with open(path, "wb") as handle:
+                    handle.truncate(size)
         if not self.exists:
-            atomic_write(self.folder / "init.json", json.dumps(init).encode())
+            atomic_write(self.init_path, json.dumps(init).encode())
             fsync_dir(self.folder)
 
-    def have(self) -> list[int]:
-        """Offsets already stored and checked."""
-        if not self.have_dir.exists():
+    def have(self, chunk: int) -> list[int]:
+        """Offsets already stored and checked (segments of `chunk` bytes)."""
+        try:
+            marks = self.present.read_bytes()
+        except FileNotFoundError:
             return []
-        return sorted(int(p.name) for p in self.have_dir.iterdir() if p.name.isdigit())
+        return [n * chunk for n, mark in enumerate(marks) if mark]
 
-    def put(self, offset: int, data: bytes) -> None:
-        """Write one checked segment at its offset, then mark it present.
+    def put(self, offset: int, data: bytes, chunk: int) -> None:
+        """Write one checked segment at its offset, then mark it present: byte
+        `offset // chunk` of `present` becomes 1 (positional too, so any worker may write).
 
         No fsync per segment: `sync()` makes the file durable before the fin decision,
         and that decision re-hashes the whole file, so a segment lost in a crash is
@@ -75,7 +82,11 @@ class Transfer:
             os.pwrite(fd, data, offset)
         finally:
             os.close(fd)
-        os.close(os.open(self.have_dir / str(offset), os.O_WRONLY | os.O_CREAT, 0o644))
+        fd = os.open(self.present, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, b"\x01", offset // chunk)
+        finally:
+            os.close(fd)
 
     def sync(self) -> None:
         """Make the whole file durable (before it is hashed and moved into place)."""
@@ -86,18 +97,21 @@ class Transfer:
             os.close(fd)
 
     def forget_segments(self) -> None:
-        """Drop every marker (after a whole-file hash mismatch everything is sent again)."""
-        shutil.rmtree(self.have_dir, ignore_errors=True)
-        self.have_dir.mkdir(parents=True, exist_ok=True)
+        """Mark every segment missing (after a whole-file hash mismatch all is sent again)."""
+        os.truncate(self.present, 0)
 
     @contextlib.contextmanager
     def locked(self, shared: bool = False):
         """Serialise init and fin decisions across workers, threads and processes (striped
         lock files outside the transfer folder, which completion removes). Segment writes
         hold it `shared`: many at once, but never while a fin moves the file into place or
-        drops the markers."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        drops the marks."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        try:
+            fd = os.open(self.lock_path, flags, 0o644)
+        except FileNotFoundError:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, flags, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
@@ -131,7 +145,7 @@ class InitCache:
 
     def get(self, transfer: Transfer) -> dict | None:
         """{"size", "chunk", "sha256"} of the transfer's init, or None if none was accepted."""
-        path = transfer.folder / "init.json"
+        path = transfer.init_path
         try:
             stat = os.stat(path)
         except FileNotFoundError:
@@ -150,6 +164,17 @@ class InitCache:
                 {k: init[k] for k in ("size", "chunk", "sha256")},
             )
         return entry[1]
+
+
+def segments_present(root: Path) -> set[tuple[str, str, int]]:
+    """(box, tid, segment number) of every stored, checked segment of the transfers under way:
+    how tests and benchmarks watch central's progress."""
+    found = set()
+    for present in (Path(root) / "transfers").glob("*/*/present"):
+        with contextlib.suppress(OSError):
+            box, tid = present.parent.parent.name, present.parent.name
+            found.update((box, tid, n) for n, mark in enumerate(present.read_bytes()) if mark)
+    return found
 
 
 def recording_path(root: Path, box_id: str, recording_id: str) -> Path:

@@ -142,6 +142,7 @@ class Uplink:
 
     # -- the loop -----------------------------------------------------------
     def _run(self) -> None:
+        self._check_ahead()  # the first recording's check overlaps connecting and custody
         while not self.stop_event.is_set():
             if not self.link.connected.wait(1):
                 continue
@@ -303,14 +304,18 @@ class Uplink:
         transfer = FileTransfer(self, rec)
         if not transfer.ready():
             return True
-        following = self._next_recording(finishing, rec["id"])
+        self._check_ahead(finishing, rec["id"])
+        if transfer.stream():
+            self.finisher.take(transfer, rec["id"])
+        return True
+
+    def _check_ahead(self, *skip: str | None) -> None:
+        """Start checking the recording that comes after those in `skip` (see LookAhead)."""
+        following = self._next_recording(*skip)
         if following is not None:
             self.lookahead.start(
                 self.box.uploads.vault_path(following["id"]), following["stored_sha256"]
             )
-        if transfer.stream():
-            self.finisher.take(transfer, rec["id"])
-        return True
 
     def progress(self, recording_id: str, sent: int, size: int, force: bool = False) -> None:
         """Record transfer progress (at most every 2 s) for status and the dashboard."""
