@@ -305,7 +305,7 @@ class Bench:
         log(f"  raw: {sample.mbps:.1f} MB/s ({sample.seconds:.2f} s); CPU s {cpu_text(sample.cpu)}")
 
     def record_store(self, name: str) -> None:
-        """Central's per-segment work without MQTT: SHA-256 check, pwrite + fsync, marker."""
+        """Central's per-segment work without MQTT: SHA-256 check, pwrite, present mark."""
         nbytes = self.fill["stored_bytes"]
         seconds, cpu = store_alone(self.tmp / name, BOX_ID, nbytes)
         sample = Sample(seconds, nbytes, cpu)

@@ -9,7 +9,7 @@ import re
 import statistics
 import subprocess
 
-from bench.common import KIB, MB, fmt, machine
+from bench.common import GIB, KIB, MB, fmt, machine, median_or_none
 from bench.sync_roles import CHUNK, WINDOW
 
 
@@ -88,8 +88,8 @@ def report(bench) -> str:
         "timed from the first publish to the subscriber holding every byte. No hashing, no "
         "disk, no end-to-end acknowledgement: the limit of MQTT + TLS + Python on this machine.",
         "- **central store alone**: in the bench process, no MQTT: what central does per "
-        "segment (SHA-256 check, `Transfer.put`: pwrite and a marker file; the data file is "
-        "fsynced once before the fin decision) for the same bytes. A bound on the one worker.",
+        "segment (SHA-256 check, `Transfer.put`: pwrite and a present mark; the data file is "
+        "fsynced once before the fin decision) for the same bytes, in one thread.",
     ]
     if "box-n" in m:
         lines.append(
@@ -101,7 +101,8 @@ def report(bench) -> str:
     if box.samples:
         lines.append(
             f"- Box start-up: the first transfer appeared at central "
-            f"{box.extra_median('first_init'):.2f} s (median) after the box was spawned. "
+            f"{box.extra_median('first_init'):.2f} s (median) after the box was spawned, "
+            f"when the box had used {fmt(box.extra_median('startup_cpu'), '.1f')} CPU seconds. "
             f"Peak RSS during the transfers (VmHWM reset through /proc/PID/clear_refs once the "
             f"box started sending, resp. when the box was spawned): box "
             f"{bench.rss.get('box', 0) / MB:.0f} MB, central process "
@@ -135,37 +136,73 @@ def report(bench) -> str:
                 f"  (box / central store alone: {box.best() / store.best():.2f} on best; raw "
                 f"paho / store alone: {raw.best() / store.best():.2f})"
             )
-        central = next(
-            (
-                v
-                for k, v in bench.shares.items()
-                if k.startswith("paho-mqtt-client-edgebox-central")
-            ),
-            None,
-        )
-        uplink = bench.shares.get("uplink")
-        if central and uplink:
-            lines.append(
-                f"  In the profiled run central's one worker thread (it receives, checks, stores "
-                f"and answers every segment in paho's network thread) waited for input only "
-                f"{central.get('waiting', 0):.0%} of the time; fsync took "
-                f"{central.get('fsync', 0):.0%} (in {', '.join(central['fsync_sites'])}), SHA-256 "
-                f"{central.get('hashing', 0):.0%} (each segment, plus "
-                f"one whole-file pass at fin), TLS {central.get('TLS', 0):.0%}. The box's "
-                f"uplink thread waited for central's answers {uplink.get('waiting', 0):.0%} of "
-                f"the time"
-                + (
-                    ": the single worker, not the link, sets the pace."
-                    if central.get("waiting", 0) < 0.3 and uplink.get("waiting", 0) > 0.5
-                    else "."
-                )
-            )
+        lines += cpu_lines(bench)
+        lines += pace_lines(bench.shares)
     else:
         lines.append("- box / raw paho ≥ 0.8: not measured (a run failed)")
     lines += overhead_lines(bench)
     lines += restart_lines(bench)
     lines += profile_lines(bench)
     return "\n".join(lines) + "\n"
+
+
+def cores_busy(m) -> float | None:
+    """Median CPU seconds of all roles per wall second over a row's samples."""
+    return median_or_none([sum(s.cpu.values()) / s.seconds for s in m.samples if s.cpu])
+
+
+def cpu_lines(bench) -> list[str]:
+    """What each GiB cost in CPU along the whole path, box run against raw paho."""
+    m = bench.measurements
+    box, raw = m["box"], m["raw"]
+    parts = [box.cpu_per_gib(r) for r in ("box", "central", "broker")]
+    raws = [raw.cpu_per_gib(r) for r in ("sender", "receiver", "broker")]
+    startup = median_or_none(
+        [
+            s.extra["startup_cpu"] / (s.nbytes / GIB)
+            for s in box.samples
+            if s.extra.get("startup_cpu")
+        ]
+    )
+    if None in parts or None in raws:
+        return []
+    busy_box, busy_raw, cores = cores_busy(box), cores_busy(raw), os.cpu_count() or 1
+    lines = [
+        f"  CPU per GiB along the whole path (median): box run {sum(parts):.1f} s (box "
+        f"{parts[0]:.1f}, of which {fmt(startup, '.1f')} before its first transfer; central "
+        f"{parts[1]:.1f}; broker {parts[2]:.1f}), raw paho {sum(raws):.1f} s (publisher "
+        f"{raws[0]:.1f}, subscriber {raws[1]:.1f}, broker {raws[2]:.1f}). The runs kept "
+        f"{busy_box:.1f} and {busy_raw:.1f} of the {cores} cores busy"
+    ]
+    if min(busy_box, busy_raw) >= 0.75 * cores:
+        lines[-1] += (
+            ": both were limited by CPU, so their ratio follows what a GiB costs "
+            f"({sum(raws) / sum(parts):.2f} for raw / box)."
+        )
+    else:
+        lines[-1] += "."
+    return lines
+
+
+def pace_lines(shares: dict) -> list[str]:
+    """Who waited for whom in the profiled run (threads' waiting and hashing shares)."""
+    network = next(
+        (v for k, v in shares.items() if k.startswith("paho-mqtt-client-edgebox-central")), None
+    )
+    lanes = [v for k, v in shares.items() if k.startswith("edgebox-central-") and "-lane-" in k]
+    uplink = shares.get("uplink")
+    if not (network and lanes and uplink):
+        return []
+    lane_wait = statistics.mean(v.get("waiting", 0) for v in lanes)
+    lane_hash = statistics.mean(v.get("hashing", 0) for v in lanes)
+    return [
+        f"  In the profiled run central's network thread (reads, checks each message, hands "
+        f"the rest on) waited for input {network.get('waiting', 0):.0%} of the time, TLS "
+        f"{network.get('TLS', 0):.0%}; its {len(lanes)} lanes (SHA-256, write, answer; fin's "
+        f"fsync and whole-file hash) waited {lane_wait:.0%} on average and hashed "
+        f"{lane_hash:.0%}. The box's uplink thread waited for central's answers "
+        f"{uplink.get('waiting', 0):.0%} of the time."
+    ]
 
 
 def overhead_lines(bench) -> list[str]:
@@ -242,7 +279,8 @@ def restart_lines(bench) -> list[str]:
         f"  | central worker reconnected | {ms(info['central_connected'])} |",
         f"  | box reconnected | {ms(info['box_connected'])} |",
         f"  | first segment at the broker (observer) | {ms(info['first_seg_at_broker'])} |",
-        f"  | first new segment marker at central | {ms(info['first_marker_at_central'])} |",
+        f"  | first new segment marked present at central | "
+        f"{ms(info['first_marker_at_central'])} |",
         "",
         f"  Box messages the broker took after it was back but before central's worker had "
         f"reconnected (no subscriber then: central's workers use a clean session, so the broker "
@@ -254,8 +292,9 @@ def restart_lines(bench) -> list[str]:
     if resume is not None and box_back is not None and central_back is not None:
         lost = info["stop_to_down"] - info["stop_to_listen"]  # < 0: before the new broker
         both = max(box_back, central_back)
+        lead = "Mostly paho's reconnect back-off" if both >= resume / 2 else "The reconnects"
         lines += [
-            f"  Mostly paho's reconnect back-off: the new broker was accepting "
+            f"  {lead}: the new broker was accepting "
             f"{-lost * 1000:.0f} ms after the old one closed its port, but the box came back "
             f"only {box_back - lost:.2f} s after losing its connection (central's worker "
             f"{central_back - lost:.2f} s): `Link` in `edgebox/sync/link.py` sets paho's first "
@@ -272,9 +311,9 @@ def restart_lines(bench) -> list[str]:
         f"  The restart came after {info['at_bytes'] / MB:.0f} MB of segments "
         f"({bench.args.restart_at:.0%} of the backlog), in a separate box run with the observer. "
         f"Reconnect times are when the 5 ms log poller saw mosquitto's `New client connected` "
-        f"line; segment markers (`transfers/*/*/have/*`) are polled every 5 ms, and only a "
-        f"marker that appears after central's worker reconnected counts: "
-        f"{info['stale_markers']} markers appeared between the restart call and that reconnect "
+        f"line; central's present marks (`transfers/*/*/present`, one byte per segment) are "
+        f"polled every 5 ms, and only a segment marked after central's worker reconnected "
+        f"counts: {info['stale_markers']} were marked between the restart call and that reconnect "
         f"(central, the slower end of the pipeline, still storing segments it had read before "
         f"the broker went down). Segments published twice in this run: "
         f"{info.get('resent', '?')} ({fmt(info.get('resent_bytes'), 'd')} extra bytes). Whole "
