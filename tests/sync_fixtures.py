@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -51,6 +52,19 @@ def start_box(folder: Path, broker, pki, box_id: str, **extra) -> Box:
         make_box(folder, box_id=box_id)
     env = upstream_env(broker, pki, box_id, **extra)
     return Box(load_config(config, environ=env)).start(("127.0.0.1", 0))
+
+
+@contextlib.contextmanager
+def offline_box(folder: Path, box_id: str):
+    """A box with no upstream (created in `folder` if needed), started; stopped on exit."""
+    config = folder / "edgebox.toml"
+    if not config.exists():
+        make_box(folder, box_id=box_id)
+    box = Box(load_config(config, environ={})).start(("127.0.0.1", 0))
+    try:
+        yield box
+    finally:
+        box.stop()
 
 
 def central_workers(store: Path, broker, pki, count: int = 2):

@@ -19,6 +19,7 @@ from tests.sync_fixtures import (
     alarms,
     central_holds,
     central_workers,
+    offline_box,
     start_box,
     synced,
     upstream_env,
@@ -371,33 +372,18 @@ def test_hostile_messages(tmp_path, broker, pki):
 
 def test_offline_box_still_works(tmp_path):
     """No upstream configured: ingest and verify work, nothing is sealed or marked synced."""
-    from edgebox.box import Box
-    from edgebox.config import load_config
-
-    folder = tmp_path / "box"
-    make_box(folder, box_id="van-0")
-    box = Box(load_config(folder / "edgebox.toml", environ={})).start(("127.0.0.1", 0))
-    try:
+    with offline_box(tmp_path / "box", "van-0") as box:
         fill(box, 2, 100_000)
         assert states(box) == ["pending", "pending"]
         assert box.status()["upstream"]["backlog"]["recordings"] == 2
-    finally:
-        box.stop()
 
 
 def test_damaged_file_is_flagged_not_sent_and_does_not_block(tmp_path, broker, pki):
-    from edgebox.box import Box
-    from edgebox.config import load_config
-
     folder = tmp_path / "box"
-    make_box(folder, box_id="van-4")
-    offline = Box(load_config(folder / "edgebox.toml", environ={})).start(("127.0.0.1", 0))
-    try:
+    with offline_box(folder, "van-4") as offline:
         fill(offline, 3, 300_000)
         first = offline.store.query("SELECT id FROM recordings ORDER BY received_at")[0]["id"]
         path = offline.uploads.vault_path(first)
-    finally:
-        offline.stop()
     raw = bytearray(path.read_bytes())
     raw[-100] ^= 0x40  # bit rot in the oldest recording
     path.write_bytes(bytes(raw))

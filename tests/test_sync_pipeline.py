@@ -7,25 +7,18 @@ import queue
 
 import pytest
 
-from edgebox.box import Box
-from edgebox.config import load_config
 from edgebox.sync.pipeline import Acks, LookAhead
-from tests.conftest import make_box
+from tests.sync_fixtures import offline_box
 from tests.test_sync import fill
 
 
 @pytest.fixture
 def vault_file(tmp_path):
     """(path, stored sha256) of a real recording's vault file on an offline box."""
-    folder = tmp_path / "box"
-    make_box(folder, box_id="van-9")
-    box = Box(load_config(folder / "edgebox.toml", environ={})).start(("127.0.0.1", 0))
-    try:
+    with offline_box(tmp_path / "box", "van-9") as box:
         fill(box, 1, 300_000)
         rec = box.store.one("SELECT id, stored_sha256 FROM recordings")
         return box.uploads.vault_path(rec["id"]), rec["stored_sha256"]
-    finally:
-        box.stop()
 
 
 def test_look_ahead_result_is_used_only_for_the_same_file_and_hash(vault_file):
