@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 from bench.common import port_open
 from bench.sync_wiring import BOX_ID, Wiring
 from edgebox.central.files import segments_present
+from edgebox.sync.protocol import is_replica_transfer
 from tests.brokers import Mosquitto
 
 
@@ -38,7 +39,7 @@ class Observer:
         self.topics: Counter = Counter()  # every segment/init/fin topic, to count resends
         self.seg_times: list[tuple[float, str]] = []
         self.box_times: list[tuple[float, str]] = []  # box → central messages (not status)
-        self.seg_bytes = 0
+        self.seg_bytes = 0  # recordings' segment payloads (replica files are counted apart)
         self.complete: set[str] = set()
         self.connects: list[float] = []
         self.client = mqtt.Client(
@@ -75,26 +76,30 @@ class Observer:
         parts = topic.split("/")
         rest = parts[3:]
         kind = rest[0] if rest else "?"
+        replica = False
         if kind == "file" and len(rest) >= 3:
-            kind = rest[2]  # init, seg, fin
+            kind, replica = rest[2], is_replica_transfer(rest[1])  # init, seg, fin
         elif kind == "ack":
             with contextlib.suppress(ValueError, AttributeError):
                 body = json.loads(message.payload)
                 kind = f"ack:{body.get('re')}"
-                if body.get("re") in ("fin", "init") and body.get("status") == "complete":
+                replica = is_replica_transfer(str(body.get("tid")))
+                done = body.get("re") in ("fin", "init") and body.get("status") == "complete"
+                if done and not replica:
                     with self.lock:
                         self.complete.add(body.get("tid"))
         with self.lock:
-            entry = self.kinds.setdefault(kind, [0, 0, 0])
+            entry = self.kinds.setdefault(f"replica {kind}" if replica else kind, [0, 0, 0])
             entry[0] += 1
             entry[1] += len(topic.encode())
             entry[2] += len(message.payload)
             if kind in ("seg", "init", "fin"):
                 self.topics[topic] += 1
-            if kind == "seg":
+                self.box_times.append((now, kind))
+            if kind == "seg" and not replica:
                 self.seg_bytes += len(message.payload)
                 self.seg_times.append((now, topic))
-            if kind in ("seg", "init", "fin", "meta"):
+            if kind == "meta":
                 self.box_times.append((now, kind))
 
     def close(self) -> None:

@@ -215,7 +215,7 @@ def overhead_lines(bench) -> list[str]:
     seg = kinds.get("seg", [0, 0, 0])
     total = sum(v[1] + v[2] for v in kinds.values())
     file_kinds = ("init", "seg", "fin", "ack:init", "ack:seg", "ack:fin")
-    files = sum(v[1] + v[2] for k, v in kinds.items() if k in file_kinds)
+    files = sum(v[1] + v[2] for k, v in kinds.items() if k.removeprefix("replica ") in file_kinds)
     overhead = total / nbytes - 1
     file_overhead = files / nbytes - 1
     frames = sum(framing(v[1], v[2], v[0]) for v in kinds.values())
@@ -226,7 +226,7 @@ def overhead_lines(bench) -> list[str]:
         "  | messages | count | topic bytes | payload bytes |",
         "  | --- | ---: | ---: | ---: |",
     ]
-    for kind in sorted(kinds, key=lambda k: (k.startswith("ack"), k)):
+    for kind in sorted(kinds, key=lambda k: ("ack:" in k, k.startswith("replica"), k)):
         count, topic, payload = kinds[kind]
         lines.append(f"  | {kind} | {count} | {topic} | {payload} |")
     lines += [
@@ -237,8 +237,15 @@ def overhead_lines(bench) -> list[str]:
         f"`.../seg/<offset>/<sha256>`, `.../fin`) and of every answer central published on "
         f"the box's `ack` topic, over the {nbytes} stored bytes: "
         f'{total} / {nbytes} − 1. "File transfers alone" leaves out `status` and `meta` '
-        f"(custody entries of the ingest, sent first whatever the files). Segment payloads "
-        f"were {seg[2]} bytes (= the stored bytes once: "
+        f"(custody entries of the ingest, sent first whatever the files)"
+        + (
+            "; it keeps the `replica` rows: the Litestream replica's files, which go up "
+            "through the same file transfer and count here as overhead (their bytes are not "
+            "the recordings')"
+            if any(k.startswith("replica") for k in kinds)
+            else ""
+        )
+        + f". The recordings' segment payloads were {seg[2]} bytes (= the stored bytes once: "
         f"{'yes' if seg[2] == nbytes else 'NO'}); resent topics: {data['resent']}. Each "
         f"segment topic is ~{seg[1] // max(seg[0], 1)} bytes (tid + offset + 64 hex SHA-256). "
         f"Not counted: MQTT framing (≈{frames} bytes on one leg for these messages, "
