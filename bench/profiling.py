@@ -142,12 +142,6 @@ def summarize_pyspy(raw: str, sources: dict | None = None, top: int = 15) -> dic
 
 # -- per thread (sync) ------------------------------------------------------------------------
 
-HOT_THREADS = {
-    "box": ("uplink", "paho-mqtt-client-edgebox-"),
-    "central": ("paho-mqtt-client-edgebox-central",),
-}
-
-
 def category(frame: str) -> str:
     """waiting / fsync / hashing / TLS / other, from a leaf frame and its source line."""
     text = source_text(frame)
