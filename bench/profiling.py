@@ -142,6 +142,7 @@ def summarize_pyspy(raw: str, sources: dict | None = None, top: int = 15) -> dic
 
 # -- per thread (sync) ------------------------------------------------------------------------
 
+
 def category(frame: str) -> str:
     """waiting / fsync / hashing / TLS / other, from a leaf frame and its source line."""
     text = source_text(frame)
