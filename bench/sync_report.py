@@ -9,7 +9,7 @@ import re
 import statistics
 import subprocess
 
-from bench.common import GIB, KIB, MB, fmt, machine, median_or_none
+from bench.common import KIB, MB, fmt, machine, median_or_none
 from bench.sync_roles import CHUNK, WINDOW
 
 
@@ -56,6 +56,7 @@ def report(bench) -> str:
     ]
     roles = {
         "box": ("box", "central"),
+        "box-stream": ("box", "central"),
         "raw": ("sender", "receiver"),
         "store": (None, "receiver"),
         "box-n": ("box", "central"),
@@ -71,7 +72,7 @@ def report(bench) -> str:
             f"| {fmt(sender and x.cpu_per_gib(sender), '.2f')} "
             f"| {fmt(x.cpu_per_gib(receiver), '.2f')} | {fmt(x.cpu_per_gib('broker'), '.2f')} |"
         )
-    box, raw, store = m["box"], m["raw"], m["store"]
+    box, stream, raw, store = m["box"], m["box-stream"], m["raw"], m["store"]
     lines += [
         "",
         "- **box → central**: timed from the `edgebox run` spawn (with the `EDGEBOX_UPSTREAM__*` "
@@ -81,6 +82,11 @@ def report(bench) -> str:
         "custody first) and the last fin's whole-file check at central. Sender = the box "
         "process, receiver = the central process (`edgebox central run --workers 1`), broker = "
         "mosquitto, each over the timed interval; box CPU includes its start-up.",
+        "- **from the first transfer on**: the same runs without the box's start-up: from the "
+        "first transfer folder appearing at central (its first init, polled every 50 ms) to "
+        "the last confirmation, each role's CPU over that interval. This is the figure timed "
+        "like raw paho's, whose publisher is timed from its first publish, after its own "
+        "start-up and TLS connect.",
         "- **raw paho**: a separate publisher process (paho-mqtt 2.x, MQTT 5, "
         f"`max_inflight_messages_set({WINDOW})` and at most {WINDOW} publishes without PUBACK) "
         f"sends the same number of bytes in {CHUNK // KIB} KiB QoS 1 messages over the same TLS "
@@ -117,13 +123,21 @@ def report(bench) -> str:
 
     lines += ["", "Aims:", ""]
     if box.samples and raw.samples:
-        best, median = box.best() / raw.best(), box.median() / raw.median()
+        best, median = stream.best() / raw.best(), stream.median() / raw.median()
         lines.append(
-            f"- box / raw paho ≥ 0.8: {best:.2f} on best ({box.best():.1f} vs {raw.best():.1f} "
-            f"MB/s), {median:.2f} on median — {'met' if best >= 0.8 else 'NOT met'}"
+            f"- box / raw paho ≥ 0.8, both timed from their first byte sent: {best:.2f} on best "
+            f"({stream.best():.1f} vs {raw.best():.1f} MB/s), {median:.2f} on median — "
+            f"{'met' if best >= 0.8 else 'NOT met'}"
+        )
+        lines.append(
+            f"  Counting the box's start-up as well (spawn of `edgebox run` to the last "
+            f"confirmation): {box.best() / raw.best():.2f} on best ({box.best():.1f} MB/s), "
+            f"{box.median() / raw.median():.2f} on median."
         )
         rounds = {s.extra.get("round"): s.mbps for s in raw.samples}
-        paired = [s.mbps / rounds[r] for s in box.samples if (r := s.extra.get("round")) in rounds]
+        paired = [
+            s.mbps / rounds[r] for s in stream.samples if (r := s.extra.get("round")) in rounds
+        ]
         if paired:
             lines.append(
                 "  Paired by round (box and raw run back to back, so they share the machine's "
@@ -133,7 +147,7 @@ def report(bench) -> str:
             )
         if store.samples:
             lines.append(
-                f"  (box / central store alone: {box.best() / store.best():.2f} on best; raw "
+                f"  (box / central store alone: {stream.best() / store.best():.2f} on best; raw "
                 f"paho / store alone: {raw.best() / store.best():.2f})"
             )
         lines += cpu_lines(bench)
@@ -152,27 +166,23 @@ def cores_busy(m) -> float | None:
 
 
 def cpu_lines(bench) -> list[str]:
-    """What each GiB cost in CPU along the whole path, box run against raw paho."""
+    """What each GiB cost in CPU along the whole path, box run (after its start-up) against raw
+    paho."""
     m = bench.measurements
-    box, raw = m["box"], m["raw"]
+    box, raw = m["box-stream"], m["raw"]
     parts = [box.cpu_per_gib(r) for r in ("box", "central", "broker")]
     raws = [raw.cpu_per_gib(r) for r in ("sender", "receiver", "broker")]
-    startup = median_or_none(
-        [
-            s.extra["startup_cpu"] / (s.nbytes / GIB)
-            for s in box.samples
-            if s.extra.get("startup_cpu")
-        ]
-    )
+    startup = m["box"].extra_median("startup_cpu")
     if None in parts or None in raws:
         return []
     busy_box, busy_raw, cores = cores_busy(box), cores_busy(raw), os.cpu_count() or 1
     lines = [
-        f"  CPU per GiB along the whole path (median): box run {sum(parts):.1f} s (box "
-        f"{parts[0]:.1f}, of which {fmt(startup, '.1f')} before its first transfer; central "
-        f"{parts[1]:.1f}; broker {parts[2]:.1f}), raw paho {sum(raws):.1f} s (publisher "
-        f"{raws[0]:.1f}, subscriber {raws[1]:.1f}, broker {raws[2]:.1f}). The runs kept "
-        f"{busy_box:.1f} and {busy_raw:.1f} of the {cores} cores busy"
+        f"  CPU per GiB along the whole path from the first transfer on (median): box run "
+        f"{sum(parts):.1f} s (box {parts[0]:.1f}, central {parts[1]:.1f}, broker "
+        f"{parts[2]:.1f}; the box's start-up took another {fmt(startup, '.1f')} CPU s), raw "
+        f"paho {sum(raws):.1f} s (publisher {raws[0]:.1f}, subscriber {raws[1]:.1f}, broker "
+        f"{raws[2]:.1f}). The runs kept {busy_box:.1f} and {busy_raw:.1f} of the {cores} "
+        f"cores busy"
     ]
     if min(busy_box, busy_raw) >= 0.75 * cores:
         lines[-1] += (

@@ -282,3 +282,15 @@ def m004_recordings_listing(db: sqlite_utils.Database) -> None:
             WHERE warned IS NULL AND exemption IS NULL;
         """
     )
+
+
+@migrations()
+def m005_awaiting_seal(db: sqlite_utils.Database) -> None:
+    """The recordings central confirmed that the box has yet to seal (sealing waits until the
+    uplink has nothing left to send): found and counted without a scan of the synced ones."""
+    db.executescript(
+        """
+        CREATE INDEX recordings_awaiting_seal ON recordings(received_at, id)
+            WHERE sync_state = 'synced' AND sealed = 0;
+        """
+    )

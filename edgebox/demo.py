@@ -153,7 +153,7 @@ def _wait_synced(box, store: Path, log, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         backlog = box.status()["upstream"]["backlog"]
-        if backlog["recordings"] == 0:
+        if backlog["recordings"] == 0 and backlog["awaiting_seal"] == 0:
             box.checkpoint()
             box.uplink.flush_custody(timeout=10)
             count = box.status()["recordings"]["n"]

@@ -611,6 +611,7 @@ def rewrite_header(path: Path, stanzas: list[dict]) -> str:
     header = read_header(path)
     header.stanzas = stanzas
     raw = header.encode()
+    stored = _sha256_after_header(path, raw)  # before any change: the DB follows in moments
     journal = path.with_name(path.name + ".header-journal")
     fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -621,7 +622,19 @@ def rewrite_header(path: Path, stanzas: list[dict]) -> str:
     _apply_header(path, raw)
     journal.unlink()
     fsync_dir(path.parent)
-    return file_sha256(path)
+    return stored
+
+
+def _sha256_after_header(path: Path, raw: bytes, block: int = 1 << 20) -> str:
+    """SHA-256 of the file as it will be once its header area is replaced by `raw` (of the
+    same size), computed before the change, so a reader of the database and the file meets
+    the two out of step for a few milliseconds, not for a whole-file hash."""
+    digest = hashlib.sha256(raw)
+    with open(path, "rb") as handle:
+        handle.seek(len(raw))
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _apply_header(path: Path, raw: bytes) -> None:

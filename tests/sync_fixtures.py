@@ -104,6 +104,12 @@ def synced(box) -> bool:
     return bool(rows) and all(r["sync_state"] == "synced" for r in rows)
 
 
+def sealed(box) -> bool:
+    """Whether every recording on the box is confirmed by central and sealed."""
+    rows = box.store.query("SELECT sync_state, sealed FROM recordings")
+    return bool(rows) and all(r["sync_state"] == "synced" and r["sealed"] for r in rows)
+
+
 def alarms(store: Path) -> list[str]:
     """Central's alarms."""
     index = Index(store)

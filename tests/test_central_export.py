@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from edgebox.central.index import Index
 from edgebox.keys import pem_private
 from tests.conftest import SECRET, enroll, run_cli
-from tests.sync_fixtures import central_workers, start_box, synced, wait_for
+from tests.sync_fixtures import central_workers, sealed, start_box, wait_for
 from tests.test_ingest import upload_all
 from tests.test_sync import fill
 
@@ -46,7 +46,7 @@ def sync_two_recordings(tmp_path: Path, broker, pki):
     camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"], "CAM-NAMED")
     upload_all(camera, NAMED_BYTES, metadata={"filename": NAMED})
     payloads.append(NAMED_BYTES)
-    wait_for(lambda: synced(box), what="recordings synced")
+    wait_for(lambda: sealed(box), what="recordings synced and sealed")
     head = box.store.one("SELECT max(seq) AS seq FROM custody")["seq"]
     wait_for(
         lambda: (

@@ -11,8 +11,8 @@ from tests.conftest import enroll
 from tests.sync_fixtures import (
     central_holds,
     central_workers,
+    sealed,
     start_box,
-    synced,
     wait_for,
 )
 from tests.test_ingest import upload_all
@@ -38,7 +38,7 @@ def test_full_flow_two_boxes_two_workers(tmp_path, broker, pki):
     try:
         payloads = {b.config.box.box_id: fill(b, 3, MIB + 17) for b in boxes}
         for b in boxes:
-            wait_for(lambda b=b: synced(b), what=f"{b.config.box.box_id} synced")
+            wait_for(lambda b=b: sealed(b), what=f"{b.config.box.box_id} synced and sealed")
         held = central_holds(store)
         for b in boxes:
             for rec in b.store.query("SELECT * FROM recordings"):

@@ -1,31 +1,24 @@
 """What lets the uplink send recordings back to back instead of one after another.
 
-Between two recordings the box used to stand still three times: while central hashed
-the finished file (fin), while the box sealed it, and while the box checked the next
-file's stored-bytes hash. Now:
+Between two recordings the box used to stand still while central hashed the finished
+file (fin). Now:
 
 - `Acks` routes central's answers by transfer id, so two threads can each wait for
   their own transfer's answers (nothing meant for one is dropped by the other);
 - `Finisher` runs one transfer's end (fin, central's verdict, any resend, then the
-  confirmation and seal) in its own thread while the uplink thread streams the next
-  file; at most one transfer is finishing at a time;
-- `LookAhead` checks the next recording's vault file (header, size, stored-bytes
-  SHA-256) in the background while the current one is sent. The check still comes
-  before any byte of that file leaves the box, and a result is used only if the file
-  is the same (inode, size, mtime) and the recording still names the same hash.
+  confirmation) in its own thread while the uplink thread streams the next file; at
+  most one transfer is finishing at a time.
+
+The two whole-file passes the box once made per recording are gone from the drain:
+the stored-bytes hash is checked end to end by central's fin (a mismatch makes the box
+check its own file, see `FileTransfer.resending_all`), and sealing, which re-hashes
+the file, waits until nothing is left to send (`Uplink.seal_confirmed`).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import queue
 import threading
-from pathlib import Path
-
-from edgebox import vault
-
-log = logging.getLogger(__name__)
 
 
 class Acks:
@@ -102,52 +95,3 @@ class Finisher:
             self._error = exc
         finally:
             self.recording_id = None
-
-
-def _stamp(path: Path) -> tuple | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-class LookAhead:
-    """The pre-send check of a vault file, started early in another thread."""
-
-    def __init__(self):
-        self._key: tuple | None = None
-        self._thread: threading.Thread | None = None
-        self._problems: list[str] | None = None
-
-    def start(self, path: Path, stored_sha256: str) -> None:
-        """Begin checking `path` against `stored_sha256` in the background."""
-        self.wait()
-        key = (str(path), stored_sha256, _stamp(path))
-        self._key, self._problems = key, None
-        self._thread = threading.Thread(
-            target=self._check, args=(path, stored_sha256), name="uplink-check", daemon=True
-        )
-        self._thread.start()
-
-    def _check(self, path: Path, stored_sha256: str) -> None:
-        try:
-            self._problems = vault.check_structure(path, stored_sha256)
-        except Exception:  # noqa: BLE001 - the uplink checks again in its own thread
-            log.exception("checking %s ahead failed", path)
-
-    def wait(self) -> None:
-        """Let a running check end."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def problems(self, path: Path, stored_sha256: str) -> list[str]:
-        """`vault.check_structure(path, stored_sha256)`: the early result if it was for this
-        very file and hash, else checked now."""
-        self.wait()
-        key, problems = self._key, self._problems
-        self._key = self._problems = None
-        if problems is not None and key == (str(path), stored_sha256, _stamp(path)):
-            return problems
-        return vault.check_structure(path, stored_sha256)

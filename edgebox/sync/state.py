@@ -27,18 +27,23 @@ def put(store: Store, key: str, value) -> None:
 
 
 def backlog(store: Store) -> dict:
-    """What still has to reach central: recordings, bytes, custody entries, metadata events."""
+    """What still has to reach central (recordings, bytes, custody entries, metadata events),
+    and how many recordings central confirmed that the box has yet to seal."""
     recordings = store.one(
         "SELECT COUNT(*) AS n, COALESCE(SUM(stored_size), 0) AS bytes FROM recordings "
         "WHERE sync_state NOT IN ('synced', 'deleted')"
     )
     head = store.one("SELECT COALESCE(MAX(seq), 0) AS seq FROM custody")["seq"]
     meta = store.one("SELECT COUNT(*) AS n FROM outbox WHERE state = 'queued' AND kind = 'meta'")
+    unsealed = store.one(
+        "SELECT COUNT(*) AS n FROM recordings WHERE sync_state = 'synced' AND sealed = 0"
+    )
     return {
         "recordings": recordings["n"],
         "bytes": recordings["bytes"],
         "custody_entries": head - get(store, "custody_sent_seq", 0),
         "metadata_events": meta["n"],
+        "awaiting_seal": unsealed["n"],
     }
 
 

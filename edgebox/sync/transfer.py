@@ -264,15 +264,16 @@ class FileTransfer(SegmentedTransfer):
         }
 
     def ready(self) -> bool:
-        """Check the file and mark the recording as sending; False when it is damaged (then
-        it is flagged and not sent).
+        """Check the file's header and size and mark the recording as sending; False when it
+        is damaged (then it is flagged and not sent).
 
-        The check (header, size, stored-bytes hash) usually ran ahead, while the previous
-        recording was sent (`Uplink.lookahead`); either way it comes before any byte of
-        this file leaves the box.
+        The stored-bytes hash is not computed here: central hashes its copy at the fin
+        against the hash recorded at ingest, and a mismatch makes the box check its own
+        file (`resending_all`), so bit rot still ends with the recording flagged damaged
+        and never confirmed, without a whole-file pass before every healthy send.
         """
-        problems = self.uplink.lookahead.problems(self.path, self.sha256)
-        if problems:  # never ship damaged bytes; flag it and let the rest of the backlog go on
+        problems = vault.check_structure(self.path)
+        if problems:  # never ship a file whose header or size is wrong
             self.uplink.damaged(self.rec, problems[0])
             return False
         with self.uplink.store.write() as db:
@@ -293,7 +294,7 @@ class FileTransfer(SegmentedTransfer):
         return True
 
     def completed(self, ack: dict) -> None:
-        """Mark synced and seal (see Uplink.confirmed)."""
+        """Mark synced (see Uplink.confirmed; the seal follows when the link is idle)."""
         self.uplink.progress(self.rec["id"], self.size, self.size, force=True)
         self.uplink.confirmed(self.rec, ack)
 

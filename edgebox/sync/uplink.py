@@ -5,8 +5,9 @@ recordings under a hold or tied to an incident, then the oldest), sending only
 while the link is up and keeping at most `window` file segments unacknowledged.
 Once per `replication.ship_interval_seconds` the Litestream replica's new files
 go up in between (see `edgebox.sync.replica`).
-Only central's end-to-end answer marks anything delivered; then the recording
-is sealed.
+Only central's end-to-end answer marks anything delivered. A confirmed recording is
+sealed once nothing is left to send (sealing re-hashes the whole file, which would
+otherwise slow the drain), or while the link is down.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from edgebox.clock import iso
 from edgebox.errors import EdgeboxError
 from edgebox.sync import protocol, state
 from edgebox.sync.link import Link, settings_from_config
-from edgebox.sync.pipeline import Acks, Finisher, LookAhead
+from edgebox.sync.pipeline import Acks, Finisher
 from edgebox.sync.replica import ReplicaShipper
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class Uplink:
         self._bucket = _Bucket(self.up.bandwidth_bytes_per_second)
         self.replica = ReplicaShipper(self)
         self.finisher = Finisher(LinkLost)
-        self.lookahead = LookAhead()
+        self._seal_failed: set[str] = set()  # not retried until the box restarts
         self._thread: threading.Thread | None = None
         self._progress_stamp = 0.0
 
@@ -105,7 +106,6 @@ class Uplink:
         if self._thread:
             self._thread.join(timeout=15)
         self.finisher.wait(timeout=15)
-        self.lookahead.wait()
         self.link.stop()
 
     def flush_custody(self, timeout: float = 5) -> bool:
@@ -142,9 +142,10 @@ class Uplink:
 
     # -- the loop -----------------------------------------------------------
     def _run(self) -> None:
-        self._check_ahead()  # the first recording's check overlaps connecting and custody
         while not self.stop_event.is_set():
-            if not self.link.connected.wait(1):
+            if not self.link.connected.is_set():
+                if not self._guarded(self.seal_confirmed):
+                    self.link.connected.wait(1)
                 continue
             try:
                 self.finisher.raise_failure()
@@ -153,6 +154,7 @@ class Uplink:
                     or self._send_meta()
                     or self.replica.ship_if_due()
                     or self._send_next_recording()
+                    or self.seal_confirmed()
                 )
             except LinkLost:
                 continue
@@ -291,8 +293,7 @@ class Uplink:
     def _send_next_recording(self) -> bool:
         """Stream the next recording, then hand its end to the finisher and go on.
 
-        While it streams, the recording after it is checked ahead; while the finisher
-        waits for central's verdict on it (and seals it), the next one streams.
+        While the finisher waits for central's verdict on it, the next one streams.
         """
         finishing = self.finisher.recording_id
         rec = self._next_recording(finishing)
@@ -304,18 +305,9 @@ class Uplink:
         transfer = FileTransfer(self, rec)
         if not transfer.ready():
             return True
-        self._check_ahead(finishing, rec["id"])
         if transfer.stream():
             self.finisher.take(transfer, rec["id"])
         return True
-
-    def _check_ahead(self, *skip: str | None) -> None:
-        """Start checking the recording that comes after those in `skip` (see LookAhead)."""
-        following = self._next_recording(*skip)
-        if following is not None:
-            self.lookahead.start(
-                self.box.uploads.vault_path(following["id"]), following["stored_sha256"]
-            )
 
     def progress(self, recording_id: str, sent: int, size: int, force: bool = False) -> None:
         """Record transfer progress (at most every 2 s) for status and the dashboard."""
@@ -329,9 +321,8 @@ class Uplink:
             )
 
     def confirmed(self, rec: dict, ack: dict) -> None:
-        """Central holds a complete, hash-checked copy: mark synced, log it, then seal."""
-        from edgebox.recordings import seal_recording
-
+        """Central holds a complete, hash-checked copy: mark synced and log it (the seal
+        follows in `seal_confirmed`)."""
         with self.store.write() as db:
             db.execute("UPDATE recordings SET sync_state = 'synced' WHERE id = ?", [rec["id"]])
             custody.append(
@@ -345,8 +336,41 @@ class Uplink:
                     "tid": ack["tid"],
                 },
             )
-        if not rec["sealed"]:
-            seal_recording(self.box, rec["id"], actor="box")
+
+    def seal_confirmed(self) -> bool:
+        """Seal the oldest recording central confirmed that is still unsealed; False when
+        there is none.
+
+        The uplink calls this only when nothing is left to send (or the link is down):
+        sealing rewrites the header and hashes the whole file again, CPU the drain needs
+        more. The backlog was unsealed all the while it waited offline, so waiting for
+        the drain to end adds little exposure; it also finishes seals a crash or a stop
+        cut short. A recording whose seal fails is logged and left until the box restarts.
+        """
+        from edgebox.recordings import seal_recording
+
+        rows = self.store.query(
+            "SELECT id FROM recordings WHERE sync_state = 'synced' AND sealed = 0 "
+            "ORDER BY received_at, id LIMIT ?",
+            (len(self._seal_failed) + 1,),
+        )
+        todo = [r["id"] for r in rows if r["id"] not in self._seal_failed]
+        if not todo:
+            return False
+        try:
+            seal_recording(self.box, todo[0], actor="box")
+        except (EdgeboxError, OSError) as exc:
+            self._seal_failed.add(todo[0])
+            log.error("sealing recording %s failed: %s", todo[0], exc)
+        return True
+
+    def _guarded(self, step) -> bool:
+        """`step()`, with an unexpected failure logged (and False) instead of raised."""
+        try:
+            return step()
+        except Exception:  # noqa: BLE001 - the uplink thread must keep running
+            log.exception("uplink: %s failed", step.__name__)
+            return False
 
     def rejected(self, rec: dict, reason: str) -> None:
         """Central refused a recording: keep it, flag it, log it."""
