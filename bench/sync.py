@@ -137,7 +137,9 @@ class Bench:
                 "box-stream", "the same box runs, from the first transfer at central on"
             ),
             "raw": Measurement("raw", "raw paho QoS 1 → Mosquitto TLS → counting subscriber"),
-            "store": Measurement("store", "central store alone: SHA-256 + Transfer.put, no MQTT"),
+            "store": Measurement(
+                "store", "central store alone: Transfer.put, fsync, whole-file SHA-256; no MQTT"
+            ),
         }
         if args.extra_workers > 1:
             self.measurements["box-n"] = Measurement(

@@ -93,9 +93,9 @@ def report(bench) -> str:
         "listener (client certificate) to a separate subscriber process (QoS 1, counts bytes); "
         "timed from the first publish to the subscriber holding every byte. No hashing, no "
         "disk, no end-to-end acknowledgement: the limit of MQTT + TLS + Python on this machine.",
-        "- **central store alone**: in the bench process, no MQTT: what central does per "
-        "segment (SHA-256 check, `Transfer.put`: pwrite and a present mark; the data file is "
-        "fsynced once before the fin decision) for the same bytes, in one thread.",
+        "- **central store alone**: in the bench process, no MQTT: what central does with "
+        "the same bytes, in one thread: per segment `Transfer.put` (pwrite, the digest its "
+        "topic named, a present mark), then the fin's fsync and whole-file SHA-256.",
     ]
     if "box-n" in m:
         lines.append(

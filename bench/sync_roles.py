@@ -28,7 +28,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 
 from bench.common import KIB, cpu_self  # noqa: E402
 
-CHUNK = 512 * KIB  # upstream.chunk_size default
+CHUNK = 1024 * KIB  # upstream.chunk_size default
 WINDOW = 16  # upstream.window default
 RAW_TOPIC = "bench/raw"
 

@@ -78,7 +78,7 @@ class UpstreamSection:
     client_cert: str = ""
     client_key: str = ""
     ca: str = ""
-    chunk_size: int = 512 * 1024
+    chunk_size: int = 1024 * 1024
     window: int = 16
     bandwidth_bytes_per_second: int = 0
     session_expiry_hours: int = 168

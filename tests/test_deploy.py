@@ -14,13 +14,14 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from edgebox.config import UpstreamSection
 from tests.brokers import MOSQUITTO, Inbox, TestPKI, close_client, connect_client
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 UNITS = ["edgebox.service", "edgebox-litestream.service"]
 MAX_EXPOSURE = 2.0
-CHUNK = 512 * 1024
+CHUNK = UpstreamSection.chunk_size  # the default segment the broker must let through
 
 
 def run(*command, **kwargs) -> subprocess.CompletedProcess:
