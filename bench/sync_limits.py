@@ -65,24 +65,22 @@ def raw_paho(run: Path, pki: TestPKI, nbytes: int) -> tuple[float, dict[str, flo
 
 
 def store_alone(root: Path, box_id: str, nbytes: int) -> tuple[float, dict[str, float]]:
-    """Central's work for a file without MQTT: per segment `Transfer.put` (pwrite, the topic's
-    digest, the present mark), then the fin's fsync and whole-file SHA-256.
+    """Central's per-segment work without MQTT: SHA-256 check, pwrite, present mark.
 
     (seconds, {"receiver": CPU seconds of this process}).
     """
-    from edgebox.central.files import Transfer, file_sha256
+    from edgebox.central.files import Transfer
+    from edgebox.sync import protocol
 
     transfer = Transfer(root, box_id, "store-bench")
     transfer.create({"size": nbytes, "sha256": "0" * 64, "chunk": CHUNK})
     block = random.Random(3).randbytes(CHUNK + 8 * 4099)
-    digest = bytes(32)  # central keeps the topic's digest; it hashes segments only on a mismatch
     os.sync()
     cpu0, start = cpu_self(), time.perf_counter()
     for n, offset in enumerate(range(0, nbytes, CHUNK)):
         data = block[(n % 8) * 4099 : (n % 8) * 4099 + min(CHUNK, nbytes - offset)]
-        transfer.put(offset, data, CHUNK, digest)
-    transfer.sync()
-    file_sha256(transfer.data)
+        protocol.sha256_hex(data)
+        transfer.put(offset, data, CHUNK)
     seconds, cpu = time.perf_counter() - start, cpu_self() - cpu0
     shutil.rmtree(root, ignore_errors=True)
     return seconds, {"receiver": cpu}

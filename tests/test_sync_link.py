@@ -107,3 +107,56 @@ def test_lean_client_leaves_qos2_to_paho(broker, pki):
     finally:
         close_client(sender)
         close_client(client)
+
+
+class _CountingPair:
+    """Stands in for paho's wake-up socket: counts the bytes written, passes everything on."""
+
+    def __init__(self, sock):
+        self.sock, self.sends = sock, 0
+
+    def send(self, data):
+        self.sends += 1
+        return self.sock.send(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_lean_client_does_not_wake_its_own_network_thread(broker, pki):
+    """Packets queued on the network thread (PUBACKs, replies from on_message) go out without
+    the wake-up byte; a publish from another thread still wakes the loop."""
+    cert, key = pki.client_cert("lean3")
+    got: queue.Queue = queue.Queue()
+    client = LeanClient(mqtt.CallbackAPIVersion.VERSION2, client_id="lean3", protocol=mqtt.MQTTv5)
+    client.tls_set(ca_certs=str(broker.ca_path), certfile=str(cert), keyfile=str(key))
+    subscribed = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("ask/#", qos=1)
+    client.on_subscribe = lambda *a: subscribed.set()
+    # The reply is published from the network thread, as paho runs on_message there.
+    client.on_message = lambda c, u, m: c.publish("answer/" + m.topic, m.payload, qos=1)
+    client.connect("127.0.0.1", broker.port_tls_cert)
+    client.loop_start()
+    asker = connect_client(
+        broker.url_tls_cert,
+        client_id="asker",
+        ca=broker.ca_path,
+        cert=cert,
+        key=key,
+        on_message=lambda c, u, m: got.put((m.topic, m.payload)),
+    )
+    asker.subscribe("answer/#", qos=1)
+    try:
+        assert subscribed.wait(10)
+        pair = client._sockpairW = _CountingPair(client._sockpairW)
+        questions = [(f"ask/{n}", os.urandom(n * 1000)) for n in range(30)]
+        for topic, data in questions:
+            asker.publish(topic, data, qos=1).wait_for_publish(10)
+        answers = sorted(got.get(timeout=10) for _ in questions)
+        assert answers == sorted((f"answer/{t}", d) for t, d in questions)
+        assert pair.sends == 0  # 30 PUBACKs and 30 replies queued by the network thread
+        client.publish("answer/from-outside", b"x", qos=1).wait_for_publish(10)
+        assert got.get(timeout=10) == ("answer/from-outside", b"x") and pair.sends == 1
+    finally:
+        close_client(asker)
+        close_client(client)

@@ -1,8 +1,8 @@
 """Central's side of the file transfer: init, segments by offset, fin (docs/sync-protocol.md).
 
 Each handler does its cheap checks at once, in the order messages arrive (malformed or
-unknown-transfer messages are rejected there), and returns the costly rest (writing,
-fsync, the whole-file check at fin) as a callable, which the caller runs at once
+unknown-transfer messages are rejected there), and returns the costly rest (hashing,
+writing, fsync, the whole-file check at fin) as a callable, which the caller runs at once
 or hands to another thread (`edgebox.central.lanes`). The costly parts are safe to run
 concurrently: segment writes are positional and idempotent and hold the transfer's lock
 shared, while init and fin decisions hold it exclusively.
@@ -91,13 +91,14 @@ class FileChannel:
         if offset % chunk or expected < 0 or len(payload) != max(expected, 0):
             return self._resend(box, tid, offset, topic, "has the wrong offset or length")
 
-        digest = bytes.fromhex(sha)  # the topic's pattern holds 64 hex digits
-
         def store() -> None:
+            if protocol.sha256_hex(payload) != sha:
+                self._resend(box, tid, offset, topic, "does not match its sha256")
+                return
             with transfer.locked(shared=True):
                 present = transfer.exists  # a fin may have completed it meanwhile
                 if present:
-                    transfer.put(offset, payload, chunk, digest)
+                    transfer.put(offset, payload, chunk)
             if present:
                 self.ack(box, {"re": "seg", "tid": tid, "offset": offset, "status": "ok"})
             else:
@@ -116,23 +117,6 @@ class FileChannel:
     def _resend(self, box: str, tid: str, offset: int, topic: str, problem: str) -> None:
         self.index.reject(topic, f"segment at {offset} {problem}")
         self.ack(box, {"re": "seg", "tid": tid, "offset": offset, "status": "resend"})
-
-    def _wrong_whole(self, box: str, tid: str, transfer: Transfer, init: dict, digest: str):
-        """The stored file does not hash to the init's SHA-256: ask again for the segments
-        whose bytes differ from what their topics named; if none does, the box hashed
-        other bytes than it recorded at ingest, so everything goes again (and the box
-        checks its own file)."""
-        topic = protocol.fin_topic(box, tid)
-        damaged = transfer.damaged_segments(init["size"], init["chunk"])
-        if damaged:
-            for offset in damaged:
-                self.index.reject(topic, f"segment at {offset} does not match its sha256")
-            transfer.forget(damaged, init["chunk"])
-            self.ack(box, {"re": "fin", "tid": tid, "status": "resend", "offsets": damaged})
-            return
-        self.index.reject(topic, f"whole file sha256 {digest} differs from {init['sha256']}")
-        transfer.forget_segments()
-        self.ack(box, {"re": "fin", "tid": tid, "status": "resend_all"})
 
     def fin(self, box: str, tid: str, message: dict) -> Later:
         """Check a fin against its init; later: decide from what is stored."""
@@ -168,7 +152,12 @@ class FileChannel:
                 transfer.sync()
                 digest = file_sha256(transfer.data)
                 if digest != init["sha256"]:
-                    self._wrong_whole(box, tid, transfer, init, digest)
+                    self.index.reject(
+                        protocol.fin_topic(box, tid),
+                        f"whole file sha256 {digest} differs from {init['sha256']}",
+                    )
+                    transfer.forget_segments()
+                    self.ack(box, {"re": "fin", "tid": tid, "status": "resend_all"})
                     return
                 kind.store(box, tid, transfer, init)
             self._complete(box, "fin", tid, init["sha256"], init["size"])

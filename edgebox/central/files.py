@@ -4,9 +4,8 @@ Layout under the store folder:
 
 - `transfers/<box>/<tid>/init.json`: the accepted init message;
 - `transfers/<box>/<tid>/data`: the file, preallocated, written by offset;
-- `transfers/<box>/<tid>/present`: one byte per segment, 1 once it is stored;
-- `transfers/<box>/<tid>/digests`: 32 bytes per segment, the SHA-256 its topic named
-  (checked only when the whole file's hash is wrong, to find the segments to ask for);
+- `transfers/<box>/<tid>/present`: one byte per segment, 1 once it is stored and
+  hash-checked;
 - `boxes/<box>/recordings/<recording>.ebv` and `.manifest.json`: complete recordings;
 - `replicas/<box>/...`: complete replica files and sets (`edgebox.central.replicas`).
 
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -29,7 +27,6 @@ from edgebox import vault
 from edgebox.durable import atomic_write, fsync_dir
 
 LOCK_STRIPES = 64
-DIGEST = 32  # bytes of a segment's SHA-256 in `digests`
 
 
 class Transfer:
@@ -41,7 +38,6 @@ class Transfer:
         self.lock_path = Path(root) / "transfers" / ".locks" / f"{stripe}.lock"
         self.data = self.folder / "data"
         self.present = self.folder / "present"
-        self.digests = self.folder / "digests"
         self.init_path = self.folder / "init.json"
 
     @property
@@ -73,49 +69,22 @@ class Transfer:
             return []
         return [n * chunk for n, mark in enumerate(marks) if mark]
 
-    def put(self, offset: int, data: bytes, chunk: int, digest: bytes) -> None:
-        """Write one segment at its offset and the SHA-256 its topic named, then mark it
-        present: byte `offset // chunk` of `present` becomes 1 (positional too, so any
-        worker may write).
+    def put(self, offset: int, data: bytes, chunk: int) -> None:
+        """Write one checked segment at its offset, then mark it present: byte
+        `offset // chunk` of `present` becomes 1 (positional too, so any worker may write).
 
-        No hash and no fsync per segment: `sync()` makes the file durable before the fin
-        decision, and that decision hashes the whole file, so a segment damaged on the way
-        or lost in a crash is noticed (`damaged_segments`) and sent again, never trusted.
+        No fsync per segment: `sync()` makes the file durable before the fin decision,
+        and that decision re-hashes the whole file, so a segment lost in a crash is
+        noticed (and sent again) rather than trusted.
         """
-        index = offset // chunk
-        for path, content, at in (
-            (self.data, data, offset),
-            (self.digests, digest, index * DIGEST),
-            (self.present, b"\x01", index),
-        ):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-            try:
-                os.pwrite(fd, content, at)
-            finally:
-                os.close(fd)
-
-    def damaged_segments(self, size: int, chunk: int) -> list[int]:
-        """Offsets of the stored segments whose bytes do not hash to the SHA-256 their topic
-        named (after the whole file's hash came out wrong)."""
+        fd = os.open(self.data, os.O_WRONLY)
         try:
-            digests = self.digests.read_bytes()
-        except FileNotFoundError:
-            digests = b""
-        damaged = []
-        with open(self.data, "rb") as handle:
-            for n, offset in enumerate(range(0, size, chunk)):
-                handle.seek(offset)
-                named = digests[n * DIGEST : (n + 1) * DIGEST]
-                if hashlib.sha256(handle.read(chunk)).digest() != named:
-                    damaged.append(offset)
-        return damaged
-
-    def forget(self, offsets: list[int], chunk: int) -> None:
-        """Mark these segments missing, so the box sends them again."""
-        fd = os.open(self.present, os.O_WRONLY)
+            os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+        fd = os.open(self.present, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            for offset in offsets:
-                os.pwrite(fd, b"\x00", offset // chunk)
+            os.pwrite(fd, b"\x01", offset // chunk)
         finally:
             os.close(fd)
 

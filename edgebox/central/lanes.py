@@ -1,8 +1,8 @@
 """Threads for central's costly work, so paho's network thread keeps reading meanwhile.
 
 A worker's network thread checks each message in arrival order (`Receiver.handle`) and
-hands the costly rest here: a segment's write and answer, an init's folder, a fin's
-fsync and whole-file hash. `hashlib`, `pwrite` and `fsync` release the
+hands the costly rest here: a segment's SHA-256 check, write and answer, an init's
+folder, a fin's fsync and whole-file hash. `hashlib`, `pwrite` and `fsync` release the
 GIL, so a few threads overlap hashing, disk and TLS. The queue is bounded: when the
 threads fall behind, the network thread waits and stops reading (back-pressure on the
 broker, never an unbounded heap of payloads). Work accepted here but not done when the

@@ -46,17 +46,26 @@ class Receiver:
         }
         self.files = FileChannel(self.root, self.index, self.kinds, self._ack)
 
-    def handle(self, topic: str, payload: bytes, defer: Callable | None = None) -> None:
+    def handle(
+        self,
+        topic: str,
+        payload: bytes,
+        defer: Callable | None = None,
+        defer_in_order: Callable | None = None,
+    ) -> None:
         """Dispatch one message; problems are logged as rejections, never raised.
 
-        The checks run now, in arrival order; the costly rest of a file message (hashing,
-        writing, the fin decision) runs now too, or is handed to `defer(work)` to run on
-        another thread.
+        The checks run now, in arrival order; the costly rest runs now too, or is handed
+        on to run on another thread: a file message's (hashing, writing, the fin decision)
+        to `defer(work)`, a metadata message's (custody, replica sets, events: database
+        commits) to `defer_in_order(work)`, which must run its work one at a time in the
+        order given.
         """
         later = self._guarded(topic, lambda: self._dispatch(topic, payload))
         if later is not None:
             work = functools.partial(self._guarded, topic, later)
-            defer(work) if defer else work()
+            hand = defer_in_order if topic.endswith("/meta") else defer  # topic checked
+            hand(work) if hand else work()
 
     def _guarded(self, topic: str, step: Callable):
         try:
@@ -106,13 +115,19 @@ class Receiver:
         return _public(row["identity"])
 
     # -- custody and metadata -------------------------------------------------
-    def _meta(self, box: str, message: dict) -> None:
+    def _meta(self, box: str, message: dict) -> Callable[[], None]:
+        """Check a metadata message's box, id and identity; later: apply it and answer."""
         if message.get("box") != box:
             raise ProtocolError(f"message for box {message.get('box')!r} on box {box}'s topic")
         message_id = message.get("id")
         if not isinstance(message_id, str) or not message_id:
             raise ProtocolError("metadata event without an id")
         public = self._identity(box, message.get("identity"))
+        return functools.partial(self._apply_meta, box, message, message_id, public)
+
+    def _apply_meta(
+        self, box: str, message: dict, message_id: str, public: Ed25519PublicKey
+    ) -> None:
         if message.get("type") == "custody":
             status = self._custody(box, message, public)
         elif message.get("type") == "replica.set":

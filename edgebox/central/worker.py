@@ -14,16 +14,19 @@ from edgebox.sync.link import Link, LinkSettings
 
 
 class CentralWorker:
-    """One shared-subscription member: its own MQTT client and store connection, and a few
-    threads (`Lanes`) for the costly part of each file message."""
+    """One shared-subscription member: its own MQTT client and store connection, a few
+    threads (`Lanes`) for the costly part of each file message and one for metadata (its
+    database commits, in arrival order), so paho's network thread keeps reading."""
 
     def __init__(self, store: Path, settings: LinkSettings):
         self.receiver = Receiver(store, self._publish)
-        self.lanes = Lanes(settings.client_id or "central")
+        name = settings.client_id or "central"
+        self.lanes = Lanes(name)
+        self.in_order = Lanes(f"{name}-meta", threads=1)  # custody is applied in sequence
         self.link = Link(settings, self._message)
 
     def _message(self, topic: str, payload: bytes) -> None:
-        self.receiver.handle(topic, payload, self.lanes.submit)
+        self.receiver.handle(topic, payload, self.lanes.submit, self.in_order.submit)
 
     def _publish(self, topic: str, payload: bytes) -> None:
         self.link.client.publish(topic, payload, qos=1)
@@ -37,6 +40,7 @@ class CentralWorker:
         """Disconnect, finish the queued work and close the index."""
         self.link.stop()
         self.lanes.stop()
+        self.in_order.stop()
         self.receiver.index.close()
 
 
