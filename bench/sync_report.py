@@ -215,7 +215,11 @@ def pace_lines(shares: dict) -> list[str]:
     network = next(
         (v for k, v in shares.items() if k.startswith("paho-mqtt-client-edgebox-central")), None
     )
-    lanes = [v for k, v in shares.items() if k.startswith("edgebox-central-") and "-lane-" in k]
+    lanes = [
+        v
+        for k, v in shares.items()
+        if k.startswith("edgebox-central-") and "-lane-" in k and "-meta-lane-" not in k
+    ]
     uplink = shares.get("uplink")
     if not (network and lanes and uplink):
         return []

@@ -67,6 +67,22 @@ def offline_box(folder: Path, box_id: str):
         box.stop()
 
 
+@contextlib.contextmanager
+def box_and_central(folder: Path, broker, pki, box_id: str, store: Path, workers: int = 1):
+    """Central's workers on `store` and a box (made in `folder` if needed) wired to them,
+    started; all stopped on exit."""
+    started = central_workers(store, broker, pki, count=workers)
+    try:
+        box = start_box(folder, broker, pki, box_id)
+        try:
+            yield box
+        finally:
+            box.stop()
+    finally:
+        for worker in started:
+            worker.stop()
+
+
 def central_workers(store: Path, broker, pki, count: int = 2):
     """Start central workers with their own client certificate."""
     cert, key = pki.client_cert("central")

@@ -18,6 +18,7 @@ from tests.brokers import connect_client
 from tests.conftest import BoxProcess, enroll, make_box, run_cli
 from tests.sync_fixtures import (
     alarms,
+    box_and_central,
     central_holds,
     central_workers,
     offline_box,
@@ -391,9 +392,7 @@ def test_damaged_file_is_refused_flagged_and_does_not_block(tmp_path, broker, pk
     raw[-100] ^= 0x40  # bit rot in the oldest recording
     path.write_bytes(bytes(raw))
     store = tmp_path / "central"
-    workers = central_workers(store, broker, pki, count=1)
-    box = start_box(folder, broker, pki, "van-4")
-    try:
+    with box_and_central(folder, broker, pki, "van-4", store) as box:
         wait_for(lambda: states(box).count("synced") == 2, what="the two healthy ones synced")
         assert states(box)[0] == "damaged"
         assert first not in central_holds(store)
@@ -403,10 +402,6 @@ def test_damaged_file_is_refused_flagged_and_does_not_block(tmp_path, broker, pk
         assert rows[-1]["event"] == "recording.damaged"
         assert "stored bytes changed" in rows[-1]["details"]
         assert box.store.one("SELECT sealed FROM recordings WHERE id = ?", (first,))["sealed"] == 0
-    finally:
-        box.stop()
-        for w in workers:
-            w.stop()
 
 
 def test_a_truncated_file_is_flagged_before_any_byte_is_sent(tmp_path, broker, pki):
@@ -418,15 +413,9 @@ def test_a_truncated_file_is_flagged_before_any_byte_is_sent(tmp_path, broker, p
         path = offline.uploads.vault_path(first)
     os.truncate(path, path.stat().st_size - 4096)
     store = tmp_path / "central"
-    workers = central_workers(store, broker, pki, count=1)
-    box = start_box(folder, broker, pki, "van-5")
-    try:
+    with box_and_central(folder, broker, pki, "van-5", store) as box:
         wait_for(lambda: states(box) == ["damaged", "synced"], what="the healthy one synced")
         assert not any(p.name.startswith(first) for p in (store / "transfers").glob("*/*"))
-    finally:
-        box.stop()
-        for w in workers:
-            w.stop()
 
 
 def test_confirmed_recordings_are_sealed_once_the_backlog_is_drained(tmp_path, broker, pki):
@@ -435,10 +424,7 @@ def test_confirmed_recordings_are_sealed_once_the_backlog_is_drained(tmp_path, b
     folder = tmp_path / "box"
     with offline_box(folder, "van-6") as offline:
         fill(offline, 3, 300_000)
-    store = tmp_path / "central"
-    workers = central_workers(store, broker, pki, count=1)
-    box = start_box(folder, broker, pki, "van-6")
-    try:
+    with box_and_central(folder, broker, pki, "van-6", tmp_path / "central") as box:
         wait_for(lambda: sealed(box), what="all synced and sealed")
         events = [
             e["event"]
@@ -450,10 +436,6 @@ def test_confirmed_recordings_are_sealed_once_the_backlog_is_drained(tmp_path, b
         assert events == ["recording.synced"] * 3 + ["recording.sealed"] * 3
         assert box.status()["upstream"]["backlog"]["awaiting_seal"] == 0
         assert verify_box(box).ok
-    finally:
-        box.stop()
-        for w in workers:
-            w.stop()
 
 
 def test_seals_left_by_a_crash_are_finished_even_offline(tmp_path, broker, pki):
