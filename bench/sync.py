@@ -58,7 +58,7 @@ from bench.sync_wiring import BOX_ID, Wiring, fill_box  # noqa: E402
 from tests.brokers import TestPKI  # noqa: E402
 
 STALL_SECONDS = 60  # no progress at central for this long (3 x the 20 s ack timeout): a stall
-# The busy threads per process: the box's uplink (and its finisher and look-ahead check) and
+# The busy threads per process: the box's uplink (and its finisher) and
 # paho's network thread; central's network thread and its lanes (`edgebox/central/lanes.py`).
 SYNC_THREADS = {
     "box": ("uplink", "paho-mqtt-client-edgebox-"),
