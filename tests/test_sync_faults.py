@@ -438,6 +438,26 @@ def test_confirmed_recordings_are_sealed_once_the_backlog_is_drained(tmp_path, b
         assert verify_box(box).ok
 
 
+def test_a_busy_link_still_seals_within_the_wait_limit(tmp_path, broker, pki):
+    """While there is always more to send, a recording confirmed longer ago than the limit (0 s
+    here, 600 s by default) is sealed between two recordings instead of after the drain."""
+    folder = tmp_path / "box"
+    with offline_box(folder, "van-8") as offline:
+        fill(offline, 4, MIB)
+    with box_and_central(folder, broker, pki, "van-8", tmp_path / "central") as box:
+        box.uplink.seal_wait_limit = 0
+        wait_for(lambda: sealed(box), what="all synced and sealed")
+        events = [
+            e["event"]
+            for e in box.store.query(
+                "SELECT event FROM custody WHERE event IN ('recording.synced', 'recording.sealed') "
+                "ORDER BY seq"
+            )
+        ]
+        last_synced = len(events) - 1 - events[::-1].index("recording.synced")
+        assert "recording.sealed" in events[:last_synced], events
+
+
 def test_seals_left_by_a_crash_are_finished_even_offline(tmp_path, broker, pki):
     """A crash after central's confirmation was committed but before the seal leaves the row
     synced and unsealed (made here by hand, as only a kill at that instant would): the box

@@ -13,6 +13,7 @@ otherwise slow the drain), or while the link is down.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import time
 from cryptography.hazmat.primitives import serialization
 
 from edgebox import custody
-from edgebox.clock import iso
+from edgebox.clock import iso, utcnow
 from edgebox.errors import EdgeboxError
 from edgebox.sync import protocol, state
 from edgebox.sync.link import Link, settings_from_config
@@ -33,6 +34,7 @@ from edgebox.sync.replica import ReplicaShipper
 log = logging.getLogger(__name__)
 CUSTODY_BATCH = 500
 ERROR_PAUSE = 30
+SEAL_WAIT_LIMIT = 600  # seconds a confirmed recording waits unsealed while the link is busy
 
 
 class LinkLost(Exception):
@@ -89,6 +91,7 @@ class Uplink:
         self.replica = ReplicaShipper(self)
         self.finisher = Finisher(LinkLost)
         self._seal_failed: set[str] = set()  # not retried until the box restarts
+        self.seal_wait_limit = SEAL_WAIT_LIMIT
         self._thread: threading.Thread | None = None
         self._progress_stamp = 0.0
 
@@ -150,7 +153,8 @@ class Uplink:
             try:
                 self.finisher.raise_failure()
                 busy = (
-                    self._send_custody()
+                    self.seal_confirmed(waited=self.seal_wait_limit)
+                    or self._send_custody()
                     or self._send_meta()
                     or self.replica.ship_if_due()
                     or self._send_next_recording()
@@ -337,22 +341,30 @@ class Uplink:
                 },
             )
 
-    def seal_confirmed(self) -> bool:
-        """Seal the oldest recording central confirmed that is still unsealed; False when
-        there is none.
+    def seal_confirmed(self, waited: float | None = None) -> bool:
+        """Seal the oldest recording central confirmed that is still unsealed (with `waited`,
+        only one confirmed at least that many seconds ago); False when there is none.
 
-        The uplink calls this only when nothing is left to send (or the link is down):
-        sealing rewrites the header and hashes the whole file again, CPU the drain needs
-        more. The backlog was unsealed all the while it waited offline, so waiting for
-        the drain to end adds little exposure; it also finishes seals a crash or a stop
-        cut short. A recording whose seal fails is logged and left until the box restarts.
+        The uplink seals when nothing is left to send (or the link is down): sealing
+        rewrites the header and hashes the whole file again, CPU the drain needs more.
+        The backlog was unsealed all the while it waited offline, so waiting for the drain
+        to end adds little exposure; a box whose link never runs dry still seals each
+        recording within `seal_wait_limit` seconds of central's confirmation. This also
+        finishes seals a crash or a stop cut short. A recording whose seal fails is
+        logged and left until the box restarts.
         """
         from edgebox.recordings import seal_recording
 
+        sql = "SELECT id FROM recordings WHERE sync_state = 'synced' AND sealed = 0 "
+        params: list = []
+        if waited is not None:
+            sql += (
+                "AND EXISTS (SELECT 1 FROM custody WHERE subject = recordings.id "
+                "AND event = 'recording.synced' AND ts <= ?) "
+            )
+            params.append(iso(utcnow() - dt.timedelta(seconds=waited)))
         rows = self.store.query(
-            "SELECT id FROM recordings WHERE sync_state = 'synced' AND sealed = 0 "
-            "ORDER BY received_at, id LIMIT ?",
-            (len(self._seal_failed) + 1,),
+            sql + "ORDER BY received_at, id LIMIT ?", (*params, len(self._seal_failed) + 1)
         )
         todo = [r["id"] for r in rows if r["id"] not in self._seal_failed]
         if not todo:
