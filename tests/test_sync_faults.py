@@ -418,6 +418,15 @@ def test_a_truncated_file_is_flagged_before_any_byte_is_sent(tmp_path, broker, p
         assert not any(p.name.startswith(first) for p in (store / "transfers").glob("*/*"))
 
 
+def sync_and_seal_events(box) -> list[str]:
+    """The box's recording.synced and recording.sealed custody events, in order."""
+    rows = box.store.query(
+        "SELECT event FROM custody WHERE event IN ('recording.synced', 'recording.sealed') "
+        "ORDER BY seq"
+    )
+    return [r["event"] for r in rows]
+
+
 def test_confirmed_recordings_are_sealed_once_the_backlog_is_drained(tmp_path, broker, pki):
     """Sealing re-hashes the whole file, so it waits until nothing is left to send: every
     confirmation of an offline backlog comes before the first seal, and all are sealed."""
@@ -426,13 +435,7 @@ def test_confirmed_recordings_are_sealed_once_the_backlog_is_drained(tmp_path, b
         fill(offline, 3, 300_000)
     with box_and_central(folder, broker, pki, "van-6", tmp_path / "central") as box:
         wait_for(lambda: sealed(box), what="all synced and sealed")
-        events = [
-            e["event"]
-            for e in box.store.query(
-                "SELECT event FROM custody WHERE event IN ('recording.synced', 'recording.sealed') "
-                "ORDER BY seq"
-            )
-        ]
+        events = sync_and_seal_events(box)
         assert events == ["recording.synced"] * 3 + ["recording.sealed"] * 3
         assert box.status()["upstream"]["backlog"]["awaiting_seal"] == 0
         assert verify_box(box).ok
@@ -447,13 +450,7 @@ def test_a_busy_link_still_seals_within_the_wait_limit(tmp_path, broker, pki):
     with box_and_central(folder, broker, pki, "van-8", tmp_path / "central") as box:
         box.uplink.seal_wait_limit = 0
         wait_for(lambda: sealed(box), what="all synced and sealed")
-        events = [
-            e["event"]
-            for e in box.store.query(
-                "SELECT event FROM custody WHERE event IN ('recording.synced', 'recording.sealed') "
-                "ORDER BY seq"
-            )
-        ]
+        events = sync_and_seal_events(box)
         last_synced = len(events) - 1 - events[::-1].index("recording.synced")
         assert "recording.sealed" in events[:last_synced], events
 
