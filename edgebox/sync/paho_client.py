@@ -10,6 +10,10 @@ with a plain subscriber: 4.2 s/GiB with stock paho, 1.9 with this client).
 short rest as usual, then hands the payload to `on_message`. Anything it cannot parse
 goes through paho's own decoding untouched, so a malformed packet fails as paho fails it.
 
+Outgoing packets are queued as memoryviews: paho hands `packet[pos:]` to the socket on
+every try, and a TLS socket that is full answers "try again" several times per
+segment, so slicing the bytearray copied the whole remaining segment each time.
+
 It also spares the network thread a wake-up of itself: paho writes a byte to a socket
 pair for every packet it queues (a PUBACK for each segment received, for instance), so
 that a `select()` in the network thread returns. When the network thread queues the
@@ -42,6 +46,7 @@ class LeanClient(mqtt.Client):
             self._payload = None
 
     def _packet_queue(self, command, packet, mid, qos, info=None):
+        packet = memoryview(packet)  # paho resends `packet[pos:]`: a view, not a copy of it
         if self._thread is None or threading.current_thread() is not self._thread:
             return super()._packet_queue(command, packet, mid, qos, info)
         self._out_packet.append(
