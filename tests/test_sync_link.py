@@ -1,6 +1,6 @@
 """The upstream link's paho client (`LeanClient`), against a real Mosquitto over TLS: every
 payload arrives byte for byte as stock paho delivers it, whatever the QoS, size and MQTT 5
-properties."""
+properties, whichever way LeanClient reads the packet."""
 
 from __future__ import annotations
 
@@ -54,13 +54,20 @@ def test_lean_client_delivers_what_stock_paho_delivers(broker, pki):
         props.UserProperty = [("k", "v" * 300)]  # properties longer than 127 bytes
         props.MessageExpiryInterval = 60
         sent = []
-        for n, size in enumerate([0, 1, 127, 128, 16384, 300_000, 700_000]):
+        # Around DIRECT (64 KiB) a PUBLISH is read into its payload's own buffer.
+        for n, size in enumerate([0, 1, 127, 128, 16384, 65_535, 65_536, 65_537, 700_000]):
             payload = os.urandom(size)
             for qos in (0, 1):
                 topic = f"lean/{n}/{qos}/" + "t" * (n * 40)
                 properties = props if n % 2 else None
                 sender.publish(topic, payload, qos=qos, properties=properties).wait_for_publish(10)
                 sent.append((topic, payload))
+        huge = Properties(PacketTypes.PUBLISH)  # a head longer than DIRECT: read whole
+        huge.UserProperty = [("k", "h" * 40_000), ("l", "i" * 40_000)]
+        for size in (10, 200_000):
+            payload = os.urandom(size)
+            sender.publish("lean/huge", payload, qos=1, properties=huge).wait_for_publish(10)
+            sent.append(("lean/huge", payload))
         got = [lean.get(timeout=10) for _ in sent]
         expected = [stock.get(timeout=10) for _ in sent]
         assert sorted(got) == sorted(expected) == sorted(sent)

@@ -22,24 +22,123 @@ packet itself, its loop looks for packets to write on its very next turn anyway.
 
 from __future__ import annotations
 
+import ssl
 import threading
+import time
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.exception import MalformedPacket
+
+DIRECT = 64 * 1024  # a QoS 0/1 PUBLISH this long or longer is read into its payload's buffer
 
 
 class LeanClient(mqtt.Client):
-    """A paho `Client` that copies a received payload once and does not wake its own network
-    thread."""
+    """A paho `Client` that reads a large payload straight into its own buffer, copies a small
+    one once, and does not wake its own network thread."""
 
-    _payload: bytes | None = None
+    _payload: bytes | bytearray | None = None
+
+    def _packet_read(self) -> mqtt.MQTTErrorCode:
+        """Read (the rest of) one packet, then hand it to paho as `Client._packet_read` does.
+
+        The body goes into a buffer of its final size with `recv_into` (paho appends each
+        TLS record to a growing bytearray, reading into a fresh buffer as large as the rest
+        of the packet every time). A QoS 0/1 PUBLISH of `DIRECT` bytes or more is read in
+        two parts: its first `DIRECT` bytes, where the topic and properties are, then the
+        rest straight into a bytearray that becomes the message's payload.
+        """
+        inp = self._in_packet
+        with self._msgtime_mutex:  # paho's keep-alive: the broker's bytes are arriving
+            self._last_bytes_received = time.monotonic()
+        try:
+            for _ in range(100):  # as paho: return to the loop now and then on a huge packet
+                if not inp["have_remaining"]:
+                    if self._read_fixed_header(inp) is not None:
+                        return mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
+                elif _fill(self._sock, inp):
+                    if not self._settle_body(inp):
+                        return self._packet_done()
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
+        except ssl.SSLWantWriteError:
+            self._call_socket_register_write()
+            return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
+        except (OSError, AttributeError) as err:  # AttributeError: the socket is gone
+            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+            return mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST
+        return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
+
+    def _read_fixed_header(self, inp: dict) -> bool | None:
+        """Read the command byte and the remaining length; None when done, True when the
+        length is malformed. Raises OSError (ConnectionError at end of stream)."""
+        if inp["command"] == 0:
+            inp["command"] = _byte(self._sock)
+        while True:
+            byte = _byte(self._sock)
+            inp["remaining_count"].append(byte)
+            if len(inp["remaining_count"]) > 4:
+                return True
+            inp["remaining_length"] += (byte & 127) * inp["remaining_mult"]
+            inp["remaining_mult"] *= 128
+            if not byte & 128:
+                break
+        inp["have_remaining"] = 1
+        length = inp["remaining_length"]
+        qos = (inp["command"] & 0x06) >> 1
+        direct = inp["command"] & 0xF0 == mqtt.PUBLISH and qos < 2 and length >= DIRECT
+        inp["packet"] = bytearray(DIRECT if direct else length)
+        inp["got"], inp["direct"] = 0, direct
+        return None
+
+    def _settle_body(self, inp: dict) -> bool:
+        """The buffer being read is full: True if more is to be read into a new one (the
+        payload of a direct PUBLISH), False when the packet is whole."""
+        if not inp.pop("direct", False):
+            return False
+        head = inp["packet"]
+        qos = (inp["command"] & 0x06) >> 1
+        start = _payload_start(head, qos, self._protocol == mqtt.MQTTv5)
+        rest = inp["remaining_length"] - len(head)
+        if start is None:  # not parsed here: read it whole and let paho decode it
+            inp["packet"] = head + bytes(rest)
+        else:
+            self._payload = bytearray(inp["remaining_length"] - start)
+            self._payload[: len(head) - start] = memoryview(head)[start:]
+            inp["packet"], inp["target"] = head[:start], self._payload
+        inp["got"] = len(head) - (start or 0)
+        return True
+
+    def _packet_done(self) -> mqtt.MQTTErrorCode:
+        """The packet is read: handle it, then reset for the next one (as paho does)."""
+        self._in_packet["pos"] = 0
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
+        finally:
+            self._payload = None
+        self._in_packet = {
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(b""),
+            "to_process": 0,
+            "pos": 0,
+        }
+        return rc
 
     def _handle_publish(self):
-        packet = self._in_packet["packet"]
-        qos = (self._in_packet["command"] & 0x06) >> 1
-        start = _payload_start(packet, qos, self._protocol == mqtt.MQTTv5) if qos < 2 else None
-        if start is not None:
-            self._payload = bytes(memoryview(packet)[start:])
-            self._in_packet["packet"] = packet[:start]
+        if self._payload is None:  # not read direct: cut the payload off with one copy
+            packet = self._in_packet["packet"]
+            qos = (self._in_packet["command"] & 0x06) >> 1
+            v5 = self._protocol == mqtt.MQTTv5
+            start = _payload_start(packet, qos, v5) if qos < 2 else None
+            if start is not None:
+                self._payload = bytes(memoryview(packet)[start:])
+                self._in_packet["packet"] = packet[:start]
         try:
             return super()._handle_publish()
         finally:
@@ -66,6 +165,27 @@ class LeanClient(mqtt.Client):
         if self._payload is not None:  # QoS 0 and 1 call this from _handle_publish
             message.payload = self._payload
         super()._handle_on_message(message)
+
+
+def _byte(sock) -> int:
+    """One byte from the socket (BlockingIOError or an SSL want-read if none is there yet)."""
+    data = sock.recv(1)
+    if not data:
+        raise ConnectionError("connection closed by the broker")
+    return data[0]
+
+
+def _fill(sock, inp: dict) -> bool:
+    """Read into the packet's current buffer (the payload's, once its head is parsed); True
+    once it is full. Raises like `socket.recv_into`."""
+    target = inp.get("target", inp["packet"])
+    with memoryview(target) as view:
+        while inp["got"] < len(target):
+            n = sock.recv_into(view[inp["got"] :])
+            if not n:
+                raise ConnectionError("connection closed by the broker")
+            inp["got"] += n
+    return True
 
 
 def _payload_start(packet: bytearray, qos: int, v5: bool) -> int | None:
