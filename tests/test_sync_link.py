@@ -167,3 +167,48 @@ def test_lean_client_does_not_wake_its_own_network_thread(broker, pki):
     finally:
         close_client(asker)
         close_client(client)
+
+
+def test_lean_client_sends_what_stock_paho_receives_from_two_threads(broker, pki):
+    """Large PUBLISHes go out as head and payload; from two threads at once, with and without
+    properties, at QoS 0 and 1, every message reaches a stock subscriber whole."""
+    cert, key = pki.client_cert("lean4")
+    got: queue.Queue = queue.Queue()
+    stock = connect_client(
+        broker.url_tls_cert,
+        client_id="stock4",
+        ca=broker.ca_path,
+        cert=cert,
+        key=key,
+        on_message=lambda c, u, m: got.put((m.topic, m.payload)),
+    )
+    stock.subscribe("big/#", qos=1)
+    stock.subscribe("lean/probe", qos=1)
+    lean = LeanClient(mqtt.CallbackAPIVersion.VERSION2, client_id="lean4", protocol=mqtt.MQTTv5)
+    lean.tls_set(ca_certs=str(broker.ca_path), certfile=str(cert), keyfile=str(key))
+    lean.connect("127.0.0.1", broker.port_tls_cert)
+    lean.loop_start()
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = [("k", "v" * 300)]
+    sent: list = []
+
+    def send(name: str) -> None:
+        for n, size in enumerate([65_535, 65_536, 65_537, 1_048_576, 300_000] * 3):
+            payload = os.urandom(size)
+            topic = f"big/{name}/{n}"
+            properties = props if n % 2 else None
+            lean.publish(topic, payload, qos=n % 2, properties=properties).wait_for_publish(10)
+            sent.append((topic, payload))
+
+    try:
+        wait_for(lambda: _probed(lean, got), what="subscribed", timeout=20)
+        threads = [threading.Thread(target=send, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        received = [got.get(timeout=10) for _ in sent]
+        assert sorted(received) == sorted(sent) and len(sent) == 30
+    finally:
+        close_client(stock)
+        close_client(lean)

@@ -12,7 +12,11 @@ goes through paho's own decoding untouched, so a malformed packet fails as paho 
 
 Outgoing packets are queued as memoryviews: paho hands `packet[pos:]` to the socket on
 every try, and a TLS socket that is full answers "try again" several times per
-segment, so slicing the bytearray copied the whole remaining segment each time.
+segment, so slicing the bytearray copied the whole remaining segment each time. A large
+PUBLISH goes as its head and then its payload object itself, not copied into one new
+packet; a lock keeps the two together in paho's queue. (If the connection drops between
+the two, the payload can lead the next connection's queue, as any packet queued during
+paho's reconnect can with stock paho: the broker refuses it and paho connects again.)
 
 It also spares the network thread a wake-up of itself: paho writes a byte to a socket
 pair for every packet it queues (a PUBACK for each segment received, for instance), so
@@ -37,6 +41,12 @@ class LeanClient(mqtt.Client):
     one once, and does not wake its own network thread."""
 
     _payload: bytes | bytearray | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Held while packets are queued, so a PUBLISH queued as head and payload (see
+        # `_send_publish`) is never split by another packet.
+        self._queue_lock = threading.RLock()
 
     def _packet_read(self) -> mqtt.MQTTErrorCode:
         """Read (the rest of) one packet, then hand it to paho as `Client._packet_read` does.
@@ -144,27 +154,52 @@ class LeanClient(mqtt.Client):
         finally:
             self._payload = None
 
+    def _send_publish(
+        self, mid, topic, payload=b"", qos=0, retain=False, dup=False, info=None, properties=None
+    ):
+        """Queue a PUBLISH of `DIRECT` bytes or more as two packets, its head and its payload
+        as given (paho copies the payload into one new bytearray, holding the GIL)."""
+        if len(payload) < DIRECT or not isinstance(topic, bytes) or self._sock is None:
+            return super()._send_publish(mid, topic, payload, qos, retain, dup, info, properties)
+        head = bytearray([mqtt.PUBLISH | ((dup & 1) << 3) | (qos << 1) | retain])
+        props = b""
+        if self._protocol == mqtt.MQTTv5:
+            props = b"\x00" if properties is None else properties.pack()
+        length = 2 + len(topic) + (2 if qos else 0) + len(props) + len(payload)
+        self._pack_remaining_length(head, length)
+        self._pack_str16(head, topic)
+        if qos:
+            head.extend(mid.to_bytes(2, "big"))
+        head.extend(props)
+        with self._queue_lock:
+            self._out_packet.append(_out(0, head))  # command 0: nothing to do once written
+            return self._packet_queue(mqtt.PUBLISH, payload, mid, qos, info)
+
     def _packet_queue(self, command, packet, mid, qos, info=None):
         packet = memoryview(packet)  # paho resends `packet[pos:]`: a view, not a copy of it
-        if self._thread is None or threading.current_thread() is not self._thread:
-            return super()._packet_queue(command, packet, mid, qos, info)
-        self._out_packet.append(
-            {
-                "command": command,
-                "mid": mid,
-                "qos": qos,
-                "pos": 0,
-                "to_process": len(packet),
-                "packet": packet,
-                "info": info,
-            }
-        )
+        with self._queue_lock:
+            if self._thread is None or threading.current_thread() is not self._thread:
+                return super()._packet_queue(command, packet, mid, qos, info)
+            self._out_packet.append(_out(command, packet, mid, qos, info))
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_on_message(self, message) -> None:
         if self._payload is not None:  # QoS 0 and 1 call this from _handle_publish
             message.payload = self._payload
         super()._handle_on_message(message)
+
+
+def _out(command: int, packet, mid: int = 0, qos: int = 0, info=None) -> dict:
+    """An entry of paho's queue of packets to write."""
+    return {
+        "command": command,
+        "mid": mid,
+        "qos": qos,
+        "pos": 0,
+        "to_process": len(packet),
+        "packet": memoryview(packet),
+        "info": info,
+    }
 
 
 def _byte(sock) -> int:
