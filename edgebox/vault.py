@@ -401,12 +401,17 @@ class Writer:
             self._held = []
             self._held_bytes = 0
 
-    def write(self, data: bytes | memoryview) -> None:
-        """Accept the next plaintext bytes; full segments (never the last) are sealed at once."""
+    def write(self, data: bytes | bytearray | memoryview, handed_over: bool = False) -> None:
+        """Accept the next plaintext bytes; full segments (never the last) are sealed at once.
+
+        The hashing thread keeps a reference to `data`, so anything but `bytes` is copied
+        first, unless `handed_over` says the caller gives up the buffer (a fresh one it
+        never touches again): then it is hashed and sealed as it is, without that copy.
+        """
         if self.offset + len(data) > self.header.plaintext_size:
             raise VaultError("more bytes than the recording's declared size", status=413)
-        if not isinstance(data, bytes):
-            data = bytes(data)  # the hashing thread keeps a reference; it must not change
+        if not isinstance(data, bytes) and not handed_over:
+            data = bytes(data)
         self._hashing.update(self._plain, data)
         size = self.header.segment_size
         last_start = (self.header.segments - 1) * size

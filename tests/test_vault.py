@@ -945,3 +945,24 @@ def test_writer_memory_stays_bounded(tmp_path):
     assert summary.evidence_sha256 == expected.hexdigest()
     assert summary.stored_sha256 == file_sha256(tmp_path / "mem.vault")
     assert summary.segments == 64
+
+
+def test_handed_over_buffers_store_the_same_bytes_as_copied_ones(tmp_path):
+    """Fresh bytearrays handed over (as ingest's reads are) are hashed and sealed as they are
+    and give the same file as bytearrays the writer copies, which their owner may reuse
+    right after `write` (zeroed here) without changing what is stored."""
+    data = os.urandom(3 * S + 777)
+    sizes = [S + 5, 1000, 2 * S, 1]
+    keys = {}
+    for name, handed in (("copied", False), ("handed", True)):
+        writer, keys[name] = start(tmp_path, data, name)
+        position, turn = 0, 0
+        while position < len(data):
+            block = bytearray(data[position : position + sizes[turn % len(sizes)]])
+            writer.write(block, handed_over=handed)
+            position, turn = position + len(block), turn + 1
+            if not handed:
+                block[:] = bytes(len(block))  # the owner reuses its buffer
+        summary = writer.finish(tmp_path / f"{name}.vault")
+        assert summary.evidence_sha256 == hashlib.sha256(data).hexdigest()
+        assert Reader(tmp_path / f"{name}.vault", keys[name]).verify() == summary.evidence_sha256

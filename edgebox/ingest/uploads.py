@@ -356,7 +356,7 @@ class Uploads:
                     break
                 if checker is not None:
                     checker[1].update(block)
-                writer.write(block)
+                writer.write(block, handed_over=True)  # each read returns a new buffer
                 received += len(block)
         except VaultError:
             writer.rollback(mark)
