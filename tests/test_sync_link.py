@@ -36,14 +36,7 @@ def test_lean_client_delivers_what_stock_paho_delivers(broker, pki):
     )
     assert isinstance(link.client, LeanClient)
     link.start()
-    plain = connect_client(
-        broker.url_tls_cert,
-        client_id="stock",
-        ca=broker.ca_path,
-        cert=cert,
-        key=key,
-        on_message=lambda c, u, m: stock.put((m.topic, m.payload)),
-    )
+    plain = _stock_into(broker, cert, key, "stock", stock)
     plain.subscribe("lean/#", qos=1)
     sender = connect_client(
         broker.url_tls_cert, client_id="sender", ca=broker.ca_path, cert=cert, key=key
@@ -95,13 +88,15 @@ def test_lean_client_leaves_qos2_to_paho(broker, pki):
     cert, key = pki.client_cert("lean2")
     got: queue.Queue = queue.Queue()
     subscribed = threading.Event()
-    client = LeanClient(mqtt.CallbackAPIVersion.VERSION2, client_id="lean2", protocol=mqtt.MQTTv5)
-    client.tls_set(ca_certs=str(broker.ca_path), certfile=str(cert), keyfile=str(key))
-    client.on_message = lambda c, u, m: got.put(m.payload)
-    client.on_connect = lambda c, u, f, rc, p: c.subscribe("q2/#", qos=2)
-    client.on_subscribe = lambda *a: subscribed.set()
-    client.connect("127.0.0.1", broker.port_tls_cert)
-    client.loop_start()
+    client = _lean_client(
+        broker,
+        cert,
+        key,
+        "lean2",
+        on_message=lambda c, u, m: got.put(m.payload),
+        on_connect=lambda c, u, f, rc, p: c.subscribe("q2/#", qos=2),
+        on_subscribe=lambda *a: subscribed.set(),
+    )
     sender = connect_client(
         broker.url_tls_cert, client_id="sender2", ca=broker.ca_path, cert=cert, key=key
     )
@@ -135,23 +130,18 @@ def test_lean_client_does_not_wake_its_own_network_thread(broker, pki):
     the wake-up byte; a publish from another thread still wakes the loop."""
     cert, key = pki.client_cert("lean3")
     got: queue.Queue = queue.Queue()
-    client = LeanClient(mqtt.CallbackAPIVersion.VERSION2, client_id="lean3", protocol=mqtt.MQTTv5)
-    client.tls_set(ca_certs=str(broker.ca_path), certfile=str(cert), keyfile=str(key))
     subscribed = threading.Event()
-    client.on_connect = lambda c, u, f, rc, p: c.subscribe("ask/#", qos=1)
-    client.on_subscribe = lambda *a: subscribed.set()
-    # The reply is published from the network thread, as paho runs on_message there.
-    client.on_message = lambda c, u, m: c.publish("answer/" + m.topic, m.payload, qos=1)
-    client.connect("127.0.0.1", broker.port_tls_cert)
-    client.loop_start()
-    asker = connect_client(
-        broker.url_tls_cert,
-        client_id="asker",
-        ca=broker.ca_path,
-        cert=cert,
-        key=key,
-        on_message=lambda c, u, m: got.put((m.topic, m.payload)),
+    client = _lean_client(
+        broker,
+        cert,
+        key,
+        "lean3",
+        on_connect=lambda c, u, f, rc, p: c.subscribe("ask/#", qos=1),
+        on_subscribe=lambda *a: subscribed.set(),
+        # The reply is published from the network thread, as paho runs on_message there.
+        on_message=lambda c, u, m: c.publish("answer/" + m.topic, m.payload, qos=1),
     )
+    asker = _stock_into(broker, cert, key, "asker", got)
     asker.subscribe("answer/#", qos=1)
     try:
         assert subscribed.wait(10)
@@ -174,20 +164,10 @@ def test_lean_client_sends_what_stock_paho_receives_from_two_threads(broker, pki
     properties, at QoS 0 and 1, every message reaches a stock subscriber whole."""
     cert, key = pki.client_cert("lean4")
     got: queue.Queue = queue.Queue()
-    stock = connect_client(
-        broker.url_tls_cert,
-        client_id="stock4",
-        ca=broker.ca_path,
-        cert=cert,
-        key=key,
-        on_message=lambda c, u, m: got.put((m.topic, m.payload)),
-    )
+    stock = _stock_into(broker, cert, key, "stock4", got)
     stock.subscribe("big/#", qos=1)
     stock.subscribe("lean/probe", qos=1)
-    lean = LeanClient(mqtt.CallbackAPIVersion.VERSION2, client_id="lean4", protocol=mqtt.MQTTv5)
-    lean.tls_set(ca_certs=str(broker.ca_path), certfile=str(cert), keyfile=str(key))
-    lean.connect("127.0.0.1", broker.port_tls_cert)
-    lean.loop_start()
+    lean = _lean_client(broker, cert, key, "lean4")
     props = Properties(PacketTypes.PUBLISH)
     props.UserProperty = [("k", "v" * 300)]
     sent: list = []
@@ -212,3 +192,26 @@ def test_lean_client_sends_what_stock_paho_receives_from_two_threads(broker, pki
     finally:
         close_client(stock)
         close_client(lean)
+
+
+def _stock_into(broker, cert, key, client_id: str, into: queue.Queue):
+    """A connected stock paho client that files each message it gets as (topic, payload)."""
+    return connect_client(
+        broker.url_tls_cert,
+        client_id=client_id,
+        ca=broker.ca_path,
+        cert=cert,
+        key=key,
+        on_message=lambda c, u, m: into.put((m.topic, m.payload)),
+    )
+
+
+def _lean_client(broker, cert, key, client_id: str, **callbacks) -> LeanClient:
+    """A LeanClient with these callbacks, connected over TLS and looping in its thread."""
+    client = LeanClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.tls_set(ca_certs=str(broker.ca_path), certfile=str(cert), keyfile=str(key))
+    for name, callback in callbacks.items():
+        setattr(client, name, callback)
+    client.connect("127.0.0.1", broker.port_tls_cert)
+    client.loop_start()
+    return client
