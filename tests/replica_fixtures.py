@@ -102,7 +102,7 @@ class BoxVoice:
         self.chunk = chunk
         self.acks: list[dict] = []
         self.receiver = Receiver(
-            store, lambda topic, payload, qos: self.acks.append(json.loads(payload))
+            store, lambda topic, payload: self.acks.append(json.loads(payload))
         )
 
     def say(self, topic: str, payload: bytes) -> dict | None:

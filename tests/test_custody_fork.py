@@ -127,9 +127,7 @@ class Feed:
     these refusals), with the answers it published."""
 
     def __init__(self, store_dir: Path, box_id: str, identity: str):
-        self.receiver = Receiver(
-            store_dir, lambda topic, payload, qos: self.answers.append(payload)
-        )
+        self.receiver = Receiver(store_dir, lambda topic, payload: self.answers.append(payload))
         self.box_id, self.identity, self.answers = box_id, identity, []
 
     def send(self, entries: list[dict], checkpoints: list[dict]) -> dict | None:

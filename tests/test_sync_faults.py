@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -88,6 +89,35 @@ def test_broker_stopped_mid_transfer(tmp_path, broker, pki):
         box.stop()
         for w in workers:
             w.stop()
+
+
+def test_central_answers_every_segment_at_qos_1(tmp_path, broker, pki):
+    """A box back within a moment after a broker restart may not notice it was away and waits
+    for the answers to the segments it had sent: only at QoS 1 does the broker keep them
+    in the box's session (at QoS 0 they were lost, and the box waited its ack timeout)."""
+    cert, key = pki.client_cert("ack-watcher")
+    answers: queue.Queue = queue.Queue()
+    watcher = connect_client(
+        broker.url_tls_cert,
+        client_id="ack-watcher",
+        ca=str(broker.ca_path),
+        cert=str(cert),
+        key=str(key),
+        on_message=lambda c, u, m: answers.put((json.loads(m.payload), m.qos)),
+    )
+    watcher.subscribe(protocol.ack_topic("van-9"), qos=1)
+    try:
+        with box_and_central(tmp_path / "box", broker, pki, "van-9", tmp_path / "central") as box:
+            fill(box, 2, 600_000)
+            wait_for(lambda: synced(box), what="both synced")
+        seen = []
+        while not answers.empty():
+            seen.append(answers.get())
+        assert any(answer["re"] == "seg" and answer["status"] == "ok" for answer, _ in seen)
+        assert {qos for _, qos in seen} == {1}
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()
 
 
 def test_broker_flapping_five_times(tmp_path, broker, pki):

@@ -36,8 +36,8 @@ CUSTODY_INSERT = (
 class Receiver:
     """Applies upstream messages to the store and answers on the box's ack topic."""
 
-    def __init__(self, store_dir: Path, publish: Callable[[str, bytes, int], object]):
-        """`publish(topic, payload, qos)` sends an answer to a box."""
+    def __init__(self, store_dir: Path, publish: Callable[[str, bytes], object]):
+        """`publish(topic, payload)` sends an answer to a box (at QoS 1)."""
         self.root = Path(store_dir)
         self.index = Index(self.root)
         self.publish = publish
@@ -92,11 +92,10 @@ class Receiver:
         raise ProtocolError(f"central does not take {kind} messages")
 
     def _ack(self, box: str, message: dict) -> None:
-        # A stored segment's "ok" goes at QoS 0: it is the most frequent answer, it can only
-        # be lost with the connection, and then the box starts the transfer again with an
-        # init and learns what central holds. Every other answer goes at QoS 1.
-        qos = 0 if message.get("re") == "seg" and message.get("status") == "ok" else 1
-        self.publish(protocol.ack_topic(box), protocol.encode({"box": box, **message}), qos)
+        # Every answer at QoS 1, a segment's "ok" too: a box back within a moment after a
+        # broker restart may not notice it was away and waits for these answers, which the
+        # broker keeps in its session (at QoS 0 they were lost and it waited 20 s).
+        self.publish(protocol.ack_topic(box), protocol.encode({"box": box, **message}))
 
     # -- identity -------------------------------------------------------------
     def _identity(self, box: str, claimed: str | None) -> Ed25519PublicKey:

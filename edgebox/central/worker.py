@@ -28,8 +28,8 @@ class CentralWorker:
     def _message(self, topic: str, payload: bytes) -> None:
         self.receiver.handle(topic, payload, self.lanes.submit, self.in_order.submit)
 
-    def _publish(self, topic: str, payload: bytes, qos: int) -> None:
-        self.link.client.publish(topic, payload, qos=qos)
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self.link.client.publish(topic, payload, qos=1)
 
     def start(self) -> CentralWorker:
         """Connect and subscribe."""
