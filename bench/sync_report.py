@@ -126,27 +126,24 @@ def report(bench) -> str:
     lines += ["", "Aims:", ""]
     if box.samples and raw.samples:
         best, median = stream.best() / raw.best(), stream.median() / raw.median()
-        lines.append(
-            f"- box / raw paho ≥ 0.8, both timed from their first byte sent: {best:.2f} on best "
-            f"({stream.best():.1f} vs {raw.best():.1f} MB/s), {median:.2f} on median — "
-            f"{'met' if best >= 0.8 else 'NOT met'}"
-        )
-        lines.append(
-            f"  Counting the box's start-up as well (spawn of `edgebox run` to the last "
-            f"confirmation): {box.best() / raw.best():.2f} on best ({box.best():.1f} MB/s), "
-            f"{box.median() / raw.median():.2f} on median."
-        )
         rounds = {s.extra.get("round"): s.mbps for s in raw.samples}
         paired = [
             s.mbps / rounds[r] for s in stream.samples if (r := s.extra.get("round")) in rounds
         ]
-        if paired:
-            lines.append(
-                "  Paired by round (box and raw run back to back, so they share the machine's "
-                "load of the moment): "
-                + ", ".join(f"{x:.2f}" for x in paired)
-                + f"; median {statistics.median(paired):.2f}."
-            )
+        pair = statistics.median(paired) if paired else 0.0
+        lines += [
+            f"- box / raw paho ≥ 0.8, both timed from their first byte sent: {pair:.2f} paired "
+            f"by round (median of {', '.join(f'{x:.2f}' for x in paired)}: box and raw run "
+            f"back to back, so each pair shares the machine's load of the moment), {median:.2f} "
+            f"on median ({stream.median():.1f} vs {raw.median():.1f} MB/s), {best:.2f} on best "
+            f"({stream.best():.1f} vs {raw.best():.1f}) — "
+            f"{'met' if min(pair, median) >= 0.8 else 'NOT met'} (judged on the paired and the "
+            f"median ratios, both; a best-of-rounds ratio sets rounds of different moments side "
+            f"by side)",
+            f"  Counting the box's start-up as well (spawn of `edgebox run` to the last "
+            f"confirmation): {box.best() / raw.best():.2f} on best ({box.best():.1f} MB/s), "
+            f"{box.median() / raw.median():.2f} on median.",
+        ]
         if store.samples:
             lines.append(
                 f"  (box / central store alone: {stream.best() / store.best():.2f} on best; raw "
