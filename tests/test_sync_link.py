@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import threading
 
 import paho.mqtt.client as mqtt
@@ -215,3 +216,45 @@ def _lean_client(broker, cert, key, client_id: str, **callbacks) -> LeanClient:
     client.connect("127.0.0.1", broker.port_tls_cert)
     client.loop_start()
     return client
+
+
+def _publish_packet(topic: str, payload: bytes) -> bytes:
+    """An MQTT 5 QoS 0 PUBLISH packet (no properties), as a broker sends it."""
+    body = len(topic).to_bytes(2, "big") + topic.encode() + b"\x00" + payload
+    length, rest = bytearray(), len(body)
+    while True:
+        rest, digit = divmod(rest, 128)
+        length.append(digit | (0x80 if rest else 0))
+        if not rest:
+            return bytes([0x30]) + bytes(length) + body
+
+
+def test_a_packet_cut_short_by_a_reconnect_leaves_nothing_behind():
+    """A large PUBLISH read halfway (its payload buffer started) and then dropped, as paho's
+    reconnect drops it, must not lend that buffer to the next message. A real socket pair
+    stands in for the broker's connection."""
+    ours, broker_end = socket.socketpair()
+    ours.setblocking(False)
+    client = LeanClient(mqtt.CallbackAPIVersion.VERSION2, client_id="cut", protocol=mqtt.MQTTv5)
+    client._sock = ours
+    got = []
+    client.on_message = lambda c, u, m: got.append((m.topic, bytes(m.payload)))
+    try:
+        broker_end.sendall(_publish_packet("x/big", os.urandom(200_000))[:100_000])
+        assert client._packet_read() == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
+        client._in_packet = {  # what paho's reconnect() puts there
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(b""),
+            "to_process": 0,
+            "pos": 0,
+        }
+        broker_end.sendall(_publish_packet("x/small", b"hello"))
+        assert client._packet_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert got == [("x/small", b"hello")]
+    finally:
+        ours.close()
+        broker_end.close()

@@ -82,6 +82,7 @@ class LeanClient(mqtt.Client):
         """Read the command byte and the remaining length; None when done, True when the
         length is malformed. Raises OSError (ConnectionError at end of stream)."""
         if inp["command"] == 0:
+            self._payload = None  # nothing of a packet cut short (by a reconnect) carries over
             inp["command"] = _byte(self._sock)
         while True:
             byte = _byte(self._sock)
@@ -141,7 +142,9 @@ class LeanClient(mqtt.Client):
         return rc
 
     def _handle_publish(self):
-        if self._payload is None:  # not read direct: cut the payload off with one copy
+        direct = self._payload is not None and self._in_packet.get("target") is self._payload
+        if not direct:  # cut the payload off with one copy
+            self._payload = None
             packet = self._in_packet["packet"]
             qos = (self._in_packet["command"] & 0x06) >> 1
             v5 = self._protocol == mqtt.MQTTv5
