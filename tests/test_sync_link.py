@@ -14,7 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgebox.sync.link import Link, LinkSettings
-from edgebox.sync.paho_client import LeanClient
+from edgebox.sync.paho_client import LeanClient, empty_in_packet
 from tests.brokers import close_client, connect_client
 from tests.sync_fixtures import wait_for
 
@@ -242,16 +242,7 @@ def test_a_packet_cut_short_by_a_reconnect_leaves_nothing_behind():
     try:
         broker_end.sendall(_publish_packet("x/big", os.urandom(200_000))[:100_000])
         assert client._packet_read() == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
-        client._in_packet = {  # what paho's reconnect() puts there
-            "command": 0,
-            "have_remaining": 0,
-            "remaining_count": [],
-            "remaining_mult": 1,
-            "remaining_length": 0,
-            "packet": bytearray(b""),
-            "to_process": 0,
-            "pos": 0,
-        }
+        client._in_packet = empty_in_packet()  # what paho's reconnect() puts there
         broker_end.sendall(_publish_packet("x/small", b"hello"))
         assert client._packet_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         assert got == [("x/small", b"hello")]

@@ -129,16 +129,7 @@ class LeanClient(mqtt.Client):
             rc = mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
         finally:
             self._payload = None
-        self._in_packet = {
-            "command": 0,
-            "have_remaining": 0,
-            "remaining_count": [],
-            "remaining_mult": 1,
-            "remaining_length": 0,
-            "packet": bytearray(b""),
-            "to_process": 0,
-            "pos": 0,
-        }
+        self._in_packet = empty_in_packet()
         return rc
 
     def _handle_publish(self):
@@ -190,6 +181,21 @@ class LeanClient(mqtt.Client):
         if self._payload is not None:  # QoS 0 and 1 call this from _handle_publish
             message.payload = self._payload
         super()._handle_on_message(message)
+
+
+def empty_in_packet() -> dict:
+    """paho's record of a packet not begun yet (what it sets after each packet and on
+    reconnecting)."""
+    return {
+        "command": 0,
+        "have_remaining": 0,
+        "remaining_count": [],
+        "remaining_mult": 1,
+        "remaining_length": 0,
+        "packet": bytearray(b""),
+        "to_process": 0,
+        "pos": 0,
+    }
 
 
 def _out(command: int, packet, mid: int = 0, qos: int = 0, info=None) -> dict:
