@@ -69,16 +69,23 @@ def store_alone(root: Path, box_id: str, nbytes: int) -> tuple[float, dict[str, 
 
     (seconds, {"receiver": CPU seconds of this process}).
     """
+    from edgebox import direct_io
     from edgebox.central.files import Transfer
     from edgebox.sync import protocol
 
     transfer = Transfer(root, box_id, "store-bench")
     transfer.create({"size": nbytes, "sha256": "0" * 64, "chunk": CHUNK})
     block = random.Random(3).randbytes(CHUNK + 8 * 4099)
+    segments = []  # in buffers like those central's MQTT client reads payloads into
+    for n in range(8):
+        segments.append(direct_io.aligned(CHUNK))
+        segments[-1][:] = block[n * 4099 : n * 4099 + CHUNK]
     os.sync()
     cpu0, start = cpu_self(), time.perf_counter()
     for n, offset in enumerate(range(0, nbytes, CHUNK)):
-        data = block[(n % 8) * 4099 : (n % 8) * 4099 + min(CHUNK, nbytes - offset)]
+        data = segments[n % 8]
+        if nbytes - offset < CHUNK:
+            data = data[: nbytes - offset]
         protocol.sha256_hex(data)
         transfer.put(offset, data, CHUNK)
     seconds, cpu = time.perf_counter() - start, cpu_self() - cpu0

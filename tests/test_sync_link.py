@@ -13,8 +13,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgebox import direct_io
 from edgebox.sync.link import Link, LinkSettings
-from edgebox.sync.paho_client import LeanClient, empty_in_packet
+from edgebox.sync.paho_client import DIRECT, LeanClient, empty_in_packet
 from tests.brokers import close_client, connect_client
 from tests.sync_fixtures import wait_for
 
@@ -65,6 +66,10 @@ def test_lean_client_delivers_what_stock_paho_delivers(broker, pki):
         got = [lean.get(timeout=10) for _ in sent]
         expected = [stock.get(timeout=10) for _ in sent]
         assert sorted(got) == sorted(expected) == sorted(sent)
+        # read into its own buffer, aligned so that central can write it with O_DIRECT
+        direct = [p for t, p in got if len(p) >= DIRECT and t != "lean/huge"]
+        assert len(direct) == 6
+        assert all(direct_io.address(p) % direct_io.ALIGN == 0 for p in direct)
     finally:
         close_client(sender)
         close_client(plain)

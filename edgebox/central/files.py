@@ -3,7 +3,8 @@
 Layout under the store folder:
 
 - `transfers/<box>/<tid>/init.json`: the accepted init message;
-- `transfers/<box>/<tid>/data`: the file, preallocated, written by offset;
+- `transfers/<box>/<tid>/data`: the file, preallocated, written by offset (around the
+  page cache where it can, `edgebox.direct_io`);
 - `transfers/<box>/<tid>/present`: one byte per segment, 1 once it is stored and
   hash-checked;
 - `boxes/<box>/recordings/<recording>.ebv` and `.manifest.json`: complete recordings;
@@ -23,7 +24,7 @@ import shutil
 import zlib
 from pathlib import Path
 
-from edgebox import vault
+from edgebox import direct_io
 from edgebox.durable import atomic_write, fsync_dir
 
 LOCK_STRIPES = 64
@@ -77,11 +78,7 @@ class Transfer:
         and that decision re-hashes the whole file, so a segment lost in a crash is
         noticed (and sent again) rather than trusted.
         """
-        fd = os.open(self.data, os.O_WRONLY)
-        try:
-            os.pwrite(fd, data, offset)
-        finally:
-            os.close(fd)
+        direct_io.pwrite(self.data, data, offset)
         fd = os.open(self.present, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             os.pwrite(fd, b"\x01", offset // chunk)
@@ -184,4 +181,4 @@ def recording_path(root: Path, box_id: str, recording_id: str) -> Path:
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a stored file."""
-    return vault.file_sha256(path)
+    return direct_io.file_sha256(path)
