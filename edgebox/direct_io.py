@@ -6,8 +6,9 @@ Through the page cache the write is a copy by the CPU (on this project's benchma
 0.24 CPU seconds per GiB into warm memory, 0.6 to 1.4 into fresh pages, plus the kernel's
 write-back later) and fills memory with bytes nobody reads again; with O_DIRECT the disk
 takes them from the process's buffer itself (0.07 CPU seconds per GiB), and the fin's hash
-reads what the disk holds, not a cached copy. (The box's reads for sending stay buffered: there O_DIRECT cost more CPU
-than the copy it saves, 0.20 against 0.15 s/GiB, pinning the pages of each buffer.)
+reads what the disk holds, not a cached copy. (The box's reads for sending stay buffered:
+there O_DIRECT cost more CPU than the copy it saves, 0.20 against 0.15 s/GiB, pinning the
+pages of each buffer.)
 
 O_DIRECT wants the offset, the length and the buffer's address aligned. `aligned` makes
 such buffers (plain bytearrays, so paho and hashlib take them as they are); every function

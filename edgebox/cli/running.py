@@ -30,7 +30,10 @@ def wait_for_signal(stop: threading.Event) -> None:
 @handle_errors
 def run(config_file, listen):
     """Run the box: HTTPS ingest and web UI, custody checkpoints and scheduled jobs."""
+    from edgebox import allocator
     from edgebox.box import Box
+
+    allocator.tune()
 
     box = Box(load(config_file)).start(parse_listen(listen) if listen else None)
     click.echo(f"edgebox {box.config.box.box_id} serving {box.url}", err=True)
