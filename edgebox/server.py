@@ -7,6 +7,7 @@ request body to a temporary file, which keeps plaintext footage off the disk.
 from __future__ import annotations
 
 import io
+import ssl
 import threading
 
 from cheroot import wsgi
@@ -14,6 +15,7 @@ from cheroot.makefile import StreamReader, StreamWriter
 from cheroot.server import HTTPConnection
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+from edgebox.tls_records import Read, record_reader
 from edgebox.web import create_app
 
 BULK_READ = 64 << 10
@@ -40,15 +42,28 @@ class BulkStreamReader(StreamReader):
             got = min(buffered, size)
             view[:got] = self._read_buf[self._read_pos : self._read_pos + got]
             self._read_pos += got
-            while got < size:
-                count = self.raw.readinto(view[got:])
-                if not count:
-                    break
-                got += count
+            read = _record_reader(self.raw)
+            try:
+                while got < size:
+                    count = read(size - got, view[got:])
+                    if not count:
+                        break
+                    got += count
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                pass  # the client closed: return what arrived, as SSLSocket.recv_into does
             view.release()
         self.bytes_read += got
         del out[got:]
         return out
+
+
+def _record_reader(raw) -> Read:
+    """One C call per TLS record for a body read (`edgebox.tls_records`); the raw stream's
+    `readinto` where its socket is not at hand."""
+    sock = getattr(raw, "_sock", None)
+    if sock is None:
+        return lambda nbytes, buffer: raw.readinto(buffer)
+    return record_reader(sock)
 
 
 def _streams(sock, mode="r", bufsize=io.DEFAULT_BUFFER_SIZE):

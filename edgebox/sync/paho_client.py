@@ -34,6 +34,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.exception import MalformedPacket
 
 from edgebox import direct_io
+from edgebox.tls_records import record_reader
 
 DIRECT = 64 * 1024  # a QoS 0/1 PUBLISH this long or longer is read into its payload's buffer
 
@@ -225,7 +226,7 @@ def _fill(sock, inp: dict) -> bool:
     """Read into the packet's current buffer (the payload's, once its head is parsed); True
     once it is full. Raises like `socket.recv_into` (end of stream: ConnectionError)."""
     target = inp.get("target", inp["packet"])
-    read, got, size = _reader(sock), inp["got"], len(target)
+    read, got, size = record_reader(sock), inp["got"], len(target)
     with memoryview(target) as view:
         try:
             while got < size:
@@ -236,16 +237,6 @@ def _fill(sock, inp: dict) -> bool:
         finally:
             inp["got"] = got
     return True
-
-
-def _reader(sock):
-    """`read(nbytes, buffer)` for the socket: a TLS socket's own SSL object's read, which
-    gives one TLS record (16 KiB at most) per call, without `SSLSocket.recv_into`'s two
-    Python-level calls and checks around it (a 1 MiB payload takes some 64 calls)."""
-    sslobj = getattr(sock, "_sslobj", None)
-    if sslobj is not None:
-        return sslobj.read
-    return lambda nbytes, buffer: sock.recv_into(buffer, nbytes)
 
 
 def _payload_start(packet: bytearray, qos: int, v5: bool) -> int | None:
