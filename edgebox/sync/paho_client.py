@@ -224,7 +224,8 @@ def _byte(sock) -> int:
 
 def _fill(sock, inp: dict) -> bool:
     """Read into the packet's current buffer (the payload's, once its head is parsed); True
-    once it is full. Raises like `socket.recv_into` (end of stream: ConnectionError)."""
+    once it is full. Raises OSError at the end of the stream (ConnectionError, or ssl's
+    SSLEOFError / SSLZeroReturnError from a TLS socket) and as `socket.recv_into` does."""
     target = inp.get("target", inp["packet"])
     read, got, size = record_reader(sock), inp["got"], len(target)
     with memoryview(target) as view:
