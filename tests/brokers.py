@@ -737,6 +737,20 @@ def connect_client(
     return client
 
 
+def cert_client(broker, pki, client_id: str, **kwargs) -> mqtt.Client:
+    """`connect_client` on the broker's client-certificate TLS listener, with a certificate
+    issued by `pki` for `client_id`."""
+    cert, key = pki.client_cert(client_id)
+    return connect_client(
+        broker.url_tls_cert,
+        client_id=client_id,
+        ca=str(broker.ca_path),
+        cert=str(cert),
+        key=str(key),
+        **kwargs,
+    )
+
+
 def close_client(client: mqtt.Client) -> None:
     """Disconnect (if connected), stop the network thread and close the client's sockets.
 

@@ -15,7 +15,7 @@ from edgebox.central.files import segments_present
 from edgebox.central.index import Index
 from edgebox.sync import protocol
 from edgebox.verify import verify_box
-from tests.brokers import connect_client
+from tests.brokers import cert_client
 from tests.conftest import BoxProcess, enroll, make_box, run_cli
 from tests.sync_fixtures import (
     alarms,
@@ -95,14 +95,11 @@ def test_central_answers_every_segment_at_qos_1(tmp_path, broker, pki):
     """A box back within a moment after a broker restart may not notice it was away and waits
     for the answers to the segments it had sent: only at QoS 1 does the broker keep them
     in the box's session (at QoS 0 they were lost, and the box waited its ack timeout)."""
-    cert, key = pki.client_cert("ack-watcher")
     answers: queue.Queue = queue.Queue()
-    watcher = connect_client(
-        broker.url_tls_cert,
-        client_id="ack-watcher",
-        ca=str(broker.ca_path),
-        cert=str(cert),
-        key=str(key),
+    watcher = cert_client(
+        broker,
+        pki,
+        "ack-watcher",
         on_message=lambda c, u, m: answers.put((json.loads(m.payload), m.qos)),
     )
     watcher.subscribe(protocol.ack_topic("van-9"), qos=1)
@@ -322,14 +319,7 @@ def test_hostile_messages(tmp_path, broker, pki):
     store = tmp_path / "central"
     workers = central_workers(store, broker, pki, count=1)
     box = start_box(tmp_path / "box", broker, pki, "van-1")
-    cert, key = pki.client_cert("intruder")
-    evil = connect_client(
-        broker.url_tls_cert,
-        client_id="intruder",
-        ca=str(broker.ca_path),
-        cert=str(cert),
-        key=str(key),
-    )
+    evil = cert_client(broker, pki, "intruder")
     try:
         fill(box, 1, 300_000)
         wait_for(lambda: synced(box), what="first recording synced")

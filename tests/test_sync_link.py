@@ -93,15 +93,8 @@ def _probed(sender, *queues) -> bool:
 def test_lean_client_leaves_qos2_to_paho(broker, pki):
     cert, key = pki.client_cert("lean2")
     got: queue.Queue = queue.Queue()
-    subscribed = threading.Event()
-    client = _lean_client(
-        broker,
-        cert,
-        key,
-        "lean2",
-        on_message=lambda c, u, m: got.put(m.payload),
-        on_connect=lambda c, u, f, rc, p: c.subscribe("q2/#", qos=2),
-        on_subscribe=lambda *a: subscribed.set(),
+    client, subscribed = _subscribed_lean(
+        broker, cert, key, "lean2", "q2/#", 2, on_message=lambda c, u, m: got.put(m.payload)
     )
     sender = connect_client(
         broker.url_tls_cert, client_id="sender2", ca=broker.ca_path, cert=cert, key=key
@@ -136,14 +129,13 @@ def test_lean_client_does_not_wake_its_own_network_thread(broker, pki):
     the wake-up byte; a publish from another thread still wakes the loop."""
     cert, key = pki.client_cert("lean3")
     got: queue.Queue = queue.Queue()
-    subscribed = threading.Event()
-    client = _lean_client(
+    client, subscribed = _subscribed_lean(
         broker,
         cert,
         key,
         "lean3",
-        on_connect=lambda c, u, f, rc, p: c.subscribe("ask/#", qos=1),
-        on_subscribe=lambda *a: subscribed.set(),
+        "ask/#",
+        1,
         # The reply is published from the network thread, as paho runs on_message there.
         on_message=lambda c, u, m: c.publish("answer/" + m.topic, m.payload, qos=1),
     )
@@ -221,6 +213,24 @@ def _lean_client(broker, cert, key, client_id: str, **callbacks) -> LeanClient:
     client.connect("127.0.0.1", broker.port_tls_cert)
     client.loop_start()
     return client
+
+
+def _subscribed_lean(
+    broker, cert, key, client_id: str, topic: str, qos: int, on_message
+) -> tuple[LeanClient, threading.Event]:
+    """A LeanClient subscribing to `topic` on connect, and the event set once the broker
+    has granted the subscription."""
+    subscribed = threading.Event()
+    client = _lean_client(
+        broker,
+        cert,
+        key,
+        client_id,
+        on_message=on_message,
+        on_connect=lambda c, u, f, rc, p: c.subscribe(topic, qos=qos),
+        on_subscribe=lambda *a: subscribed.set(),
+    )
+    return client, subscribed
 
 
 def _publish_packet(topic: str, payload: bytes) -> bytes:
