@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from edgebox import custody, vault
 from edgebox.errors import KeyAccessError, NotFound
 from edgebox.keys import HPKE_NAME, key_id, unwrap_key, wrap_key
+from edgebox.retention import is_deleted
 
 
 def data_key_for(path: Path, private: X25519PrivateKey, role: str = "review") -> bytes:
@@ -97,29 +98,39 @@ def _recording(box, recording_id: str) -> dict:
     return rec
 
 
+def _live_recording(box, recording_id: str) -> dict:
+    """The recording's row; NotFound once it was crypto-shredded (its file is gone)."""
+    rec = _recording(box, recording_id)
+    if is_deleted(rec):
+        raise NotFound(f"recording {recording_id} was deleted")
+    return rec
+
+
 def seal_recording(box, recording_id: str, actor: str = "box") -> dict:
     """Drop the review stanza so the box can no longer decrypt it (after central's copy is safe)."""
-    rec = _recording(box, recording_id)
-    header = vault.read_header(box.uploads.vault_path(recording_id))
-    kept = [s for s in header.stanzas if not s["recipient"].startswith("review:")]
-    if len(kept) == len(header.stanzas):
-        raise vault.VaultError(f"recording {recording_id} is already sealed", status=409)
-    return _rewrite(box, rec, kept, "recording.sealed", actor, {"dropped": "review"})
+    with vault.header_change(box.uploads.vault_dir):
+        rec = _live_recording(box, recording_id)
+        header = vault.read_header(box.uploads.vault_path(recording_id))
+        kept = [s for s in header.stanzas if not s["recipient"].startswith("review:")]
+        if len(kept) == len(header.stanzas):
+            raise vault.VaultError(f"recording {recording_id} is already sealed", status=409)
+        return _rewrite(box, rec, kept, "recording.sealed", actor, {"dropped": "review"})
 
 
 def rewrap_recording(box, recording_id: str, review_key: X25519PrivateKey, actor: str) -> dict:
     """Wrap a recording's data key to the active central key (after a rotation), header only."""
-    rec = _recording(box, recording_id)
-    path = box.uploads.vault_path(recording_id)
-    data_key = data_key_for(path, review_key)
-    kid, public = box.keys.central()
-    header = vault.read_header(path)
-    stanza = {
-        "recipient": f"central:{kid}",
-        "type": HPKE_NAME,
-        "body": base64.b64encode(wrap_key(data_key, public, recording_id.encode())).decode(),
-    }
-    kept = [s for s in header.stanzas if not s["recipient"].startswith("central:")]
-    return _rewrite(
-        box, rec, [stanza, *kept], "recording.rewrapped", actor, {"central_key_id": kid}
-    )
+    with vault.header_change(box.uploads.vault_dir):
+        rec = _live_recording(box, recording_id)
+        path = box.uploads.vault_path(recording_id)
+        data_key = data_key_for(path, review_key)
+        kid, public = box.keys.central()
+        header = vault.read_header(path)
+        stanza = {
+            "recipient": f"central:{kid}",
+            "type": HPKE_NAME,
+            "body": base64.b64encode(wrap_key(data_key, public, recording_id.encode())).decode(),
+        }
+        kept = [s for s in header.stanzas if not s["recipient"].startswith("central:")]
+        return _rewrite(
+            box, rec, [stanza, *kept], "recording.rewrapped", actor, {"central_key_id": kid}
+        )

@@ -262,7 +262,7 @@ def shred(
     policy = policy or Policy.from_config(box.config.retention)
     path = box.uploads.vault_path(recording_id)
     tomb = path.with_name(path.name + TOMB_SUFFIX)
-    with box.store.write() as db:
+    with vault.header_change(path.parent), box.store.write() as db:
         row = db.execute("SELECT * FROM recordings WHERE id = ?", [recording_id]).fetchone()
         if row is None:
             return None

@@ -12,6 +12,8 @@ swapped header are all detected. The full specification is docs/vault-format.md.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -604,6 +606,19 @@ def file_sha256(path: Path, block: int = 1 << 20) -> str:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def header_change(folder: Path) -> Iterator[None]:
+    """Hold while reading a recording's state and rewriting its header (seal, re-wrap, shred),
+    so two such changes to the files of one vault folder never interleave: across threads and
+    processes (an flock on the folder itself, which needs no free space to take)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def rewrite_header(path: Path, stanzas: list[dict]) -> str:

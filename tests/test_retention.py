@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 
 import pytest
 
@@ -16,9 +17,9 @@ from edgebox.box import Box
 from edgebox.central.index import Index
 from edgebox.clock import iso, parse_rfc3339, utcnow
 from edgebox.config import load_config
-from edgebox.errors import VaultError
+from edgebox.errors import NotFound, VaultError
 from edgebox.keys import x25519_private_from_file
-from edgebox.recordings import data_key_for
+from edgebox.recordings import data_key_for, seal_recording
 from edgebox.scheduler import jobs_of
 from edgebox.verify import verify_box
 from tests.conftest import enroll, make_box
@@ -227,6 +228,60 @@ def test_shred_destroys_every_key_then_the_file(rbox, rcam, tmp_path):
 
     # Nothing left to delete: a second sweep changes nothing.
     assert retention.sweep(rbox, t0 + 31 * DAY).deleted == []
+
+
+def test_a_seal_and_a_shred_of_one_recording_never_interleave(rbox, rcam):
+    """The uplink seals a confirmed recording when the link runs dry; the retention or
+    watermark job may shred the same recording at that moment. Both rewrite its header (with
+    a journal beside it): one must finish before the other starts. Either the seal comes
+    first, or it finds the recording deleted; the shred always succeeds, and the custody log
+    never records a seal after the deletion."""
+    t0 = utcnow()
+    rids = []
+    for _ in range(12):
+        rid, _ = record(rcam, size=1 << 20, started_at=iso(t0))
+        set_state(rbox, rid)
+        rids.append(rid)
+    outcomes = []
+    for rid in rids:
+        start = threading.Barrier(2)
+        seal_outcome, shred_outcome = [], []
+
+        def seal(rid=rid, start=start, out=seal_outcome):
+            start.wait()
+            try:
+                out.append(seal_recording(rbox, rid)["sealed"])
+            except NotFound as exc:
+                out.append(exc.message)
+
+        def shred(rid=rid, start=start, out=shred_outcome):
+            start.wait()
+            try:
+                out.append(retention.shred(rbox, rid, retention.REASON_RETENTION, t0 + 31 * DAY))
+            except OSError as exc:
+                out.append(exc)
+
+        threads = [threading.Thread(target=seal), threading.Thread(target=shred)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert isinstance(shred_outcome[0], dict), shred_outcome
+        assert shred_outcome[0]["recording_id"] == rid
+        assert seal_outcome[0] in (1, f"recording {rid} was deleted"), seal_outcome
+        outcomes.append(seal_outcome[0])
+        events = [
+            r["event"]
+            for r in rbox.store.query(
+                "SELECT event FROM custody WHERE subject = ? ORDER BY seq", (rid,)
+            )
+        ]
+        assert events[-1] == "recording.deleted", events
+    assert list(rbox.uploads.vault_dir.iterdir()) == []  # no file, tomb or journal left
+    chain = custody.verify_chain(rbox.store, rbox.config.box.box_id, rbox.keys.identity_public())
+    assert chain.ok, chain.problems
+    report = verify_box(rbox)
+    assert report.ok, report.problems
 
 
 def test_a_shred_cut_short_is_completed(rbox, rcam):
