@@ -59,7 +59,7 @@ def is_aligned(offset: int, buffer) -> bool:
     return bool(O_DIRECT) and where is not None and not (offset | len(buffer) | where) % ALIGN
 
 
-def _open_direct(path, flags: int) -> int | None:
+def open_direct(path, flags: int) -> int | None:
     """A descriptor opened with O_DIRECT, or None where the filesystem refuses it."""
     if not O_DIRECT:
         return None
@@ -75,7 +75,7 @@ def pwrite(path, data, offset: int) -> bool:
     """Write all of `data` at `offset` of an existing file; True if it went around the page
     cache, False if through it."""
     if is_aligned(offset, data):
-        fd = _open_direct(path, os.O_WRONLY)
+        fd = open_direct(path, os.O_WRONLY)
         if fd is not None:
             try:
                 if _write_all(fd, data, offset):
@@ -111,7 +111,7 @@ class Reader:
     def __init__(self, path):
         self.fd = os.open(path, os.O_RDONLY)
         try:
-            self.direct_fd = _open_direct(path, os.O_RDONLY)
+            self.direct_fd = open_direct(path, os.O_RDONLY)
         except BaseException:
             os.close(self.fd)
             raise

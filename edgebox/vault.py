@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edgebox.direct_append import DirectAppender
 from edgebox.durable import fsync_dir
 from edgebox.errors import VaultError
 
@@ -272,19 +273,31 @@ class _Hashing:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque = deque()
         self._depth = depth
+        self._last_read: dict[int, object] = {}  # id(buffer) -> its latest update
 
     def update(self, digest, data) -> None:
-        """Queue `digest.update(data)`; `data` must not change afterwards."""
+        """Queue `digest.update(data)`; `data` must not change afterwards (for a memoryview:
+        until `wait_for` its buffer)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-hash")
-        self._pending.append(self._pool.submit(digest.update, data))
+        future = self._pool.submit(digest.update, data)
+        self._pending.append(future)
+        if isinstance(data, memoryview):
+            self._last_read[id(data.obj)] = future
         while len(self._pending) > self._depth:
             self._pending.popleft().result()
+
+    def wait_for(self, buffer) -> None:
+        """Wait until no queued update reads `buffer` any more (updates run in order)."""
+        future = self._last_read.pop(id(buffer), None)
+        if future is not None:
+            future.result()
 
     def drain(self) -> None:
         """Wait until every queued update is done."""
         while self._pending:
             self._pending.popleft().result()
+        self._last_read.clear()
 
     def close(self) -> None:
         """Finish pending work and stop the helper thread."""
@@ -296,7 +309,9 @@ class _Hashing:
 
 @dataclass
 class Writer:
-    """Encrypts a recording segment by segment as its bytes arrive; memory stays ~2 segments."""
+    """Encrypts a recording segment by segment as its bytes arrive; memory stays ~2 segments
+    plus the staging buffers of its output (`edgebox.direct_append`), which segments are
+    encrypted straight into."""
 
     path: Path
     header: Header
@@ -314,22 +329,33 @@ class Writer:
     _held_bytes: int = 0
     _hashing: _Hashing = field(default_factory=_Hashing)
     _retired: dict = field(default_factory=dict)
+    _out: DirectAppender | None = None
 
     def __post_init__(self):
         self._aead = self.header.cipher(self.data_key)
         self._aad = self.header.aad
 
+    def _open_output(self, fd: int, end: int) -> None:
+        self._fd = fd
+        # A staging buffer is refilled only once the hashing thread is done with it.
+        self._out = DirectAppender(self.path, fd, end, before_reuse=self._hashing.wait_for)
+
     @classmethod
     def create(cls, path: Path, header: Header, data_key: bytes) -> Writer:
         """Start a new partial vault file with its header written and synced."""
         path = Path(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        writer = cls(path=path, header=header, data_key=data_key, _fd=fd)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        writer = cls(path=path, header=header, data_key=data_key)
         raw = header.encode()
-        os.write(fd, raw)
-        writer._stored.update(raw)
-        os.fsync(fd)
-        fsync_dir(path.parent)
+        try:
+            os.write(fd, raw)
+            writer._stored.update(raw)
+            os.fsync(fd)
+            fsync_dir(path.parent)
+            writer._open_output(fd, len(raw))
+        except BaseException:
+            os.close(fd)
+            raise
         return writer
 
     @classmethod
@@ -354,10 +380,14 @@ class Writer:
                 writer._stored.update(blob)
                 writer._index = index + 1
         keep = header.area + writer._index * stride
-        writer._fd = os.open(path, os.O_WRONLY)
-        os.ftruncate(writer._fd, keep)
-        os.lseek(writer._fd, keep, os.SEEK_SET)
-        os.fsync(writer._fd)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+            writer._open_output(fd, keep)
+        except BaseException:
+            os.close(fd)
+            raise
         return writer
 
     @property
@@ -371,8 +401,14 @@ class Writer:
         return self._index * self.header.segment_size
 
     def _seal(self, data, last: bool) -> None:
+        """Encrypt one segment: straight into the output's staging buffer, or, while a
+        checksummed chunk holds its segments back, into a block of its own."""
         key = (self._index, last)
-        blob = self._aead.encrypt(nonce(self._index, last), data, self._aad)
+        if self._held is None:
+            blob = self._out.reserve(len(data) + TAG)
+            self._aead.encrypt_into(nonce(self._index, last), data, self._aad, blob)
+        else:
+            blob = self._aead.encrypt(nonce(self._index, last), data, self._aad)
         retired = self._retired.get(key)
         if retired is not None and retired != blob[-TAG:]:
             raise VaultError(
@@ -382,19 +418,23 @@ class Writer:
             )
         self._hashing.update(self._stored, blob)
         self._index += 1
-        if self._held is not None and self._held_bytes + len(blob) <= HOLD_LIMIT:
+        if self._held is None:
+            self._written(key, blob)
+            self._out.commit(len(blob))
+        elif self._held_bytes + len(blob) <= HOLD_LIMIT:
             self._held.append((key, blob))
             self._held_bytes += len(blob)
-            return
-        self._flush_held()
-        self._put(key, blob)
+        else:
+            self._flush_held()
+            self._put(key, blob)
 
-    def _put(self, key: tuple, blob: bytes) -> None:
+    def _written(self, key: tuple, blob) -> None:
         if self._since_mark is not None:
             self._since_mark[key] = bytes(blob[-TAG:])
-        view = memoryview(blob)
-        while view:
-            view = view[os.write(self._fd, view) :]
+
+    def _put(self, key: tuple, blob: bytes) -> None:
+        self._written(key, blob)
+        self._out.append(blob)
 
     def _flush_held(self) -> None:
         for key, blob in self._held or ():
@@ -439,11 +479,12 @@ class Writer:
         """
         self._flush_held()
         self._hashing.drain()
+        self._out.settle()
         self._since_mark = {}
         self._held = [] if hold else None
         self._held_bytes = 0
         return Mark(
-            os.lseek(self._fd, 0, os.SEEK_CUR),
+            self._out.end,
             bytes(self._tail),
             self._plain.copy(),
             self._stored.copy(),
@@ -453,8 +494,7 @@ class Writer:
     def rollback(self, mark: Mark) -> None:
         """Undo everything written since `mark`."""
         self._hashing.drain()
-        os.ftruncate(self._fd, mark.file_length)
-        os.lseek(self._fd, mark.file_length, os.SEEK_SET)
+        self._out.truncate(mark.file_length)
         self._tail = bytearray(mark.tail)
         # Copies, so the same mark stays valid for a second rollback.
         self._plain, self._stored = mark.plain.copy(), mark.stored.copy()
@@ -470,9 +510,11 @@ class Writer:
         self._since_mark = None
 
     def sync(self) -> None:
-        """Make every sealed segment durable (writing any held ones first)."""
+        """Make every sealed segment durable (writing any held ones first), and give the
+        staging buffers back until more bytes come."""
         self.release()
-        os.fsync(self._fd)
+        self._out.sync()
+        self._out.release()
 
     def finish(self, destination: Path) -> Summary:
         """Seal the last segment, fsync, and atomically rename the file to its final place."""
@@ -484,8 +526,9 @@ class Writer:
         self._seal(bytes(self._tail), last=True)
         self._tail.clear()
         self.release()
+        self._out.sync()
         self._hashing.close()
-        os.fsync(self._fd)
+        self._out.close()
         os.close(self._fd)
         self._fd = -1
         destination = Path(destination)
@@ -511,8 +554,11 @@ class Writer:
         """Close the file without finishing it (it stays resumable)."""
         self._hashing.close()
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                self._out.close()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class Reader:

@@ -317,7 +317,11 @@ class Uploads:
                 if checker[1].digest() != checker[0]:
                     writer.rollback(mark)
                     raise IngestError("Upload-Checksum does not match the chunk", status=460)
-            writer.sync()
+            try:
+                writer.sync()
+            except OSError as exc:  # staged segments could not be written: none of the chunk
+                writer.rollback(mark)
+                raise _disk_error(exc) from None
             expires = self._extend_expiry(row)
             self._on_progress(
                 device["id"],
