@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from edgebox.direct_io import ALIGN, aligned, open_direct
 
-STAGE = 4 << 20  # bytes of one staging buffer
+STAGE = (2 << 20) + ALIGN  # a staging buffer: two segments with their tags after a partial block
 STEP = 1 << 20  # bytes of one background write
 _io: ThreadPoolExecutor | None = None
 _io_lock = threading.Lock()
@@ -127,10 +127,13 @@ class DirectAppender:
             self._send(self.fill - self.fill % ALIGN)
 
     def append(self, data) -> None:
-        """Copy `data` (at most a stage's worth) to the end."""
-        with memoryview(data) as source:
-            self.reserve(len(source))[:] = source
-            self.commit(len(source))
+        """Copy `data` (any length) to the end."""
+        piece = self.pool.size - ALIGN
+        with memoryview(data).cast("B") as source:
+            for start in range(0, len(source), piece):
+                part = source[start : start + piece]
+                self.reserve(len(part))[:] = part
+                self.commit(len(part))
 
     def _send(self, upto: int) -> None:
         """Start a background write of the filling buffer's bytes up to `upto` (aligned)."""
