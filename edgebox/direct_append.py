@@ -64,6 +64,15 @@ class BufferPool:
 
 
 POOL = BufferPool(STAGE + ALIGN)
+_pools = {POOL.size: POOL}
+
+
+def pool_for(piece: int) -> BufferPool:
+    """The shared pool whose buffers hold two `piece`s after a partial block (a vault's
+    segment size is configurable up to 16 MiB)."""
+    size = max(STAGE, 2 * piece + ALIGN) + ALIGN
+    with _io_lock:
+        return _pools.setdefault(size, BufferPool(size))
 
 
 class DirectAppender:

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from edgebox.direct_append import DirectAppender
+from edgebox import direct_append
 from edgebox.durable import fsync_dir
 from edgebox.errors import VaultError
 
@@ -329,7 +329,7 @@ class Writer:
     _held_bytes: int = 0
     _hashing: _Hashing = field(default_factory=_Hashing)
     _retired: dict = field(default_factory=dict)
-    _out: DirectAppender | None = None
+    _out: direct_append.DirectAppender | None = None
 
     def __post_init__(self):
         self._aead = self.header.cipher(self.data_key)
@@ -338,7 +338,10 @@ class Writer:
     def _open_output(self, fd: int, end: int) -> None:
         self._fd = fd
         # A staging buffer is refilled only once the hashing thread is done with it.
-        self._out = DirectAppender(self.path, fd, end, before_reuse=self._hashing.wait_for)
+        pool = direct_append.pool_for(self.header.segment_size + TAG)
+        self._out = direct_append.DirectAppender(
+            self.path, fd, end, before_reuse=self._hashing.wait_for, pool=pool
+        )
 
     @classmethod
     def create(cls, path: Path, header: Header, data_key: bytes) -> Writer:

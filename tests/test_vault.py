@@ -925,12 +925,13 @@ def test_rewritten_file_copies_verify(tmp_path, rec):
 def test_writer_memory_stays_bounded(tmp_path, monkeypatch, pool):
     """A running box's staging pool is warm: the writer then adds about 5 MiB whatever the
     size; the first upload of a process also allocates its two staging buffers."""
-    monkeypatch.setattr(direct_append, "POOL", direct_append.BufferPool(direct_append.POOL.size))
+    monkeypatch.setattr(direct_append, "_pools", {})  # a pool of its own, warm or empty
+    staging_pool = direct_append.pool_for((1 << 20) + TAG)  # the default segment and tag
     if pool == "warm":
-        buffers = [direct_append.POOL.take(), direct_append.POOL.take()]
+        buffers = [staging_pool.take(), staging_pool.take()]
         for buffer in buffers:
-            direct_append.POOL.give(buffer)
-    staging = 0 if pool == "warm" else 2 * direct_append.POOL.size
+            staging_pool.give(buffer)
+    staging = 0 if pool == "warm" else 2 * staging_pool.size
     total, chunk = 64 << 20, 1 << 20
     key = os.urandom(32)
     header = new_header(
@@ -952,7 +953,7 @@ def test_writer_memory_stays_bounded(tmp_path, monkeypatch, pool):
     # Measured ~4.2 MiB besides the staging buffers: the tail, a copy of the caller's mutable
     # buffer, and the blocks referenced by the two hash updates that may be queued.
     assert peak < 6 * chunk + staging, f"peak traced memory {peak} bytes"
-    assert len(direct_append.POOL._free) == 2  # given back, and reused by the next upload
+    assert len(staging_pool._free) == 2  # given back, and reused by the next upload
     assert summary.evidence_sha256 == expected.hexdigest()
     assert summary.stored_sha256 == file_sha256(tmp_path / "mem.vault")
     assert summary.segments == 64
@@ -977,3 +978,28 @@ def test_handed_over_buffers_store_the_same_bytes_as_copied_ones(tmp_path):
         summary = writer.finish(tmp_path / f"{name}.vault")
         assert summary.evidence_sha256 == hashlib.sha256(data).hexdigest()
         assert Reader(tmp_path / f"{name}.vault", keys[name]).verify() == summary.evidence_sha256
+
+
+@pytest.mark.parametrize("segment_mib", [3, 16])
+def test_segments_larger_than_the_default_staging_buffer(tmp_path, segment_mib):
+    """vault.segment_size may be set up to 16 MiB: the writer's staging buffers grow to hold
+    two such segments, and the file is the same as ever."""
+    size = segment_mib << 20
+    data = payload(2 * size + size // 2 + 5, seed=40)
+    key = os.urandom(32)
+    header = new_header(
+        recording_id="big",
+        device_id="cam",
+        plaintext_size=len(data),
+        data_key=key,
+        stanzas=[],
+        segment_size=size,
+    )
+    writer = Writer.create(tmp_path / "big.part", header, key)
+    for offset in range(0, len(data), 3 << 20):
+        writer.write(data[offset : offset + (3 << 20)])
+        writer.sync()
+    summary = writer.finish(tmp_path / "big.vault")
+    assert summary.evidence_sha256 == sha(data) and summary.segments == 3
+    assert summary.stored_sha256 == file_sha256(tmp_path / "big.vault")
+    assert Reader(tmp_path / "big.vault", key).verify() == sha(data)
