@@ -26,8 +26,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from edgebox.direct_io import ALIGN, aligned, open_direct
 
-STAGE = (2 << 20) + ALIGN  # a staging buffer: two segments with their tags after a partial block
 STEP = 1 << 20  # bytes of one background write
+POOLED_BYTES = 17 << 20  # idle staging memory a pool keeps (but always two buffers)
 _io: ThreadPoolExecutor | None = None
 _io_lock = threading.Lock()
 
@@ -42,10 +42,12 @@ def _io_threads() -> ThreadPoolExecutor:
 
 
 class BufferPool:
-    """Aligned buffers of one size, kept for reuse (at most `keep` of them)."""
+    """Aligned buffers of one size, kept for reuse (at most `keep` of them; by default as
+    many as fit POOLED_BYTES, and at least two)."""
 
-    def __init__(self, size: int, keep: int = 8):
-        self.size, self.keep = size, keep
+    def __init__(self, size: int, keep: int | None = None):
+        self.size = size
+        self.keep = keep if keep is not None else max(2, POOLED_BYTES // size)
         self._free: list[bytearray] = []
         self._lock = threading.Lock()
 
@@ -63,14 +65,13 @@ class BufferPool:
                 self._free.append(buffer)
 
 
-POOL = BufferPool(STAGE + ALIGN)
-_pools = {POOL.size: POOL}
+_pools: dict[int, BufferPool] = {}
 
 
 def pool_for(piece: int) -> BufferPool:
-    """The shared pool whose buffers hold two `piece`s after a partial block (a vault's
-    segment size is configurable up to 16 MiB)."""
-    size = max(STAGE, 2 * piece + ALIGN) + ALIGN
+    """The shared pool whose buffers hold two `piece`s after a partial block: two vault
+    segments with their tags (1 MiB by default, configurable up to 16 MiB)."""
+    size = -(-(2 * piece + ALIGN - 1) // ALIGN) * ALIGN
     with _io_lock:
         return _pools.setdefault(size, BufferPool(size))
 
@@ -83,7 +84,8 @@ class DirectAppender:
     only be in memory. `before_reuse(buffer)` is called before a staging buffer behind views
     handed out may change (refilled or given back), so a caller still reading such views
     elsewhere (a hashing thread) can wait for that first. An error of a background write
-    (a full disk) is raised by the call that next needs its buffer, or by `settle`.
+    (a full disk) is raised by the next `reserve`, `append` or `settle`, and again by every
+    one after, until a `truncate` drops what may not have been written.
     """
 
     def __init__(self, path, fd: int, end: int, before_reuse=lambda buffer: None, pool=None):
@@ -91,7 +93,8 @@ class DirectAppender:
         self.direct_fd = open_direct(path, os.O_WRONLY)
         self._refused = self.direct_fd is None  # O_DIRECT refused: through the page cache
         self.before_reuse = before_reuse
-        self.pool = pool or POOL
+        self.pool = pool or pool_for(STEP)
+        self._error: OSError | None = None  # a background write failed: sticky until truncate
         self._buffers: list[bytearray] = []  # [the one filling, the spare]
         self._start(end, b"")
 
@@ -122,6 +125,8 @@ class DirectAppender:
         """A view of the next `n` bytes, to be filled by the caller and then committed."""
         if n > self.pool.size - ALIGN:
             raise ValueError(f"{n} bytes do not fit a {self.pool.size - ALIGN}-byte stage")
+        if self._error is not None:
+            raise self._error
         buffer = self._buffer()
         if self.fill + n > len(buffer):
             self._hand_off()
@@ -182,8 +187,9 @@ class DirectAppender:
             except OSError as exc:
                 error = error or exc
         self._writes = left
-        if error is not None:
-            raise error
+        self._error = self._error or error
+        if self._error is not None:
+            raise self._error
 
     def _write(self, buffer: bytearray, start: int, stop: int, offset: int) -> None:
         """Write `buffer[start:stop]` at `offset`: around the page cache unless refused."""
@@ -201,6 +207,8 @@ class DirectAppender:
     def settle(self) -> None:
         """Put every committed byte on the file: whole blocks around the page cache, the
         last partial block through it."""
+        if self._error is not None:
+            raise self._error
         if self.on_file == self.end:
             return
         whole = self.fill - self.fill % ALIGN
@@ -243,11 +251,12 @@ class DirectAppender:
     def truncate(self, end: int) -> None:
         """Drop everything from `end` on, staged or on the file; `end` must be on the file
         (settled), so that nothing needs writing (after ENOSPC nothing could be)."""
-        self._give_back()
         if end > self.on_file:
             raise ValueError(f"cannot truncate to {end}: only {self.on_file} bytes are on file")
+        self._give_back()
         os.ftruncate(self.fd, end)
         self._start(end, b"")
+        self._error = None
 
     def close(self) -> None:
         """`release`, and close the direct descriptor (the caller owns `fd`).

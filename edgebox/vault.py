@@ -347,9 +347,9 @@ class Writer:
     def create(cls, path: Path, header: Header, data_key: bytes) -> Writer:
         """Start a new partial vault file with its header written and synced."""
         path = Path(path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         writer = cls(path=path, header=header, data_key=data_key)
         raw = header.encode()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, raw)
             writer._stored.update(raw)
@@ -424,7 +424,7 @@ class Writer:
         if self._held is None:
             self._written(key, blob)
             self._out.commit(len(blob))
-        elif self._held_bytes + len(blob) <= HOLD_LIMIT:
+        elif self._held_bytes + len(blob) <= max(HOLD_LIMIT, 2 * len(blob)):
             self._held.append((key, blob))
             self._held_bytes += len(blob)
         else:
@@ -476,7 +476,8 @@ class Writer:
     def mark(self, hold: bool = False) -> Mark:
         """Remember the current state so a rejected chunk can be undone.
 
-        With `hold`, sealed segments stay in memory (up to HOLD_LIMIT) until
+        With `hold`, sealed segments stay in memory (up to HOLD_LIMIT, or two
+        segments where those are larger) until
         `release()`, so a chunk that fails its checksum never reaches the disk
         and its segments can later be sealed again with the right bytes.
         """
@@ -514,9 +515,11 @@ class Writer:
 
     def sync(self) -> None:
         """Make every sealed segment durable (writing any held ones first), and give the
-        staging buffers back until more bytes come."""
-        self.release()
+        staging buffers back until more bytes come. If that fails, the state since the mark
+        is kept, so that a rollback retires the tags of whatever may have reached the disk."""
+        self._flush_held()
         self._out.sync()
+        self.release()
         self._out.release()
 
     def finish(self, destination: Path) -> Summary:
@@ -526,10 +529,15 @@ class Writer:
                 f"recording incomplete: {self.offset} of {self.header.plaintext_size} bytes",
                 status=409,
             )
-        self._seal(bytes(self._tail), last=True)
-        self._tail.clear()
+        mark = self.mark()
+        try:
+            self._seal(bytes(self._tail), last=True)
+            self._tail.clear()
+            self._out.sync()
+        except BaseException:  # e.g. a full disk: the recording stays resumable as it was
+            self.rollback(mark)
+            raise
         self.release()
-        self._out.sync()
         self._hashing.close()
         self._out.close()
         os.close(self._fd)

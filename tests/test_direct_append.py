@@ -7,6 +7,7 @@ exactly what came after; a full disk is reported and the file can be cut back.""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
 import shutil
@@ -17,6 +18,8 @@ import pytest
 from edgebox import direct_append
 from edgebox.direct_append import BufferPool, DirectAppender
 from edgebox.direct_io import ALIGN
+from edgebox.errors import VaultError
+from edgebox.vault import HEADER_AREA, Reader, Writer, new_header
 from tests.test_full_disk import small_disk  # noqa: F401  (a fixture)
 
 MIB = 1 << 20
@@ -56,8 +59,8 @@ def test_the_file_holds_exactly_what_was_appended_however_it_was_cut(tmp_path, s
     try:
         for count, size in enumerate(_pieces(rng, 24 * MIB)):
             piece = rng.randbytes(size)
-            if count % 2:
-                out.append(piece)
+            if count % 2 or size > out.pool.size - ALIGN:
+                out.append(piece)  # any length: split into pieces a stage holds
             else:  # filled in place, as the vault encrypts into it
                 view = out.reserve(size)
                 view[:] = piece
@@ -160,6 +163,8 @@ def test_truncate_drops_what_came_after_and_appending_goes_on(tmp_path):
         with pytest.raises(ValueError, match="only .* bytes are on file"):
             out.truncate(kept + 10)  # past what is settled: refused, nothing changes
         assert out.end == kept + len(second)
+        out.settle()
+        assert path.read_bytes() == first + second
         out.truncate(kept)
         assert out.end == kept and path.read_bytes() == first
         out.append(third)
@@ -193,6 +198,9 @@ def test_a_full_disk_is_reported_and_the_file_cut_back(small_disk):  # noqa: F81
                 out.append(os.urandom(MIB + 16))
             out.settle()
         assert raised.value.errno in (errno.ENOSPC, errno.EDQUOT)
+        for again in (out.settle, lambda: out.reserve(10)):  # sticky until the truncate
+            with pytest.raises(OSError):
+                again()
         out.truncate(len(kept))
         assert path.read_bytes() == kept
         out.append(b"after")  # the space is back: appending works again
@@ -201,3 +209,98 @@ def test_a_full_disk_is_reported_and_the_file_cut_back(small_disk):  # noqa: F81
     finally:
         out.close()
         os.close(fd)
+
+
+# -- the vault writer on a full disk ---------------------------------------------------------
+
+
+def _fill(folder, leave: int) -> None:
+    """Fill the filesystem of `folder` until about `leave` bytes are free."""
+    free = shutil.disk_usage(folder).free - leave
+    with open(folder / "filler", "wb") as handle:
+        while free > 0:
+            try:
+                free -= handle.write(os.urandom(min(free, 4 * MIB)))
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+
+
+def _writer(folder, size: int, segment: int = MIB):
+    key = os.urandom(32)
+    header = new_header(
+        recording_id="full",
+        device_id="cam",
+        plaintext_size=size,
+        data_key=key,
+        stanzas=[],
+        segment_size=segment,
+    )
+    return Writer.create(folder / "full.part", header, key), key
+
+
+def test_a_sync_that_fails_retires_the_tags_of_what_may_be_on_disk(small_disk):  # noqa: F811
+    """Segments whose writing failed at the end of a chunk may still be on the disk: a
+    rollback then refuses different bytes under their nonces, and takes the same ones."""
+    data = os.urandom(4 * MIB)
+    writer, key = _writer(small_disk, len(data))
+    try:
+        _fill(small_disk, leave=256 << 10)
+        mark = writer.mark()
+        writer.write(data[: MIB + 5])  # one segment, staged: written only by the sync
+        with pytest.raises(OSError) as raised:
+            writer.sync()
+        assert raised.value.errno in (errno.ENOSPC, errno.EDQUOT)
+        writer.rollback(mark)
+        assert writer.offset == 0
+        (small_disk / "filler").unlink()
+        with pytest.raises(VaultError, match="already stored with different bytes"):
+            writer.write(os.urandom(MIB))
+        writer.rollback(mark)
+        writer.write(data)
+        summary = writer.finish(small_disk / "full.vault")
+    finally:
+        writer.close()
+    assert summary.evidence_sha256 == hashlib.sha256(data).hexdigest()
+    assert Reader(small_disk / "full.vault", key).verify() == summary.evidence_sha256
+
+
+def test_a_finish_that_fails_leaves_the_recording_resumable(small_disk):  # noqa: F811
+    data = os.urandom(3 * MIB - 1)  # the last segment needs new blocks
+    writer, key = _writer(small_disk, len(data))
+    try:
+        writer.write(data)
+        writer.sync()
+        size = (small_disk / "full.part").stat().st_size
+        _fill(small_disk, leave=0)
+        with pytest.raises(OSError):
+            writer.finish(small_disk / "full.vault")  # the last segment does not fit
+        assert writer.offset == len(data) and not (small_disk / "full.vault").exists()
+        assert (small_disk / "full.part").stat().st_size == size
+        (small_disk / "filler").unlink()
+        summary = writer.finish(small_disk / "full.vault")  # the same call, with space back
+    finally:
+        writer.close()
+    assert summary.evidence_sha256 == hashlib.sha256(data).hexdigest()
+    assert Reader(small_disk / "full.vault", key).verify() == summary.evidence_sha256
+
+
+def test_a_checksummed_chunk_holds_back_segments_larger_than_the_hold_limit(tmp_path):
+    """With 9 MiB segments (above the 8 MiB hold limit) a chunk that fails its checksum
+    still never reaches the disk, so the right bytes are taken after the rollback."""
+    segment = 9 * MIB
+    data = os.urandom(segment + 100)
+    writer, key = _writer(tmp_path, len(data), segment=segment)
+    try:
+        mark = writer.mark(hold=True)
+        writer.write(os.urandom(segment))  # damaged in transit: fails its checksum
+        writer.rollback(mark)
+        assert (tmp_path / "full.part").stat().st_size == HEADER_AREA
+        writer.mark(hold=True)
+        writer.write(data)
+        writer.release()
+        summary = writer.finish(tmp_path / "full.vault")
+    finally:
+        writer.close()
+    assert Reader(tmp_path / "full.vault", key).verify() == hashlib.sha256(data).hexdigest()
+    assert summary.segments == 2

@@ -307,21 +307,11 @@ class Uploads:
             if content_length is not None and content_length > remaining:
                 raise IngestError("chunk goes past Upload-Length", status=413)
             mark = writer.mark(hold=checker is not None)
-            received = self._pump(writer, stream, content_length, checker, mark)
-            if checker is not None:
-                if content_length is not None and received < content_length:
-                    writer.rollback(mark)
-                    raise IngestError(
-                        "chunk interrupted; its checksum cannot be verified", status=460
-                    )
-                if checker[1].digest() != checker[0]:
-                    writer.rollback(mark)
-                    raise IngestError("Upload-Checksum does not match the chunk", status=460)
             try:
-                writer.sync()
-            except OSError as exc:  # staged segments could not be written: none of the chunk
+                self._take_chunk(writer, stream, content_length, checker)
+            except BaseException:  # nothing of a chunk that failed stays, whatever failed
                 writer.rollback(mark)
-                raise _disk_error(exc) from None
+                raise
             expires = self._extend_expiry(row)
             self._on_progress(
                 device["id"],
@@ -346,30 +336,42 @@ class Uploads:
             )
         return expires
 
-    def _pump(
-        self, writer: vault.Writer, stream, length: int | None, checker, mark: vault.Mark
-    ) -> int:
-        """Copy the body into the writer; `length` None means a chunked body read to its end."""
-        received = 0
+    def _take_chunk(self, writer: vault.Writer, stream, length: int | None, checker) -> None:
+        """Store one PATCH body durably, or raise (the caller then rolls the chunk back)."""
+        received = self._pump(writer, stream, length, checker)
+        if checker is not None:
+            if length is not None and received < length:
+                raise IngestError("chunk interrupted; its checksum cannot be verified", status=460)
+            if checker[1].digest() != checker[0]:
+                raise IngestError("Upload-Checksum does not match the chunk", status=460)
         try:
-            while length is None or received < length:
+            writer.sync()
+        except OSError as exc:
+            raise _disk_error(exc) from None
+
+    def _pump(self, writer: vault.Writer, stream, length: int | None, checker) -> int:
+        """Copy the body into the writer; `length` None means a chunked body read to its end.
+
+        A client that vanishes mid-body ends the body: what arrived is kept (tus allows it).
+        A storage error is raised as an IngestError (507 for a full disk).
+        """
+        received = 0
+        while length is None or received < length:
+            try:
                 block = stream.read(
                     READ_BLOCK if length is None else min(READ_BLOCK, length - received)
                 )
-                if not block:
-                    break
-                if checker is not None:
-                    checker[1].update(block)
+            except OSError:
+                break
+            if not block:
+                break
+            if checker is not None:
+                checker[1].update(block)
+            try:
                 writer.write(block, handed_over=True)  # each read returns a new buffer
-                received += len(block)
-        except VaultError:
-            writer.rollback(mark)
-            raise
-        except OSError as exc:
-            if exc.errno is not None and exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                writer.rollback(mark)
+            except OSError as exc:
                 raise _disk_error(exc) from None
-            # A client that vanished mid-body: keep what arrived (tus allows it).
+            received += len(block)
         return received
 
     def _finish(self, row: dict, active: _Active, device: dict) -> Progress:
@@ -388,7 +390,10 @@ class Uploads:
                 status=460,
                 field="sha256",
             )
-        summary = writer.finish(self.vault_path(row["recording_id"]))
+        try:
+            summary = writer.finish(self.vault_path(row["recording_id"]))
+        except OSError as exc:  # not finished, nothing lost: an empty PATCH at the end retries
+            raise _disk_error(exc) from None
         self._record(row, device, summary)
         with self._registry:
             self._active.pop(row["id"], None)
