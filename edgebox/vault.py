@@ -38,7 +38,7 @@ MAGIC = b"EBVAULT\x01"
 FORMAT_VERSION = 1
 HEADER_AREA = 4096
 TAG = 16
-HOLD_LIMIT = 8 << 20  # ciphertext a checksummed chunk may keep in memory before writing
+HOLD_LIMIT = 8 << 20  # plaintext a checksummed chunk may carry: held in memory until checked
 _PREFIX = struct.Struct(">8sII")  # magic, header area size, header body length
 CIPHERS = {"AES-256-GCM": AESGCM, "ChaCha20-Poly1305": ChaCha20Poly1305}
 
@@ -326,10 +326,11 @@ class Writer:
     # with different ones, or one nonce would protect two plaintexts.
     _since_mark: dict | None = None
     _held: list | None = None
-    _held_bytes: int = 0
+    _hold_from: int = 0  # the offset where the checksummed chunk being held began
     _hashing: _Hashing = field(default_factory=_Hashing)
     _retired: dict = field(default_factory=dict)
     _out: direct_append.DirectAppender | None = None
+    _summary: Summary | None = None  # set once the last segment is sealed and synced
 
     def __post_init__(self):
         self._aead = self.header.cipher(self.data_key)
@@ -396,7 +397,15 @@ class Writer:
     @property
     def offset(self) -> int:
         """Plaintext bytes accepted so far (durable segments plus the in-memory tail)."""
+        if self._summary is not None:
+            return self.header.plaintext_size
         return self._index * self.header.segment_size + len(self._tail)
+
+    @property
+    def hold_limit(self) -> int:
+        """Plaintext a checksummed chunk may carry: its segments stay in memory until the
+        checksum is checked (HOLD_LIMIT, or two segments where those are larger)."""
+        return max(HOLD_LIMIT, 2 * self.header.segment_size)
 
     @property
     def durable_offset(self) -> int:
@@ -424,12 +433,8 @@ class Writer:
         if self._held is None:
             self._written(key, blob)
             self._out.commit(len(blob))
-        elif self._held_bytes + len(blob) <= max(HOLD_LIMIT, 2 * len(blob)):
-            self._held.append((key, blob))
-            self._held_bytes += len(blob)
         else:
-            self._flush_held()
-            self._put(key, blob)
+            self._held.append((key, blob))
 
     def _written(self, key: tuple, blob) -> None:
         if self._since_mark is not None:
@@ -444,7 +449,6 @@ class Writer:
             self._put(key, blob)
         if self._held:
             self._held = []
-            self._held_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview, handed_over: bool = False) -> None:
         """Accept the next plaintext bytes; full segments (never the last) are sealed at once.
@@ -455,6 +459,11 @@ class Writer:
         """
         if self.offset + len(data) > self.header.plaintext_size:
             raise VaultError("more bytes than the recording's declared size", status=413)
+        if self._held is not None and self.offset + len(data) - self._hold_from > self.hold_limit:
+            raise VaultError(
+                f"a chunk with Upload-Checksum may carry at most {self.hold_limit} bytes",
+                status=413,
+            )
         if not isinstance(data, bytes) and not handed_over:
             data = bytes(data)
         self._hashing.update(self._plain, data)
@@ -476,17 +485,17 @@ class Writer:
     def mark(self, hold: bool = False) -> Mark:
         """Remember the current state so a rejected chunk can be undone.
 
-        With `hold`, sealed segments stay in memory (up to HOLD_LIMIT, or two
-        segments where those are larger) until
-        `release()`, so a chunk that fails its checksum never reaches the disk
-        and its segments can later be sealed again with the right bytes.
+        With `hold`, sealed segments stay in memory until `release()` (the chunk
+        may carry at most `hold_limit` bytes, else 413), so a chunk that fails its
+        checksum never reaches the disk and its segments can later be sealed
+        again with the right bytes.
         """
         self._flush_held()
         self._hashing.drain()
         self._out.settle()
         self._since_mark = {}
         self._held = [] if hold else None
-        self._held_bytes = 0
+        self._hold_from = self.offset
         return Mark(
             self._out.end,
             bytes(self._tail),
@@ -496,16 +505,19 @@ class Writer:
         )
 
     def rollback(self, mark: Mark) -> None:
-        """Undo everything written since `mark`."""
-        self._hashing.drain()
-        self._out.truncate(mark.file_length)
-        self._tail = bytearray(mark.tail)
-        # Copies, so the same mark stays valid for a second rollback.
-        self._plain, self._stored = mark.plain.copy(), mark.stored.copy()
-        self._index = mark.index
-        self._held, self._held_bytes = None, 0  # never written: nothing to retire
-        self._retired.update(self._since_mark or {})
-        self._since_mark = None
+        """Undo everything written since `mark`. If cutting the file back fails, the state is
+        still the mark's, but the output is unusable: drop this writer and resume from disk."""
+        try:
+            self._hashing.drain()
+            self._out.truncate(mark.file_length)
+        finally:
+            self._tail = bytearray(mark.tail)
+            # Copies, so the same mark stays valid for a second rollback.
+            self._plain, self._stored = mark.plain.copy(), mark.stored.copy()
+            self._index = mark.index
+            self._held = None  # never written: nothing to retire
+            self._retired.update(self._since_mark or {})
+            self._since_mark = None
 
     def release(self) -> None:
         """Write the segments held since `mark(hold=True)`: the chunk was accepted."""
@@ -523,7 +535,24 @@ class Writer:
         self._out.release()
 
     def finish(self, destination: Path) -> Summary:
-        """Seal the last segment, fsync, and atomically rename the file to its final place."""
+        """Seal the last segment, fsync, and atomically rename the file to its final place.
+
+        Safe to call again after a failure: a failed seal is rolled back (the recording stays
+        as it was), and once sealed only the rename and directory syncs are redone.
+        """
+        if self._summary is None:
+            self._seal_last()
+        destination = Path(destination)
+        if self.path != destination:
+            os.replace(self.path, destination)
+            self.path, partial_folder = destination, self.path.parent
+            if partial_folder != destination.parent:
+                fsync_dir(partial_folder)
+        fsync_dir(destination.parent)
+        self.close()
+        return self._summary
+
+    def _seal_last(self) -> None:
         if self.offset != self.header.plaintext_size:
             raise VaultError(
                 f"recording incomplete: {self.offset} of {self.header.plaintext_size} bytes",
@@ -538,17 +567,8 @@ class Writer:
             self.rollback(mark)
             raise
         self.release()
-        self._hashing.close()
-        self._out.close()
-        os.close(self._fd)
-        self._fd = -1
-        destination = Path(destination)
-        os.replace(self.path, destination)
-        fsync_dir(destination.parent)
-        if destination.parent != self.path.parent:
-            fsync_dir(self.path.parent)
-        self.path = destination
-        return Summary(
+        self._hashing.drain()
+        self._summary = Summary(
             evidence_sha256=self._plain.hexdigest(),
             stored_sha256=self._stored.hexdigest(),
             size=self.header.plaintext_size,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import hashlib
 import json
 import os
 import subprocess
@@ -296,6 +297,47 @@ def test_shredding_works_on_a_completely_full_disk(tmp_path, small_disk):
         row = box.store.one("SELECT * FROM recordings WHERE id = ?", (rid,))
         assert retention.is_deleted(row) and list(box.uploads.vault_dir.iterdir()) == []
         assert retention.deletion_problems(box, row) == []
+    finally:
+        filler.unlink(missing_ok=True)
+        box.stop()
+
+
+def _fill_up(path) -> None:
+    """Take every free block of the filesystem of `path` with a file there."""
+    with open(path, "wb") as handle:
+        for block in (MIB, 4096):
+            try:
+                while True:
+                    handle.write(b"\0" * block)
+                    handle.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+
+
+def test_a_last_segment_that_finds_the_disk_full_is_finished_by_a_later_head(small_disk):
+    """Every byte arrived, but sealing the last segment fails: 507, nothing lost, and once
+    there is space again the camera's next HEAD finishes the upload."""
+    config = make_box(small_disk / "box", box_id="van-last")
+    env = {"EDGEBOX_INGEST__RESERVE_FREE_BYTES": str(MIB), "EDGEBOX_REPLICATION__ENABLED": "false"}
+    box = Box(load_config(config, environ=env)).start(("127.0.0.1", 0))
+    jobs_of(box).pause()
+    filler = small_disk / "filler"
+    try:
+        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"])
+        data = os.urandom(3 * MIB - 1)  # the last segment needs fresh blocks
+        location = camera.create(len(data)).headers["Location"]
+        assert camera.patch(location, 0, data[: 2 * MIB]).status_code == 204
+        _fill_up(filler)
+        response = camera.patch(location, 2 * MIB, data[2 * MIB :])
+        assert response.status_code == 507
+        assert camera.head(location).status_code == 507  # still full: still not finished
+        assert states(box) == {}
+        filler.unlink()
+        response = camera.head(location)
+        assert response.status_code == 200
+        assert response.headers["Upload-Offset"] == str(len(data))
+        assert response.headers["EdgeBox-Evidence-Sha256"] == hashlib.sha256(data).hexdigest()
+        assert verify_box(box).ok, verify_box(box).problems
     finally:
         filler.unlink(missing_ok=True)
         box.stop()

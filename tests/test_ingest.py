@@ -466,6 +466,57 @@ def test_corrected_chunk_after_checksum_failure_is_accepted(box, camera):
     assert response.headers["EdgeBox-Evidence-Sha256"] == hashlib.sha256(data).hexdigest()
 
 
+def _headers_only_patch(camera, location: str, length: int, checksum: str) -> tuple[int, bytes]:
+    """Send a PATCH's headers only, over a raw TLS socket (requests would first push the
+    whole body into a server that already refused it), and read the answer."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    url = urlsplit(camera.url)
+    context = ssl.create_default_context(cafile=str(camera.cert))
+    context.check_hostname = False
+    head = [
+        f"PATCH {location} HTTP/1.1",
+        f"Host: {url.hostname}:{url.port}",
+        *(f"{k}: {v}" for k, v in camera.headers().items()),
+        "Upload-Offset: 0",
+        "Content-Type: application/offset+octet-stream",
+        f"Content-Length: {length}",
+        f"Upload-Checksum: {checksum}",
+        "Connection: close",
+    ]
+    with socket.create_connection((url.hostname, url.port), timeout=30) as raw:
+        with context.wrap_socket(raw) as tls:
+            tls.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest
+
+
+def test_a_corrupted_8_mib_checksummed_chunk_never_blocks_the_right_one(box, camera):
+    """8 MiB of plaintext (eight segments and their tags) stay in memory until the checksum
+    is checked; a chunk over that limit is refused up front and changes nothing."""
+    data = os.urandom(9 * MIB)
+    location = camera.create(len(data)).headers["Location"]
+    too_big = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    status, body = _headers_only_patch(camera, location, len(data), f"sha256 {too_big}")
+    assert status == 413 and b"at most" in body  # answered before any byte of the body
+    assert camera.head(location).headers["Upload-Offset"] == "0"
+    corrupted = bytearray(data[: 8 * MIB])
+    corrupted[7 * MIB + 9] ^= 0x01
+    claimed = base64.b64encode(hashlib.sha256(data[: 8 * MIB]).digest()).decode()
+    response = camera.patch(location, 0, bytes(corrupted), Upload_Checksum=f"sha256 {claimed}")
+    assert response.status_code == 460
+    assert box.uploads.partial_path(location.rsplit("/", 1)[1]).stat().st_size == 4096
+    response = camera.patch(location, 0, data[: 8 * MIB], Upload_Checksum=f"sha256 {claimed}")
+    assert response.status_code == 204
+    response = camera.patch(location, 8 * MIB, data[8 * MIB :])
+    assert response.headers["EdgeBox-Evidence-Sha256"] == hashlib.sha256(data).hexdigest()
+
+
 def test_different_bytes_where_segments_were_stored_are_refused(box):
     """Without a checksum, sealed segments are written at once; a rolled-back offset then only
     takes the same bytes again, never others (one nonce must not protect two plaintexts)."""

@@ -268,6 +268,8 @@ class Uploads:
             raise self._gone(row)
         active = self._active_writer(row)
         with active.lock:
+            if active.writer.offset == row["length"]:  # every byte, but the finish failed
+                return self._finish(row, active, device)
             return Progress(upload_id, active.writer.offset, row["length"], row["expires_at"])
 
     def append(
@@ -306,11 +308,16 @@ class Uploads:
             remaining = row["length"] - writer.offset
             if content_length is not None and content_length > remaining:
                 raise IngestError("chunk goes past Upload-Length", status=413)
+            if checker is not None and (content_length or 0) > writer.hold_limit:
+                raise IngestError(
+                    f"a chunk with Upload-Checksum may carry at most {writer.hold_limit} bytes",
+                    status=413,
+                )
             mark = writer.mark(hold=checker is not None)
             try:
                 self._take_chunk(writer, stream, content_length, checker)
             except BaseException:  # nothing of a chunk that failed stays, whatever failed
-                writer.rollback(mark)
+                self._roll_back(upload_id, writer, mark)
                 raise
             expires = self._extend_expiry(row)
             self._on_progress(
@@ -336,6 +343,17 @@ class Uploads:
             )
         return expires
 
+    def _roll_back(self, upload_id: str, writer: vault.Writer, mark: vault.Mark) -> None:
+        """Undo a chunk; if even that fails, forget the writer: the next request resumes the
+        upload from what the disk holds."""
+        try:
+            writer.rollback(mark)
+        except BaseException:
+            with self._registry:
+                self._active.pop(upload_id, None)
+            writer.close()
+            raise
+
     def _take_chunk(self, writer: vault.Writer, stream, length: int | None, checker) -> None:
         """Store one PATCH body durably, or raise (the caller then rolls the chunk back)."""
         received = self._pump(writer, stream, length, checker)
@@ -352,8 +370,10 @@ class Uploads:
     def _pump(self, writer: vault.Writer, stream, length: int | None, checker) -> int:
         """Copy the body into the writer; `length` None means a chunked body read to its end.
 
-        A client that vanishes mid-body ends the body: what arrived is kept (tus allows it).
-        A storage error is raised as an IngestError (507 for a full disk).
+        A client that vanishes mid-body ends the body: what arrived is kept (tus allows it),
+        except in a chunked body, whose broken framing cheroot raises as an error (the chunk
+        is then rolled back). A storage error is raised as an IngestError (507 for a full
+        disk).
         """
         received = 0
         while length is None or received < length:
