@@ -20,7 +20,7 @@ from edgebox.direct_append import BufferPool, DirectAppender
 from edgebox.direct_io import ALIGN
 from edgebox.errors import VaultError
 from edgebox.vault import HEADER_AREA, Reader, Writer, new_header
-from tests.test_full_disk import small_disk  # noqa: F401  (a fixture)
+from tests.test_full_disk import fill_up, small_disk  # noqa: F401  (a fixture)
 
 MIB = 1 << 20
 
@@ -214,18 +214,6 @@ def test_a_full_disk_is_reported_and_the_file_cut_back(small_disk):  # noqa: F81
 # -- the vault writer on a full disk ---------------------------------------------------------
 
 
-def _fill(folder, leave: int) -> None:
-    """Fill the filesystem of `folder` until about `leave` bytes are free."""
-    free = shutil.disk_usage(folder).free - leave
-    with open(folder / "filler", "wb") as handle:
-        while free > 0:
-            try:
-                free -= handle.write(os.urandom(min(free, 4 * MIB)))
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                break
-
-
 def _writer(folder, size: int, segment: int = MIB):
     key = os.urandom(32)
     header = new_header(
@@ -245,7 +233,7 @@ def test_a_sync_that_fails_retires_the_tags_of_what_may_be_on_disk(small_disk): 
     data = os.urandom(4 * MIB)
     writer, key = _writer(small_disk, len(data))
     try:
-        _fill(small_disk, leave=256 << 10)
+        fill_up(small_disk / "filler", leave=256 << 10)
         mark = writer.mark()
         writer.write(data[: MIB + 5])  # one segment, staged: written only by the sync
         with pytest.raises(OSError) as raised:
@@ -272,7 +260,7 @@ def test_a_finish_that_fails_leaves_the_recording_resumable(small_disk):  # noqa
         writer.write(data)
         writer.sync()
         size = (small_disk / "full.part").stat().st_size
-        _fill(small_disk, leave=0)
+        fill_up(small_disk / "filler")
         with pytest.raises(OSError):
             writer.finish(small_disk / "full.vault")  # the last segment does not fit
         assert writer.offset == len(data) and not (small_disk / "full.vault").exists()

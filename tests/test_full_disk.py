@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 
@@ -68,6 +69,21 @@ def small_disk(tmp_path):
         else:
             _run("umount", "-l", str(mount))
         image.unlink(missing_ok=True)
+
+
+def fill_up(path, leave: int = 0) -> None:
+    """Fill the filesystem of `path` with a file there until about `leave` bytes are free
+    (0: every last block)."""
+    free = shutil.disk_usage(path.parent).free - leave
+    with open(path, "wb") as handle:
+        for block in (MIB, 4096):
+            try:
+                while not leave or free >= block:  # without `leave`: until ENOSPC
+                    handle.write(b"\0" * block)
+                    handle.flush()
+                    free -= block
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
 
 
 def try_upload(camera, data: bytes, **metadata):
@@ -245,14 +261,24 @@ def test_full_disk_end_to_end(tmp_path, small_disk, broker, pki):
             worker.stop()
 
 
-def test_shredding_works_on_a_completely_full_disk(tmp_path, small_disk):
-    config = make_box(small_disk / "box", box_id="van-brim")
+def _quiet_box(small_disk, box_id: str):
+    """A running box on the small disk with its jobs paused (the test acts alone), and an
+    enrolled camera."""
+    config = make_box(small_disk / "box", box_id=box_id)
     env = {"EDGEBOX_INGEST__RESERVE_FREE_BYTES": str(MIB), "EDGEBOX_REPLICATION__ENABLED": "false"}
     box = Box(load_config(config, environ=env)).start(("127.0.0.1", 0))
     jobs_of(box).pause()
+    try:
+        return box, enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"])
+    except BaseException:
+        box.stop()
+        raise
+
+
+def test_shredding_works_on_a_completely_full_disk(tmp_path, small_disk):
+    box, camera = _quiet_box(small_disk, "van-brim")
     filler = small_disk / "filler"
     try:
-        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"])
         started = iso(utcnow() - 40 * DAY)
         response, _ = upload_all(camera, os.urandom(CLIP), metadata={"started_at": started})
         rid = response.headers["EdgeBox-Recording-Id"]
@@ -262,21 +288,7 @@ def test_shredding_works_on_a_completely_full_disk(tmp_path, small_disk):
         central = x25519_private_from_file(small_disk / "box" / "central-demo" / "central.key")
         data_key_for(path, central, role="central")
 
-        with open(filler, "wb") as handle:  # take every last block
-            block = b"\0" * MIB
-            try:
-                while True:
-                    handle.write(block)
-                    handle.flush()
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                block = b"\0" * 4096
-                try:
-                    while True:
-                        handle.write(block)
-                        handle.flush()
-                except OSError:
-                    pass
+        fill_up(filler)  # take every last block
         assert storage.usage(box.data_dir).free_bytes < 64 * 1024
 
         # The header journal cannot be written: the keys are destroyed in place instead.
@@ -302,32 +314,16 @@ def test_shredding_works_on_a_completely_full_disk(tmp_path, small_disk):
         box.stop()
 
 
-def _fill_up(path) -> None:
-    """Take every free block of the filesystem of `path` with a file there."""
-    with open(path, "wb") as handle:
-        for block in (MIB, 4096):
-            try:
-                while True:
-                    handle.write(b"\0" * block)
-                    handle.flush()
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-
-
 def test_a_last_segment_that_finds_the_disk_full_is_finished_by_a_later_head(small_disk):
     """Every byte arrived, but sealing the last segment fails: 507, nothing lost, and once
     there is space again the camera's next HEAD finishes the upload."""
-    config = make_box(small_disk / "box", box_id="van-last")
-    env = {"EDGEBOX_INGEST__RESERVE_FREE_BYTES": str(MIB), "EDGEBOX_REPLICATION__ENABLED": "false"}
-    box = Box(load_config(config, environ=env)).start(("127.0.0.1", 0))
-    jobs_of(box).pause()
+    box, camera = _quiet_box(small_disk, "van-last")
     filler = small_disk / "filler"
     try:
-        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"])
         data = os.urandom(3 * MIB - 1)  # the last segment needs fresh blocks
         location = camera.create(len(data)).headers["Location"]
         assert camera.patch(location, 0, data[: 2 * MIB]).status_code == 204
-        _fill_up(filler)
+        fill_up(filler)
         response = camera.patch(location, 2 * MIB, data[2 * MIB :])
         assert response.status_code == 507
         assert camera.head(location).status_code == 507  # still full: still not finished
