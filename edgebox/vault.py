@@ -582,7 +582,7 @@ class Writer:
         return self._plain.hexdigest()
 
     def close(self) -> None:
-        """Close the file without finishing it (it stays resumable)."""
+        """Close the file; an unfinished one stays resumable."""
         self._hashing.close()
         if self._fd >= 0:
             try:
