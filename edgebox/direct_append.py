@@ -24,7 +24,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from edgebox.direct_io import ALIGN, aligned, open_direct
+from edgebox.direct_io import ALIGN, aligned, open_direct, write_all
 
 STEP = 1 << 20  # bytes of one background write
 POOLED_BYTES = 17 << 20  # idle staging memory a pool keeps (but always two buffers)
@@ -193,16 +193,10 @@ class DirectAppender:
 
     def _write(self, buffer: bytearray, start: int, stop: int, offset: int) -> None:
         """Write `buffer[start:stop]` at `offset`: around the page cache unless refused."""
-        with memoryview(buffer) as view:
-            done = start
-            while done < stop:
-                fd = self.fd if self._refused else self.direct_fd
-                try:
-                    done += os.pwrite(fd, view[done:stop], offset + done - start)
-                except OSError as exc:
-                    if fd == self.fd or exc.errno != errno.EINVAL or (done - start) % ALIGN:
-                        raise
-                    self._refused = True
+        with memoryview(buffer) as whole, whole[start:stop] as view:
+            if self._refused or not write_all(self.direct_fd, view, offset):
+                self._refused = True
+                write_all(self.fd, view, offset, fallback=False)
 
     def settle(self) -> None:
         """Put every committed byte on the file: whole blocks around the page cache, the
@@ -214,11 +208,8 @@ class DirectAppender:
         whole = self.fill - self.fill % ALIGN
         self._send(whole)
         self._wait()
-        with memoryview(self._buffers[0]) as view:
-            partial = view[whole : self.fill]
-            done = 0
-            while done < len(partial):
-                done += os.pwrite(self.fd, partial[done:], self.base + whole + done)
+        with memoryview(self._buffers[0]) as view, view[whole : self.fill] as partial:
+            write_all(self.fd, partial, self.base + whole, fallback=False)
         self.on_file = self.end
 
     def sync(self) -> None:

@@ -78,20 +78,21 @@ def pwrite(path, data, offset: int) -> bool:
         fd = open_direct(path, os.O_WRONLY)
         if fd is not None:
             try:
-                if _write_all(fd, data, offset):
+                if write_all(fd, data, offset):
                     return True
             finally:
                 os.close(fd)
     fd = os.open(path, os.O_WRONLY)
     try:
-        _write_all(fd, data, offset, fallback=False)
+        write_all(fd, data, offset, fallback=False)
     finally:
         os.close(fd)
     return False
 
 
-def _write_all(fd: int, data, offset: int, fallback: bool = True) -> bool:
-    """pwrite until all is written; False if O_DIRECT was refused (EINVAL) before any byte."""
+def write_all(fd: int, data, offset: int, fallback: bool = True) -> bool:
+    """pwrite `data` at `offset` until all is written; with `fallback`, False instead of an
+    error if the first write is refused with EINVAL (O_DIRECT the filesystem will not take)."""
     with memoryview(data) as view:
         done = 0
         while done < len(view):
