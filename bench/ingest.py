@@ -44,6 +44,7 @@ from bench.common import (  # noqa: E402
 )
 from bench.ingest_measure import Measurement, timed  # noqa: E402
 from bench.ingest_peers import Peer, disk_write, vault_alone  # noqa: E402
+from bench.ingest_pipeline import SYNC_EVERY, PipelineServer  # noqa: E402
 from bench.ingest_report import report  # noqa: E402
 from bench.profiling import Spy, pyspy, source_snapshot, summarize_pyspy  # noqa: E402
 from bench.tus import DemoBox, Pattern, TusUploader, tuspy_upload  # noqa: E402
@@ -127,6 +128,12 @@ class Bench:
         check(result, self.size)
         return self.size
 
+    def through_pipeline(self, pipeline) -> int:
+        """One upload of the whole size through the web-server-less pipeline; bytes moved."""
+        evidence = pipeline.send(self.pattern, self.size, self.chunk)
+        self.check_box({"evidence": evidence}, self.size)
+        return self.size
+
     def run(self) -> None:
         """Start box and peers, run every step each round, profile if asked, stop all."""
         args = self.args
@@ -161,7 +168,11 @@ class Bench:
                 except Exception as exc:  # noqa: BLE001 - e.g. HTTPS peer not feasible
                     self.skipped[name] = f"{type(exc).__name__}: {exc}"[:300]
                     log(f"bench: {name} unavailable: {self.skipped[name]}")
-            self.plan(box, peers)
+            pipeline = None
+            if "pipeline" not in args.skip:
+                pipeline = PipelineServer(root, box.cert, box.key)
+                procs.append(pipeline.proc)
+            self.plan(box, peers, pipeline)
             log(
                 f"bench: hashing the reference data ({self.size // MIB} MiB, "
                 f"{self.part // MIB} MiB)"
@@ -189,7 +200,7 @@ class Bench:
             else:
                 shutil.rmtree(root, ignore_errors=True)
 
-    def plan(self, box: DemoBox, peers: dict[str, Peer]) -> None:
+    def plan(self, box: DemoBox, peers: dict[str, Peer], pipeline) -> None:
         """The rows and the steps of a round: (key, server pid, timed body, untimed after)."""
         size_txt = (
             f"1 × {self.size // MIB} MiB" if self.size < GIB else f"1 × {self.size // GIB} GiB"
@@ -251,6 +262,27 @@ class Bench:
                     None,
                     lambda: vault_alone(scratch, self.pattern, self.size, self.chunk),
                     wipe,
+                )
+            )
+        if pipeline is not None:
+            self.add(
+                "pipeline",
+                f"box without its web server: {size_txt}, raw TLS, sync every "
+                f"{SYNC_EVERY // MIB} MiB",
+                "the box's vault Writer in a server process of its own, fed straight from a "
+                "raw TLS socket (no HTTP, no tus, no database; a fresh 1 MiB buffer per read "
+                f"as in the box, a sync every {SYNC_EVERY // MIB} MiB as at the end of a PATCH), "
+                "the client "
+                "sending the same bytes with `sendall` and no copies (`bench/ingest_pipeline.py`)"
+                ": what this design could reach with a perfect web server",
+                "pipeline",
+            )
+            steps.append(
+                (
+                    "pipeline",
+                    pipeline.proc.pid,
+                    lambda: self.through_pipeline(pipeline),
+                    pipeline.settle,
                 )
             )
 
@@ -361,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="skip a server (peer-http, peer-https, peer-https-fsync), a variant "
-        "(multi, small, tuspy), vault, floor (the CPU floor), or KEY like box/tuspy",
+        "(multi, small, tuspy), vault, pipeline, floor (the CPU floor), or KEY like box/tuspy",
     )
     parser.add_argument(
         "--profile",

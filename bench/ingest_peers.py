@@ -79,9 +79,9 @@ def disk_write(path: Path, pattern: Pattern, size: int, block: int, fsync_each: 
     return size
 
 
-def vault_alone(folder: Path, pattern: Pattern, size: int, block: int) -> int:
-    """The box's vault Writer fed directly (no HTTP, no TLS): encrypt + 2×SHA-256 + fsync per
-    `block`, as one PATCH does. Uses edgebox.vault's public API; skipped if that changes."""
+def new_writer(folder: Path, size: int):
+    """A vault Writer for `size` bytes in `folder` (a random key, no stanzas), and the path
+    its `finish` should rename to. Uses edgebox.vault's public API."""
     import secrets
     import uuid
 
@@ -99,9 +99,15 @@ def vault_alone(folder: Path, pattern: Pattern, size: int, block: int) -> int:
         created_at=dt.datetime.now(dt.UTC).isoformat(),
         extra={},
     )
-    partial = folder / "vault-alone.partial"
-    final = folder / "vault-alone.ebv"
-    writer = vault.Writer.create(partial, header, data_key)
+    name = uuid.uuid4().hex
+    writer = vault.Writer.create(folder / f"{name}.partial", header, data_key)
+    return writer, folder / f"{name}.ebv"
+
+
+def vault_alone(folder: Path, pattern: Pattern, size: int, block: int) -> int:
+    """The box's vault Writer fed directly (no HTTP, no TLS): encrypt + 2×SHA-256 + fsync per
+    `block`, as one PATCH does."""
+    writer, final = new_writer(folder, size)
     try:
         for offset in range(0, size, block):
             writer.write(pattern.chunk(offset, min(block, size - offset)))

@@ -98,6 +98,7 @@ def report(bench) -> str:
             f"{'met' if ok else 'NOT met'} "
             f"(on best)"
         )
+    aims += _pipeline_lines(have)
     aims += _floor_lines(bench, have)
     aims.append(
         f"- box peak RSS < 150 MB: {box_rss / MB:.0f} MB (box process VmHWM over the "
@@ -140,6 +141,20 @@ def report(bench) -> str:
         ]
         lines += [f"- {share:5.1%} {frame}" for frame, share in hot["self"][:10]]
     return "\n".join(lines) + "\n"
+
+
+def _pipeline_lines(have) -> list[str]:
+    """How far the design itself, without its web server, gets towards the disk aim."""
+    if not {"pipeline", "disk", "box/single"} <= have.keys():
+        return []
+    pipe, disk, box = have["pipeline"], have["disk"], have["box/single"]
+    return [
+        f"  The box without its web server (its vault Writer fed from raw TLS by a client "
+        f"with no copies, same run) reached {pipe.best():.0f} MB/s best, {pipe.median():.0f} "
+        f"median: {pipe.best() / disk.best():.2f} × disk; the box over HTTPS reached "
+        f"{box.best() / pipe.best():.2f} of that (best / best), its server CPU "
+        f"{fmt(box.cpu_per_gib(), '.2f')} s/GiB against {fmt(pipe.cpu_per_gib(), '.2f')}."
+    ]
 
 
 def _floor_lines(bench, have) -> list[str]:

@@ -46,10 +46,14 @@ class Pattern:
 
     def chunk(self, offset: int, size: int) -> bytes:
         """The `size` bytes at `offset` of the endless stream (size <= max_chunk)."""
+        return self.view(offset, size).tobytes()
+
+    def view(self, offset: int, size: int) -> memoryview:
+        """`chunk(offset, size)` without the copy: a view into the pattern's buffer."""
         if size > self.max_chunk:
             raise ValueError(f"chunk {size} larger than the pattern's {self.max_chunk}")
         start = offset % self.BLOCK
-        return self._buf[start : start + size]
+        return memoryview(self._buf)[start : start + size]
 
     def sha256(self, size: int) -> str:
         """SHA-256 of the first `size` bytes (what the box must report as evidence hash)."""
