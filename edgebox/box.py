@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import sqlite3
 import ssl
 import threading
 from pathlib import Path
@@ -12,7 +14,7 @@ from edgebox import custody, storage
 from edgebox.clock import iso
 from edgebox.config import Config
 from edgebox.db import Store
-from edgebox.errors import ConfigError
+from edgebox.errors import ConfigError, CustodyError
 from edgebox.ingest.pairing import Pairing
 from edgebox.ingest.uploads import IngestSettings, Uploads
 from edgebox.keys import Keyring, certificate_fingerprint
@@ -20,6 +22,8 @@ from edgebox.replication import replication_status
 from edgebox.review import ReviewKeys
 from edgebox.sync import state as sync_state
 from edgebox.users import Users
+
+log = logging.getLogger("edgebox.box")
 
 
 class Box:
@@ -125,7 +129,10 @@ class Box:
         """Stop what `start()` started, in reverse order, and close the database."""
         self.stop_event.set()
         try:
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except (CustodyError, sqlite3.DatabaseError) as exc:  # reported, not signed
+                log.error("no checkpoint at shutdown: %s", getattr(exc, "message", exc))
             if self.uplink is not None and self.uplink.link.connected.is_set():
                 self.uplink.flush_custody(timeout=5)  # the last signed head goes up too
             for part in reversed(self._running):

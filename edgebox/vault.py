@@ -653,8 +653,15 @@ def _size_problem(header: Header, actual: int) -> str:
     return f"file too long: {actual} bytes, expected {expected} ({actual - expected} extra)"
 
 
-def check_structure(path: Path, stored_sha256: str | None = None) -> list[str]:
-    """Check a vault file without any key: header, size and stored-bytes hash. Returns problems."""
+def check_structure(
+    path: Path,
+    stored_sha256: str | None = None,
+    recording_id: str | None = None,
+    size: int | None = None,
+) -> list[str]:
+    """Check a vault file without any key: header, size and stored-bytes hash, and, when
+    given, that its header names `recording_id` and `size` (a file put in the place of
+    another recording's shows here). Returns problems."""
     path = Path(path)
     if not path.exists():
         return [f"{path.name}: file missing"]
@@ -663,6 +670,13 @@ def check_structure(path: Path, stored_sha256: str | None = None) -> list[str]:
     except VaultError as exc:
         return [exc.message]
     problems = []
+    named = header.core.get("recording_id")
+    if recording_id is not None and named != recording_id:
+        problems.append(f"{path.name}: holds the file of recording {named} (its header says so)")
+    if size is not None and header.plaintext_size != size:
+        problems.append(
+            f"{path.name}: its header declares {header.plaintext_size} bytes, the database {size}"
+        )
     actual = path.stat().st_size
     if actual != header.stored_size:
         problems.append(f"{path.name}: {_size_problem(header, actual)}")

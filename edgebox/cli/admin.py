@@ -216,7 +216,11 @@ def status(config_file, as_json):
     "--deep", is_flag=True, help="Also decrypt every recording (asks for a review secret)."
 )
 @click.option("--secret-file", type=click.Path(dir_okay=False), help="Review secret for --deep.")
-@click.option("--checkpoint/--no-checkpoint", default=False, help="Sign a checkpoint first.")
+@click.option(
+    "--checkpoint/--no-checkpoint",
+    default=False,
+    help="Sign a checkpoint of the head once everything verified (never of a damaged box).",
+)
 @config_option
 @json_option
 @handle_errors
@@ -225,14 +229,23 @@ def verify(deep, secret_file, checkpoint, config_file, as_json):
     from edgebox.verify import verify_box
 
     with opened_box(config_file) as box:
-        if checkpoint:
-            box.checkpoint()
         review = box.keys.unlock_review(read_secret(secret_file)) if deep else None
         report = verify_box(box, review)
+        if checkpoint and report.ok:  # a damaged box is reported, never signed
+            signed = box.checkpoint()
+            if signed is not None:
+                report.checkpoints += 1
+                report.signed_seq = signed["seq"]
 
     def text(r):
         for problem in r["problems"]:
             click.echo(f"FAIL {problem}")
+        head = r["head"]
+        click.echo(
+            f"chain head: entry {head['seq']} ({head['hash'][:16]}...), signed through entry "
+            f"{r['signed_through']} by identity key {r['identity_key_id']}; compare with "
+            "central's copy to see entries cut from the end or an older database put back"
+        )
         click.echo(
             f"{'OK' if r['ok'] else 'DAMAGED'}: {r['entries']} custody entries, "
             f"{r['checkpoints']} checkpoints, {r['recordings']} recordings"

@@ -11,7 +11,7 @@ from edgebox.clock import parse_rfc3339
 from edgebox.errors import IngestError
 
 MAX_HEADER = 16 * 1024
-_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_KEY = re.compile(r"^[^\s,]{1,64}$")  # tus: any key without spaces or commas
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SHORT = 128
 
@@ -66,8 +66,11 @@ def _time(values: dict, key: str) -> str | None:
     if text is None:
         return None
     try:
-        return parse_rfc3339(text).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    except ValueError:
+        moment = parse_rfc3339(text)
+        if not 1970 <= moment.year <= 9999:
+            raise ValueError("outside the years 1970..9999")
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except (ValueError, OverflowError):  # OverflowError: a zone pushing it past year 1..9999
         raise IngestError(
             f"{key} must be an RFC 3339 time with a zone, e.g. 2026-11-28T16:00:00Z", field=key
         ) from None

@@ -68,6 +68,7 @@ class _Active:
     def __init__(self, writer: vault.Writer):
         self.writer = writer
         self.lock = threading.Lock()
+        self.durable = writer.offset  # acknowledged: what HEAD tells while a PATCH runs
 
 
 class Uploads:
@@ -133,11 +134,30 @@ class Uploads:
         with self._registry:
             active = self._active.get(row["id"])
             if active is None:
-                writer = vault.Writer.resume(
-                    self.partial_path(row["id"]), self._load_resume_key(row["id"])
-                )
+                try:
+                    writer = vault.Writer.resume(
+                        self.partial_path(row["id"]), self._load_resume_key(row["id"])
+                    )
+                except FileNotFoundError:  # ended (terminated, expired) since `row` was read
+                    raise self._gone(self._fresh(row)) from None
                 active = self._active[row["id"]] = _Active(writer)
             return active
+
+    def _fresh(self, row: dict) -> dict:
+        """The upload's row as it is now."""
+        return self.store.one("SELECT * FROM uploads WHERE id = ?", (row["id"],)) or row
+
+    def _open_row(self, upload_id: str, device: dict) -> dict:
+        """The row of an upload still taking bytes: 409 once finished, 410 once ended or past
+        its Upload-Expires (even before the expiry job has run)."""
+        row = self._row(upload_id, device)
+        if row["state"] == "finished":
+            raise IngestError("upload already complete", status=409)
+        if row["state"] != "receiving":
+            raise self._gone(row)
+        if parse_rfc3339(row["expires_at"]) < utcnow():
+            raise IngestError(f"upload {upload_id} expired at {row['expires_at']}", status=410)
+        return row
 
     def _finished_progress(self, row: dict) -> Progress:
         rec = self.store.one(
@@ -181,7 +201,7 @@ class Uploads:
                 "Upload-Length is required (deferred length is not supported)",
                 field="Upload-Length",
             )
-        if not length_header.isdigit():
+        if not _is_count(length_header):
             raise IngestError("Upload-Length must be a non-negative integer", field="Upload-Length")
         length = int(length_header)
         if length > self.settings.max_upload_bytes:
@@ -264,13 +284,16 @@ class Uploads:
         row = self._row(upload_id, device)
         if row["state"] == "finished":
             return self._finished_progress(row)
-        if row["state"] != "receiving":
-            raise self._gone(row)
+        row = self._open_row(upload_id, device)
         active = self._active_writer(row)
-        with active.lock:
+        if not active.lock.acquire(blocking=False):  # a PATCH is running: never wait for it
+            return Progress(upload_id, active.durable, row["length"], row["expires_at"])
+        try:
             if active.writer.offset == row["length"]:  # every byte, but the finish failed
                 return self._finish(row, active, device)
             return Progress(upload_id, active.writer.offset, row["length"], row["expires_at"])
+        finally:
+            active.lock.release()
 
     def append(
         self,
@@ -286,18 +309,17 @@ class Uploads:
         `content_length` None means a chunked body: it is read to its end, and bytes
         past Upload-Length undo the chunk (413).
         """
-        row = self._row(upload_id, device)
-        if row["state"] == "finished":
-            raise IngestError("upload already complete", status=409)
-        if row["state"] != "receiving":
-            raise self._gone(row)
-        if offset_header is None or not offset_header.isdigit():
+        row = self._open_row(upload_id, device)
+        if offset_header is None or not _is_count(offset_header):
             raise IngestError("Upload-Offset must be a non-negative integer", field="Upload-Offset")
         checker = _checksum(checksum_header)
         active = self._active_writer(row)
         if not active.lock.acquire(blocking=False):
             raise IngestError("another request is writing this upload", status=409)
         try:
+            row = self._fresh(row)
+            if row["state"] != "receiving":  # ended while this request waited for the writer
+                raise self._gone(row)
             writer = active.writer
             if int(offset_header) != writer.offset:
                 raise IngestError(
@@ -319,6 +341,7 @@ class Uploads:
             except BaseException:  # nothing of a chunk that failed stays, whatever failed
                 self._roll_back(upload_id, writer, mark)
                 raise
+            active.durable = writer.offset
             expires = self._extend_expiry(row)
             self._on_progress(
                 device["id"],
@@ -483,15 +506,24 @@ class Uploads:
         self._resume_path(upload_id).unlink(missing_ok=True)
 
     def _end(self, row: dict, state: str, actor: str, event: str, error: str | None) -> None:
-        self._discard_files(row["id"])
+        """Move a receiving upload to `state` and drop its files; an upload that finished or
+        ended meanwhile (another request won the race) is left as it is: 403 or 410."""
         with self.store.write() as db:
-            db.execute(
-                "UPDATE uploads SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+            changed = db.execute(
+                "UPDATE uploads SET state = ?, error = ?, updated_at = ? "
+                "WHERE id = ? AND state = 'receiving'",
                 [state, error, iso(), row["id"]],
-            )
-            custody.append(
-                db, event, actor, row["recording_id"], {"upload_id": row["id"], "reason": error}
-            )
+            ).rowcount
+            if changed:
+                custody.append(
+                    db, event, actor, row["recording_id"], {"upload_id": row["id"], "reason": error}
+                )
+        if not changed:
+            now = self.store.one("SELECT * FROM uploads WHERE id = ?", (row["id"],))
+            if now["state"] == "finished":
+                raise IngestError("a finished recording cannot be deleted", status=403)
+            raise self._gone(now)
+        self._discard_files(row["id"])
 
     def _fail(self, row: dict, device: dict, reason: str) -> None:
         self._end(row, "failed", f"device:{device['id']}", "upload.failed", reason)
@@ -531,6 +563,8 @@ class Uploads:
             try:
                 self._end(row, "expired", "box", "upload.expired", "idle past its expiry")
                 expired.append(row["id"])
+            except IngestError:  # finished or ended since the query: left as it is
+                pass
             finally:
                 if active is not None:
                     active.lock.release()
@@ -574,6 +608,11 @@ class Uploads:
         return rows
 
 
+def _is_count(text: str) -> bool:
+    """Only ASCII digits: str.isdigit() also takes '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _checksum(header: str | None):
     if header is None:
         return None
@@ -585,7 +624,14 @@ def _checksum(header: str | None):
         expected = base64.b64decode(value.strip(), validate=True)
     except ValueError:
         raise IngestError("Upload-Checksum value is not base64", field="Upload-Checksum") from None
-    return expected, factory()
+    digest = factory()
+    if len(expected) != digest.digest_size:
+        raise IngestError(
+            f"Upload-Checksum {algorithm} value must hold {digest.digest_size} bytes, "
+            f"not {len(expected)}",
+            field="Upload-Checksum",
+        )
+    return expected, digest
 
 
 def _disk_error(exc: OSError) -> IngestError:

@@ -36,6 +36,9 @@ def create_app(box, testing: bool = False) -> Flask:
     )
     app.extensions["edgebox"] = box
     _server_timing(app)
+    from edgebox.web.tus import honour_method_override
+
+    app.wsgi_app = honour_method_override(app.wsgi_app)
 
     from edgebox.web.api import api
     from edgebox.web.auth import auth, csrf_token
@@ -75,6 +78,8 @@ def create_app(box, testing: bool = False) -> Flask:
 
     @app.after_request
     def _security_headers(response):
+        if request.path.startswith("/tus"):  # also on the 405s and 500s Flask makes itself
+            response.headers.setdefault("Tus-Resumable", TUS_VERSION)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")

@@ -15,6 +15,22 @@ from edgebox.web import TUS_VERSION
 tus = Blueprint("tus", __name__, url_prefix="/tus")
 
 
+OVERRIDABLE = frozenset({"POST", "HEAD", "PATCH", "DELETE", "OPTIONS"})
+
+
+def honour_method_override(wsgi_app):
+    """WSGI middleware: under /tus/, X-HTTP-Method-Override is the request's method (tus 1.0.0
+    core, for clients behind proxies that pass only GET and POST)."""
+
+    def app(environ, start_response):
+        override = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", "").strip().upper()
+        if override in OVERRIDABLE and environ.get("PATH_INFO", "").startswith("/tus"):
+            environ["REQUEST_METHOD"] = override
+        return wsgi_app(environ, start_response)
+
+    return app
+
+
 def _box():
     return current_app.extensions["edgebox"]
 
