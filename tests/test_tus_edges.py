@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import socket
 import sqlite3
 import ssl
@@ -201,3 +202,22 @@ def test_responses_flask_makes_itself_carry_tus_resumable(box, camera):
     refused = camera.session.get(camera.url + location, headers=camera.headers())
     assert refused.status_code == 405
     assert refused.headers["Tus-Resumable"] == "1.0.0"
+
+
+def test_bytes_already_written_are_not_reserved_twice_at_creation(box, camera):
+    """The space check keeps room for what unfinished uploads still need: their declared size
+    less what their files already hold (which the disk's free space already lacks)."""
+    import dataclasses
+    import shutil
+
+    first = camera.create(64 * MIB).headers["Location"]
+    for offset in range(0, 56 * MIB, 8 * MIB):
+        assert camera.patch(first, offset, os.urandom(8 * MIB)).status_code == 204
+    free = shutil.disk_usage(box.uploads.settings.data_dir).free
+    box.uploads.settings = dataclasses.replace(
+        box.uploads.settings, reserve_free_bytes=free - 40 * MIB
+    )  # 40 MiB usable: 8 MiB still due on the first upload (not 64), 8 MiB for the second
+    second = camera.create(8 * MIB)
+    assert second.status_code == 201, second.text
+    refused = camera.create(36 * MIB)  # 8 + 8 + 36 > 40: refused, nothing created
+    assert refused.status_code == 507

@@ -33,6 +33,7 @@ from edgebox.ingest.metadata import parse_recording_metadata
 from edgebox.keys import HPKE_NAME, Keyring, wrap_key
 
 READ_BLOCK = 1 << 20
+DRAIN_LIMIT = 64 << 20  # a refused body up to this size is read so the 413 arrives
 EXPIRY_STEP = dt.timedelta(minutes=1)
 CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
 
@@ -89,6 +90,7 @@ class Uploads:
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         self.vault_dir.mkdir(parents=True, exist_ok=True)
         self._active: dict[str, _Active] = {}
+        self._creating = threading.Lock()
         self._registry = threading.Lock()
         self._on_progress = on_progress or (lambda device_id, info: None)
 
@@ -179,12 +181,22 @@ class Uploads:
         )
 
     # -- tus operations -----------------------------------------------------
-    def _check_space(self, length: int) -> None:
+    def _stored_size(self, length: int) -> int:
+        """Bytes on disk of a complete vault file for `length` bytes of footage."""
         stride = self.settings.segment_size
-        needed = length + vault.HEADER_AREA + vault.TAG * vault.segment_count(length, stride)
-        pending = self.store.one(
-            "SELECT COALESCE(SUM(length), 0) AS n FROM uploads WHERE state = 'receiving'"
-        )["n"]
+        return length + vault.HEADER_AREA + vault.TAG * vault.segment_count(length, stride)
+
+    def _check_space(self, length: int) -> None:
+        """507 unless the disk keeps room for this upload and what the unfinished ones still
+        need (their declared size less what their files already hold)."""
+        needed = self._stored_size(length)
+        pending = 0
+        for row in self.store.query("SELECT id, length FROM uploads WHERE state = 'receiving'"):
+            try:
+                written = self.partial_path(row["id"]).stat().st_size
+            except FileNotFoundError:
+                written = 0
+            pending += max(0, self._stored_size(row["length"]) - written)
         free = shutil.disk_usage(self.settings.data_dir).free
         if free - self.settings.reserve_free_bytes - pending < needed:
             raise IngestError(
@@ -210,6 +222,10 @@ class Uploads:
                 status=413,
             )
         columns, raw = parse_recording_metadata(metadata_header, device["serial"])
+        with self._creating:  # the space check and the new row, one creation at a time
+            return self._create(device, length, columns, raw)
+
+    def _create(self, device: dict, length: int, columns: dict, raw: dict) -> Progress:
         self._check_space(length)
         upload_id = secrets.token_urlsafe(18)
         recording_id = uuid.uuid4().hex
@@ -329,8 +345,10 @@ class Uploads:
                 )
             remaining = row["length"] - writer.offset
             if content_length is not None and content_length > remaining:
+                _discard_body(stream, content_length)
                 raise IngestError("chunk goes past Upload-Length", status=413)
             if checker is not None and (content_length or 0) > writer.hold_limit:
+                _discard_body(stream, content_length)
                 raise IngestError(
                     f"a chunk with Upload-Checksum may carry at most {writer.hold_limit} bytes",
                     status=413,
@@ -606,6 +624,21 @@ class Uploads:
             active = self._active.get(row["id"])
             row["offset"] = active.writer.offset if active else None
         return rows
+
+
+def _discard_body(stream, length: int) -> None:
+    """Read and drop a refused body (up to DRAIN_LIMIT) so the refusal reaches the client:
+    cheroot closes the connection after a 413, and closing with unread bytes resets it, which
+    loses the answer while the client is still sending. Nothing of it is kept."""
+    left = min(length, DRAIN_LIMIT)
+    while left > 0:
+        try:
+            block = stream.read(min(READ_BLOCK, left))
+        except OSError:
+            return
+        if not block:
+            return
+        left -= len(block)
 
 
 def _is_count(text: str) -> bool:
