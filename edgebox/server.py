@@ -12,7 +12,7 @@ import threading
 
 from cheroot import wsgi
 from cheroot.makefile import StreamReader, StreamWriter
-from cheroot.server import HTTPConnection
+from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from edgebox.tls_records import Read, record_reader
@@ -73,8 +73,60 @@ def _streams(sock, mode="r", bufsize=io.DEFAULT_BUFFER_SIZE):
     return StreamWriter(sock, mode, bufsize)
 
 
+# Headers that carry one value: a second copy makes the request ambiguous (which offset,
+# which length, which checksum?), so it is refused rather than the last copy silently winning.
+SINGLE_VALUE_HEADERS = frozenset(
+    name.encode()
+    for name in (
+        "Authorization",
+        "Content-Length",
+        "Content-Type",
+        "Host",
+        "Transfer-Encoding",
+        "Tus-Resumable",
+        "Upload-Checksum",
+        "Upload-Defer-Length",
+        "Upload-Length",
+        "Upload-Metadata",
+        "Upload-Offset",
+        "X-Http-Method-Override",
+    )
+)
+
+
+class _OneCopyEach(dict):
+    """cheroot's header dict, refusing a second copy of a single-value header (cheroot would
+    keep the last one): cheroot answers the ValueError with 400 Bad Request."""
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        if key in SINGLE_VALUE_HEADERS and key in self:
+            raise ValueError(f"{key.decode('latin-1')} given more than once")
+        super().__setitem__(key, value)
+
+
+class _StrictHeaderReader(HeaderReader):
+    """cheroot's header reader over a `_OneCopyEach` dict."""
+
+    def __call__(self, rfile, hdict=None):
+        """Read the headers into `hdict` (a new dict if None); 400 on a duplicate."""
+        strict = _OneCopyEach()
+        super().__call__(rfile, strict)
+        if hdict is None:
+            return dict(strict)
+        hdict.update(strict)
+        return hdict
+
+
+class _Request(HTTPRequest):
+    """cheroot's request with the strict header reader."""
+
+    header_reader = _StrictHeaderReader()
+
+
 class _Connection(HTTPConnection):
     """A cheroot connection whose request bodies are read by BulkStreamReader."""
+
+    RequestHandlerClass = _Request
 
     def __init__(self, server, sock, makefile=None):
         super().__init__(server, sock, makefile=_streams)

@@ -221,3 +221,51 @@ def test_bytes_already_written_are_not_reserved_twice_at_creation(box, camera):
     assert second.status_code == 201, second.text
     refused = camera.create(36 * MIB)  # 8 + 8 + 36 > 40: refused, nothing created
     assert refused.status_code == 507
+
+
+def _b64_sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _raw_request(camera, lines: list[str], body: bytes = b"") -> int:
+    """Send a request with exactly these header lines over TLS; the answer's status."""
+    url = urlsplit(camera.url)
+    context = ssl.create_default_context(cafile=str(camera.cert))
+    context.check_hostname = False
+    with socket.create_connection((url.hostname, url.port), timeout=30) as raw:
+        with context.wrap_socket(raw) as tls:
+            tls.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+            answer = b""
+            while b"\r\n" not in answer and (chunk := tls.recv(4096)):
+                answer += chunk
+    return int(answer.split()[1])
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("Upload-Offset: 0", "Upload-Offset: 4"),
+        ("Content-Length: 2", "Content-Length: 4"),
+        (  # a wrong checksum, then the right one: neither may be picked silently
+            f"Upload-Checksum: sha256 {_b64_sha256(b'wxyz')}",
+            f"Upload-Checksum: sha256 {_b64_sha256(b'abcd')}",
+        ),
+    ],
+)
+def test_a_single_value_header_given_twice_is_refused(box, camera, first, second):
+    location = camera.create(4).headers["Location"]
+    url = urlsplit(camera.url)
+    lines = [
+        f"PATCH {location} HTTP/1.1",
+        f"Host: {url.hostname}:{url.port}",
+        *(f"{k}: {v}" for k, v in camera.headers().items()),
+        "Content-Type: application/offset+octet-stream",
+        "Connection: close",
+        first,
+        second,
+    ]
+    for default in ("Upload-Offset: 0", "Content-Length: 4"):
+        if not any(line.split(":")[0] == default.split(":")[0] for line in (first, second)):
+            lines.append(default)
+    assert _raw_request(camera, lines, b"abcd") == 400
+    assert camera.head(location).headers["Upload-Offset"] == "0"
