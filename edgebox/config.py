@@ -338,6 +338,7 @@ def load_config(path: str | Path | None = None, environ: dict | None = None) -> 
         base_dir = p.resolve().parent
 
     values: dict[str, dict] = {}
+    from_env: dict[str, str] = {}  # "section.key" -> the variable that set it
     for section, body in raw.items():
         if section not in _SECTIONS:
             raise ConfigError(f"{_where(source, text, section, None)}: unknown section")
@@ -363,18 +364,27 @@ def load_config(path: str | Path | None = None, environ: dict | None = None) -> 
         values.setdefault(section, {})[key] = _coerce(
             value, hints[key], f"environment {name}", from_env=True
         )
+        from_env[f"{section}.{key}"] = name
 
     sections = {name: _section_class(name)(**values.get(name, {})) for name in _SECTIONS}
     config = Config(**sections, base_dir=base_dir, source=source)
     try:
         _validate(config)
     except ConfigError as exc:
-        if exc.field and text:
+        if exc.field in from_env:  # the environment won over the file: name the variable
+            exc.message = f"environment {from_env[exc.field]}: {exc.message}"
+        elif exc.field and text:
             section, key = exc.field.split(".")
             exc.message = f"{_where(source, text, section, key)}: {exc.message}"
-            exc.args = (exc.message,)
+        exc.args = (exc.message,)
         raise
     return config
+
+
+def check(config: Config) -> None:
+    """Validate a Config built in memory (as `edgebox init` does before writing it); the
+    ConfigError names the field (`section.key`)."""
+    _validate(config)
 
 
 def config_path_from(option: str | None, environ: dict | None = None) -> Path | None:

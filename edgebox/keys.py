@@ -91,6 +91,16 @@ def pem_public(key) -> bytes:
     )
 
 
+def check_review_slot(name: str, secret: str) -> None:
+    """Refuse a bad supervisor slot name or a weak secret (before anything is written)."""
+    if not _SLOT_NAME.match(name):
+        raise KeyAccessError(f"invalid slot name {name!r}", status=400)
+    if len(secret.strip()) < 8:
+        raise KeyAccessError(
+            "a review secret must have at least 8 characters besides spaces", status=400
+        )
+
+
 def wrap_key(data_key: bytes, public: X25519PublicKey, context: bytes) -> bytes:
     """HPKE-seal a data key to a recipient; `context` (the recording id) binds it."""
     return HPKE_SUITE.encrypt(data_key, public, info=b"edgebox-vault-key:" + context)
@@ -209,7 +219,14 @@ class Keyring:
 
     # -- central ------------------------------------------------------------
     def import_central(self, public: X25519PublicKey) -> str:
-        """Store central's public key as the active recipient; returns its key id."""
+        """Store central's public key as the active recipient; returns its key id. A key that
+        cannot receive a wrapped data key (a low-order point such as all zeros) is refused."""
+        try:
+            wrap_key(secrets.token_bytes(32), public, b"import-check")
+        except ValueError:
+            raise KeyAccessError(
+                "not a usable X25519 public key (a low-order point): nothing imported", status=400
+            ) from None
         kid = key_id(public)
         folder = self.root / "central"
         folder.mkdir(parents=True, exist_ok=True)
@@ -241,11 +258,13 @@ class Keyring:
     def add_review_slot(
         self, name: str, secret: str, unlocked: X25519PrivateKey | None = None
     ) -> None:
-        """Let a supervisor unlock the review key with `secret` (needs it unlocked, or fresh)."""
-        if not _SLOT_NAME.match(name):
-            raise KeyAccessError(f"invalid slot name {name!r}", status=400)
-        if len(secret) < 8:
-            raise KeyAccessError("a review secret must have at least 8 characters", status=400)
+        """Let a supervisor unlock the review key with `secret` (needs it unlocked, or fresh);
+        an existing slot is never replaced."""
+        check_review_slot(name, secret)
+        if (self.root / "review-slots" / f"{name}.json").exists():
+            raise KeyAccessError(
+                f"supervisor slot {name!r} already exists; choose another name", status=409
+            )
         private = unlocked or getattr(self, "_pending_review", None)
         if private is None:
             raise KeyAccessError("unlock the review key before adding a supervisor")

@@ -77,14 +77,25 @@ def read_secret(
 
 
 def handle_errors(fn):
-    """Turn EdgeboxError into a one-line message and exit status 2."""
+    """Turn EdgeboxError (or an OSError such as a missing or unwritable file) into a one-line
+    message, or with --json a JSON object on standard output, and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except EdgeboxError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+        except (EdgeboxError, OSError) as exc:
+            if isinstance(exc, EdgeboxError):
+                message = exc.message
+            elif exc.filename:
+                message = f"{exc.strerror}: {exc.filename}"
+            else:
+                message = exc.strerror or str(exc)
+            if kwargs.get("as_json"):
+                error = {"ok": False, "error": type(exc).__name__, "message": message}
+                click.echo(json.dumps(error, indent=2, sort_keys=True))
+            else:
+                click.echo(f"error: {message}", err=True)
             sys.exit(2)
 
     return wrapper

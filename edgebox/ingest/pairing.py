@@ -68,8 +68,10 @@ class Pairing:
         self._throttle()
         if not isinstance(serial, str) or not _SERIAL.match(serial):
             raise IngestError("serial must be 1-64 letters, digits or ._:-", field="serial")
-        if not isinstance(model, str) or not 0 < len(model) <= 128:
-            raise IngestError("model must be a string of 1-128 characters", field="model")
+        if not isinstance(model, str) or not 0 < len(model) <= 128 or not model.isprintable():
+            raise IngestError(
+                "model must be 1-128 printable characters (no control characters)", field="model"
+            )
         if not isinstance(code, str):
             raise IngestError("code must be a string", field="code")
         digest = _digest(normalise_code(code))
