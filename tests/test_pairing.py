@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 import requests
@@ -80,3 +81,28 @@ def test_revoke_unknown_device(box):
 
     with pytest.raises(NotFound):
         box.pairing.revoke("nope")
+
+
+def test_one_guessing_client_does_not_block_another(box):
+    """Failed attempts are counted per client address: a guesser on 127.0.0.1 is throttled,
+    a camera pairing from 127.0.0.2 (another loopback address) is not."""
+    import http.client
+    import ssl
+
+    statuses = [
+        post_enroll(box, code=f"WRONG{i}", serial="CAM", model="m").status_code for i in range(21)
+    ]
+    assert statuses[-1] == 429
+    context = ssl.create_default_context(cafile=str(box.keys.tls_cert))
+    context.check_hostname = False
+    port = int(box.url.rsplit(":", 1)[1])
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", port, context=context, source_address=("127.0.0.2", 0)
+    )
+    body = json.dumps({"code": box.pairing.new_code()["code"], "serial": "CAM-2", "model": "m"})
+    try:
+        conn.request("POST", "/api/v1/cameras/enroll", body, {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        assert answer.status == 201, answer.read()
+    finally:
+        conn.close()

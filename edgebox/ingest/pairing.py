@@ -18,7 +18,8 @@ from edgebox.errors import IngestError, NotFound
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no 0/O, 1/I/L, U
 CODE_LENGTH = 10
 _SERIAL = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_FAILURES_PER_MINUTE = 20
+_FAILURES_PER_MINUTE = 20  # per client address
+_ALL_FAILURES_PER_MINUTE = 500  # all clients together
 
 
 def _digest(secret: str) -> str:
@@ -36,7 +37,7 @@ class Pairing:
     def __init__(self, store: Store, code_minutes: int = 10):
         self.store = store
         self.code_minutes = code_minutes
-        self._failures: list[float] = []
+        self._failures: list[tuple[float, str]] = []  # (when, client address)
         self._lock = threading.Lock()
         self._last_seen: dict[str, float] = {}
 
@@ -52,20 +53,25 @@ class Pairing:
             custody.append(db, "camera.pairing_code", actor, None, {"expires_at": iso(expires)})
         return {"code": code, "expires_at": iso(expires)}
 
-    def _throttle(self) -> None:
+    def _throttle(self, client: str) -> None:
+        """429 for a client with too many recent failures, or when all clients together have
+        (a code has ~49 bits and lives minutes: guessing stays hopeless either way, while one
+        client's guessing no longer blocks every other camera's pairing)."""
         with self._lock:
             now = time.monotonic()
-            self._failures = [t for t in self._failures if now - t < 60]
-            if len(self._failures) >= _FAILURES_PER_MINUTE:
+            self._failures = [(t, c) for t, c in self._failures if now - t < 60]
+            mine = sum(1 for _, c in self._failures if c == client)
+            if mine >= _FAILURES_PER_MINUTE or len(self._failures) >= _ALL_FAILURES_PER_MINUTE:
                 raise IngestError("too many failed pairing attempts; wait a minute", status=429)
 
-    def _failed(self) -> None:
+    def _failed(self, client: str) -> None:
         with self._lock:
-            self._failures.append(time.monotonic())
+            self._failures.append((time.monotonic(), client))
 
-    def enroll(self, code: str, serial: str, model: str) -> dict:
-        """Exchange a valid unused code for a device id and a bearer token (shown once)."""
-        self._throttle()
+    def enroll(self, code: str, serial: str, model: str, client: str = "local") -> dict:
+        """Exchange a valid unused code for a device id and a bearer token (shown once);
+        `client` (the caller's address) is what failed attempts are counted by."""
+        self._throttle(client)
         if not isinstance(serial, str) or not _SERIAL.match(serial):
             raise IngestError("serial must be 1-64 letters, digits or ._:-", field="serial")
         if not isinstance(model, str) or not 0 < len(model) <= 128 or not model.isprintable():
@@ -83,7 +89,7 @@ class Pairing:
                 "SELECT expires_at, used_at FROM pairing_codes WHERE code_hash = ?", [digest]
             ).fetchone()
             if row is None or row[1] is not None or row[0] < now:
-                self._failed()
+                self._failed(client)
                 reason = "unknown" if row is None else ("used" if row[1] else "expired")
                 raise IngestError(f"pairing code is {reason}", status=403, field="code")
             db["devices"].insert(

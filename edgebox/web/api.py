@@ -26,7 +26,9 @@ def enroll():
     missing = [k for k in ("code", "serial", "model") if k not in body]
     if missing:
         raise IngestError(f"missing field {missing[0]}", field=missing[0])
-    return jsonify(_box().pairing.enroll(body["code"], body["serial"], body["model"])), 201
+    pairing = _box().pairing
+    client = request.remote_addr or "unknown"
+    return jsonify(pairing.enroll(body["code"], body["serial"], body["model"], client)), 201
 
 
 @api.get("/health")
