@@ -269,3 +269,38 @@ def test_a_single_value_header_given_twice_is_refused(box, camera, first, second
             lines.append(default)
     assert _raw_request(camera, lines, b"abcd") == 400
     assert camera.head(location).headers["Upload-Offset"] == "0"
+
+
+def test_start_sweeps_upload_files_no_receiving_upload_owns(box_config):
+    """A creation that crashed before its row, and a resume key left by a crash between a
+    recording's commit and its deletion, are removed at start; a live upload's files stay."""
+    from edgebox.box import Box
+    from edgebox.config import load_config
+    from tests.conftest import enroll
+
+    box = Box(load_config(box_config)).start(("127.0.0.1", 0))
+    try:
+        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"])
+        done, _ = upload_all(camera, b"finished clip")
+        live = camera.create(2 * MIB).headers["Location"]
+        assert camera.patch(live, 0, b"x" * MIB).status_code == 204
+        finished_id = box.store.one(
+            "SELECT upload_id FROM recordings WHERE id = ?",
+            (done.headers["EdgeBox-Recording-Id"],),
+        )["upload_id"]
+        uploads = box.uploads.partial_dir
+    finally:
+        box.stop()
+    stray = [uploads / "ghost.partial", uploads / "ghost.resume", uploads / f"{finished_id}.resume"]
+    for path in stray:
+        path.write_bytes(b"left by a crash")
+    kept = sorted(p.name for p in uploads.iterdir() if p.stem == upload_id(live))
+    assert len(kept) == 2
+    box = Box(load_config(box_config)).start(("127.0.0.1", 0))
+    try:
+        assert not any(path.exists() for path in stray)
+        assert sorted(p.name for p in uploads.iterdir()) == kept
+        camera.url = box.url
+        assert camera.head(live).headers["Upload-Offset"] == str(MIB)
+    finally:
+        box.stop()

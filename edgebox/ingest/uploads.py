@@ -590,7 +590,7 @@ class Uploads:
 
     def recover(self) -> dict:
         """At start: finish uploads renamed into the vault before a crash; fail lost ones."""
-        report = {"completed": [], "lost": [], "resumable": []}
+        report = {"completed": [], "lost": [], "resumable": [], "swept": self._sweep()}
         for row in self.store.query("SELECT * FROM uploads WHERE state = 'receiving'"):
             final = self.vault_path(row["recording_id"])
             device = {"id": row["device_id"]}
@@ -613,6 +613,19 @@ class Uploads:
                 report["lost"].append(row["id"])
         vault.recover_header_journal(self.vault_dir)
         return report
+
+    def _sweep(self) -> list[str]:
+        """Remove upload files that no receiving upload owns: those of a creation that crashed
+        before its row was written (never acknowledged, so never written to), and resume keys
+        left by a crash between a recording's commit and their deletion (they would open a
+        finished recording). Returns the file names removed."""
+        states = {r["id"]: r["state"] for r in self.store.query("SELECT id, state FROM uploads")}
+        swept = []
+        for path in sorted(self.partial_dir.iterdir()):
+            if path.suffix in (".partial", ".resume") and states.get(path.stem) != "receiving":
+                path.unlink(missing_ok=True)
+                swept.append(path.name)
+        return swept
 
     def in_progress(self) -> list[dict]:
         """Unfinished uploads with their live offsets (for status and the dashboard)."""
