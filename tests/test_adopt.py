@@ -141,7 +141,7 @@ def query(config: Path, sql: str, params=()) -> list[dict]:
 
 
 def adopt(config: Path, *args: str, env: dict | None = None):
-    """Run `edgebox recordings adopt --json`; returns (exit status, report or stderr)."""
+    """Run `edgebox recordings adopt --json`; returns (exit status, report or error object)."""
     done = run_cli("recordings", "adopt", *args, "--json", config=config, env=env or WITH_SECRET)
     return done.returncode, json.loads(done.stdout) if done.stdout else done.stderr
 
@@ -259,8 +259,8 @@ def test_a_wrong_secret_changes_nothing(lost_tail, tmp_path):
     (tmp_path / "second").mkdir()
     fresh = restored(lost_tail, tmp_path / "second")
     dump = database_dump(fresh)
-    status, stderr = adopt(fresh, env=wrong)
-    assert status == 2 and stderr.strip() == "error: wrong review secret; nothing was adopted"
+    status, error = adopt(fresh, env=wrong)
+    assert status == 2 and error["message"] == "wrong review secret; nothing was adopted"
     assert database_dump(fresh) == dump
 
 
@@ -312,9 +312,9 @@ def test_adoption_refuses_while_the_box_runs(lost_tail, tmp_path):
     fresh = restored(lost_tail, tmp_path)
     box = BoxProcess(fresh).start()  # with its Litestream supervisor, as in production
     try:
-        status, stderr = adopt(fresh)
+        status, error = adopt(fresh)
         assert status == 2
-        assert "the box is running" in stderr and "stop it first" in stderr
+        assert "the box is running" in error["message"] and "stop it first" in error["message"]
     finally:
         box.stop()
     assert sorted(problems(fresh)) == sorted(orphan_problem(rid) for rid in lost_tail["late"])
