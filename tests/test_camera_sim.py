@@ -365,3 +365,61 @@ def test_cameras_in_threads_each_deliver(tmp_path, tus_box):
     assert all([r.status for r in results[i]] == ["delivered"] for i in range(3))
     serials = {upload["metadata"]["serial"] for upload in tus_box.uploads.values()}
     assert len(serials) == 3
+
+
+def _age(path, seconds: float = 120) -> None:
+    """Make a file look as old as one a crash left behind."""
+    import os
+    import time
+
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+def test_a_clip_recorded_but_never_queued_is_queued_and_delivered(sim_camera, tus_box):
+    """The camera died between recording a clip into its outbox and queueing it."""
+    name = "BWC-7_20261129T101500Z_00042.mp4"
+    clip = sim_camera.outbox / name
+    clip.write_bytes(b"footage recorded before the crash" * 100)
+    _age(clip)
+    expected = hashlib.sha256(clip.read_bytes()).hexdigest()
+    [result] = sim_camera.upload_pending(chunk_size=8 << 10)
+    assert result.status == "delivered" and result.evidence_sha256 == expected
+    meta = next(iter(tus_box.uploads.values()))["metadata"]
+    assert meta["filename"] == name and meta["recovered"] == "true"
+    assert meta["started_at"] == "2026-11-29T10:15:00Z" and meta["sha256"] == expected
+    assert not clip.exists()
+
+
+def test_leftovers_of_a_crash_are_tidied_and_fresh_files_left_alone(sim_camera, tus_box):
+    delivered = sim_camera.outbox / "BWC-7_20261129T101500Z_00001.mp4"
+    delivered.write_bytes(b"already confirmed by the box")
+    sim_camera._state.drop({"file": delivered.name}, delivered={"recording_id": "r", "sha256": "x"})
+    half = sim_camera.outbox / ".BWC-7_20261129T101600Z_00002.mp4.part"
+    half.write_bytes(b"an encoder killed mid-clip")
+    _age(half)
+    fresh = sim_camera.outbox / "BWC-7_20261129T101700Z_00003.mp4"
+    fresh.write_bytes(b"being queued right now by the recording thread")
+    assert sim_camera.upload_pending() == []
+    assert not delivered.exists() and not half.exists()
+    assert fresh.exists() and tus_box.uploads == {}
+
+
+def test_two_processes_on_one_state_folder_deliver_each_clip_once(tmp_path, tus_box):
+    """Two CameraSim objects (separate state copies, as two processes would have) on one
+    folder: the flock makes them take turns, and the second finds the clip delivered."""
+    first = CameraSim(tmp_path / "cam", serial="BWC-7", backoff=0.01, **SMALL)
+    first.pair(tus_box.url, CODE, tus_box.fingerprint)
+    first.record(1, pre_event_seconds=1)
+    second = CameraSim(tmp_path / "cam", backoff=0.01, **SMALL)
+    outcomes, threads = [], []
+    for cam in (first, second):
+        thread = threading.Thread(target=lambda c=cam: outcomes.extend(c.upload_pending(8 << 10)))
+        threads.append(thread)
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [r.status for r in outcomes] == ["delivered"]
+    assert len(tus_box.uploads) == 1
+    first.close()
+    second.close()

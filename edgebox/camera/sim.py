@@ -36,13 +36,14 @@ from edgebox.camera.pinning import (
 )
 from edgebox.camera.state import CERT_FILE, CameraState
 from edgebox.camera.tus import TUS_PATH, RetryLater, TusClient, UploadGone, UploadRejected
-from edgebox.clips import make_clip
+from edgebox.clips import make_clip, sha256_file
 from edgebox.durable import write_private
 
 DEFAULT_CHUNK = 4 << 20
 DEFAULT_MODEL = "EdgeBox SimCam 1"
 _MAX_RESTARTS = 3
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_CLIP_NAME = re.compile(r"^.+_(?P<started>\d{8}T\d{6}Z)_\d{5}\.mp4$")  # as record() names
 _logger = logging.getLogger(__name__)
 
 
@@ -129,7 +130,7 @@ class CameraSim:
         url = normalise_box_url(box_url)
         fingerprint = normalise_fingerprint(cert_sha256)
         pem = pin_certificate(url, fingerprint, timeout=self.timeout)  # before sending anything
-        with self._lock:
+        with self._state.held():
             pairing_cert = self.state_dir / (CERT_FILE + ".pairing")
             write_private(pairing_cert, pem.encode("ascii"))
             try:
@@ -190,6 +191,28 @@ class CameraSim:
         self._log(f"[{self.serial}] recorded {name} ({info.size} bytes, {seconds:g} s)")
         return info.path
 
+    def _queue_stranded(self, path: Path) -> None:
+        """Queue a clip found in the outbox with no queue entry: the camera died between
+        recording it and queueing it. What the name holds (serial, start time) and the file
+        itself (hash, size) are sent; `recovered` tells the box the rest was lost."""
+        found = _CLIP_NAME.match(path.name)
+        metadata = {"filename": path.name, "serial": self.serial, "recovered": "true"}
+        if found:
+            started = dt.datetime.strptime(found["started"], "%Y%m%dT%H%M%SZ")
+            metadata["started_at"] = started.strftime("%Y-%m-%dT%H:%M:%SZ")
+        metadata["sha256"] = sha256_file(path)
+        entry = {
+            "file": path.name,
+            "size": path.stat().st_size,
+            "sha256": metadata["sha256"],
+            "upload_url": None,
+            "status": "queued",
+            "message": "",
+            "metadata": metadata,
+        }
+        self._state.enqueue(entry)
+        self._log(f"[{self.serial}] queued {path.name}, recorded before a crash")
+
     # -- offloading -------------------------------------------------------------------
     def upload_pending(
         self, chunk_size: int = DEFAULT_CHUNK, stop_event: threading.Event | None = None
@@ -201,7 +224,9 @@ class CameraSim:
             raise CameraError("the camera is not paired: run pair() with a code from the box")
         stop = stop_event or self._stop
         results = []
-        with self._lock:
+        with self._state.held():
+            for path in self._state.tidy_outbox():
+                self._queue_stranded(path)
             for entry in self.pending:
                 if entry["status"] != "queued":
                     continue

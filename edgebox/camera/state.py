@@ -11,10 +11,14 @@ Every change to camera.json is written through at once, atomically and with mode
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgebox.camera.errors import CameraError
@@ -23,14 +27,19 @@ from edgebox.durable import write_private
 STATE_FILE = "camera.json"
 CERT_FILE = "box-cert.pem"
 OUTBOX = "outbox"
+LOCK_FILE = ".lock"
 _KEEP_DELIVERED = 50
+SETTLED_SECONDS = 60  # an outbox file this old is no recording still being queued
 
 
 class CameraState:
     """camera.json of one camera, held in memory and saved on every change.
 
-    `lock` is re-entrant; every method that changes the state holds it, and the camera
-    holds it too around work that must not interleave (pairing, a round of uploads).
+    `held()` is re-entrant and works across processes: every method that changes the state
+    holds it, and the camera holds it too around work that must not interleave (pairing, a
+    round of uploads). Its outermost holder takes an flock on the state folder and reads
+    camera.json afresh, so two processes given the same folder take turns on one state
+    instead of each uploading the same clip from its own copy.
     """
 
     def __init__(self, state_dir: str | os.PathLike, serial: str | None, model: str):
@@ -38,10 +47,50 @@ class CameraState:
         self.outbox = self.state_dir / OUTBOX
         self.outbox.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
+        self._depth = 0
+        self._lock_fd = -1
         self._data = self._load(serial)
         if self._data is None:
             self._data = _new_state(serial, model)
             self.save()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the state: this thread, then this process against the others (flock)."""
+        with self.lock:
+            if self._depth == 0:
+                fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._lock_fd = fd
+                self._data = self._load(None) or self._data  # what another process saved
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    os.close(self._lock_fd)  # releases the flock
+                    self._lock_fd = -1
+
+    def tidy_outbox(self) -> list[Path]:
+        """After a crash: delete outbox copies of clips the box already confirmed, delete
+        recordings a killed encoder left half-written, and return settled clips that no
+        queue entry names (recorded, then the camera died before queueing them)."""
+        with self.held():
+            queued = {e["file"] for e in self._data["pending"]}
+            delivered = {e["file"] for e in self._data["delivered"]}
+            settled = time.time() - SETTLED_SECONDS
+            stranded = []
+            for path in sorted(self.outbox.iterdir()):
+                old = path.stat().st_mtime < settled
+                if path.name in delivered and path.name not in queued:
+                    path.unlink()
+                elif path.name.endswith(".part") and old:
+                    path.unlink()
+                elif path.suffix == ".mp4" and not path.name.startswith(".") and old:
+                    if path.name not in queued:
+                        stranded.append(path)
+            return stranded
 
     def __getitem__(self, key: str):
         """One field of camera.json, e.g. state["serial"]."""
@@ -53,7 +102,7 @@ class CameraState:
 
     def pending(self) -> list[dict]:
         """A copy of the queued clips, oldest first, with their tus upload URL if started."""
-        with self.lock:
+        with self.held():
             return json.loads(json.dumps(self._data["pending"]))
 
     def pair(self, **identity) -> None:
@@ -61,7 +110,7 @@ class CameraState:
 
         Uploads started under an earlier pairing are forgotten: they belong to the old one.
         """
-        with self.lock:
+        with self.held():
             self._data.update(identity)
             for entry in self._data["pending"]:
                 entry["upload_url"] = None
@@ -69,21 +118,22 @@ class CameraState:
 
     def take_sequence(self) -> int:
         """The next clip sequence number, persisted as used."""
-        with self.lock:
+        with self.held():
             sequence = self._data["next_sequence"]
             self._data["next_sequence"] = sequence + 1
             self.save()
             return sequence
 
     def enqueue(self, entry: dict) -> None:
-        """Queue a recorded clip for upload."""
-        with self.lock:
-            self._data["pending"].append(entry)
-            self.save()
+        """Queue a recorded clip for upload (once: a clip already queued stays as it is)."""
+        with self.held():
+            if all(e["file"] != entry["file"] for e in self._data["pending"]):
+                self._data["pending"].append(entry)
+                self.save()
 
     def update_entry(self, entry: dict, **changes) -> None:
         """Apply `changes` to a queued clip and to the caller's copy `entry`, and save."""
-        with self.lock:
+        with self.held():
             entry.update(changes)
             for stored in self._data["pending"]:
                 if stored["file"] == entry["file"]:
@@ -92,7 +142,7 @@ class CameraState:
 
     def drop(self, entry: dict, delivered: dict | None = None) -> None:
         """Remove a clip from the queue; record it in the delivery history if `delivered`."""
-        with self.lock:
+        with self.held():
             self._data["pending"] = [e for e in self._data["pending"] if e["file"] != entry["file"]]
             if delivered is not None:
                 history = self._data["delivered"] + [{"file": entry["file"], **delivered}]
