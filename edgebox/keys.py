@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
-from edgebox.durable import write_private
+from edgebox.durable import atomic_write, write_private
 from edgebox.errors import KeyAccessError, NotFound
 
 HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -230,18 +230,30 @@ class Keyring:
         kid = key_id(public)
         folder = self.root / "central"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{kid}.pub").write_bytes(pem_public(public))
-        (folder / "active").write_text(kid + "\n")
+        atomic_write(folder / f"{kid}.pub", pem_public(public))
+        self.activate_central(kid)
         return kid
+
+    def active_central_id(self) -> str | None:
+        """The key id new recordings are wrapped to, None before any import."""
+        try:
+            return (self.root / "central" / "active").read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def activate_central(self, kid: str | None) -> None:
+        """Make an imported central key the active recipient (None: none is)."""
+        active = self.root / "central" / "active"
+        if kid is None:
+            active.unlink(missing_ok=True)
+        else:
+            atomic_write(active, (kid + "\n").encode())
 
     def central(self) -> tuple[str, X25519PublicKey]:
         """The active central recipient key as (key id, key)."""
-        try:
-            kid = (self.root / "central" / "active").read_text().strip()
-        except FileNotFoundError:
-            raise NotFound(
-                "no central key imported; run `edgebox keys import-central FILE`"
-            ) from None
+        kid = self.active_central_id()
+        if kid is None:
+            raise NotFound("no central key imported; run `edgebox keys import-central FILE`")
         return kid, x25519_public_from_file(self.root / "central" / f"{kid}.pub")
 
     # -- review key ---------------------------------------------------------

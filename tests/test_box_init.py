@@ -110,3 +110,23 @@ def test_a_model_with_control_characters_is_refused(box):
     )
     assert answer.status_code == 400 and answer.json()["field"] == "model"
     assert box.store.one("SELECT COUNT(*) AS n FROM devices")["n"] == 0
+
+
+def test_an_import_the_custody_log_cannot_record_leaves_the_old_key_active(box_config, tmp_path):
+    import sqlite3
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from edgebox.keys import pem_public
+
+    status = json.loads(run_cli("status", "--json", config=box_config).stdout)
+    conn = sqlite3.connect(box_config.parent / "data" / "box.db")
+    conn.execute("DROP TABLE custody")  # the log cannot take the event
+    conn.commit()
+    conn.close()
+    new = tmp_path / "central.pub"
+    new.write_bytes(pem_public(X25519PrivateKey.generate().public_key()))
+    result = run_cli("keys", "import-central", str(new), config=box_config)
+    assert result.returncode != 0
+    active = (box_config.parent / "data" / "keys" / "central" / "active").read_text().strip()
+    assert active == status["keys"]["central_key_id"]

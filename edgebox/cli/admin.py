@@ -109,8 +109,13 @@ def keys():
 def keys_import_central(public_key, config_file, as_json):
     """Make PUBLIC_KEY (X25519, PEM or base64) the key new recordings are wrapped to."""
     with opened_box(config_file) as box:
+        previous = box.keys.active_central_id()
         kid = box.keys.import_central(x25519_public_from_file(public_key))
-        custody.record(box.store, "key.central_imported", "operator", None, {"key_id": kid})
+        try:
+            custody.record(box.store, "key.central_imported", "operator", None, {"key_id": kid})
+        except BaseException:  # no active key that the custody log does not show
+            box.keys.activate_central(previous)
+            raise
     emit({"central_key_id": kid}, as_json, lambda r: click.echo(f"central key {kid} is active"))
 
 
