@@ -69,33 +69,29 @@ def test_import_central_key(box_config, tmp_path):
     assert status["keys"]["central_key_id"] == key_id(new)
 
 
+def add_supervisor(config, name: str, secret_file, new_secret_file):
+    """Run `edgebox keys add-supervisor NAME` with both secrets from files."""
+    return run_cli(
+        "keys",
+        "add-supervisor",
+        name,
+        "--secret-file",
+        str(secret_file),
+        "--new-secret-file",
+        str(new_secret_file),
+        config=config,
+    )
+
+
 def test_add_supervisor_slot(box_config, tmp_path):
     old, new = tmp_path / "old", tmp_path / "new"
     old.write_text(SECRET)
     new.write_text("second-supervisor-secret")
-    result = run_cli(
-        "keys",
-        "add-supervisor",
-        "sgt-peeters",
-        "--secret-file",
-        str(old),
-        "--new-secret-file",
-        str(new),
-        config=box_config,
-    )
+    result = add_supervisor(box_config, "sgt-peeters", old, new)
     assert result.returncode == 0, result.stderr
     wrong = tmp_path / "wrong"
     wrong.write_text("not the secret at all")
-    result = run_cli(
-        "keys",
-        "add-supervisor",
-        "intruder",
-        "--secret-file",
-        str(wrong),
-        "--new-secret-file",
-        str(new),
-        config=box_config,
-    )
+    result = add_supervisor(box_config, "intruder", wrong, new)
     assert result.returncode == 2 and "wrong review secret" in result.stderr
 
 

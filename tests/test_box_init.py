@@ -8,6 +8,7 @@ import json
 import requests
 
 from tests.conftest import SECRET, run_cli
+from tests.test_box_cli import add_supervisor
 
 GOOD = {"EDGEBOX_REVIEW_SECRET": SECRET}
 
@@ -87,16 +88,7 @@ def test_an_existing_supervisor_slot_is_never_replaced(box_config, tmp_path):
     slots = box_config.parent / "data" / "keys" / "review-slots"
     (existing,) = slots.glob("*.json")
     before = existing.read_bytes()
-    result = run_cli(
-        "keys",
-        "add-supervisor",
-        existing.stem,
-        "--secret-file",
-        str(old),
-        "--new-secret-file",
-        str(new),
-        config=box_config,
-    )
+    result = add_supervisor(box_config, existing.stem, old, new)
     assert result.returncode == 2 and "already exists" in result.stderr
     assert existing.read_bytes() == before
 
