@@ -391,7 +391,9 @@ def test_a_clip_recorded_but_never_queued_is_queued_and_delivered(sim_camera, tu
     assert not clip.exists()
 
 
-def test_leftovers_of_a_crash_are_tidied_and_fresh_files_left_alone(sim_camera, tus_box):
+def test_leftovers_of_a_crash_are_tidied_kept_or_delivered(sim_camera, tus_box):
+    """A confirmed clip's copy goes; a half-written clip is footage, so it is delivered
+    (marked incomplete) before it goes; a fresh file is left to its recording thread."""
     delivered = sim_camera.outbox / "BWC-7_20261129T101500Z_00001.mp4"
     delivered.write_bytes(b"already confirmed by the box")
     sim_camera._state.drop({"file": delivered.name}, delivered={"recording_id": "r", "sha256": "x"})
@@ -400,9 +402,14 @@ def test_leftovers_of_a_crash_are_tidied_and_fresh_files_left_alone(sim_camera, 
     _age(half)
     fresh = sim_camera.outbox / "BWC-7_20261129T101700Z_00003.mp4"
     fresh.write_bytes(b"being queued right now by the recording thread")
-    assert sim_camera.upload_pending() == []
+    [result] = sim_camera.upload_pending(chunk_size=8 << 10)
+    assert result.status == "delivered"
+    assert result.path.endswith("BWC-7_20261129T101600Z_00002.mp4")
+    [upload] = tus_box.uploads.values()
+    assert upload["data"] == b"an encoder killed mid-clip"
+    assert upload["metadata"]["incomplete"] == "true"
     assert not delivered.exists() and not half.exists()
-    assert fresh.exists() and tus_box.uploads == {}
+    assert fresh.exists()
 
 
 def test_two_processes_on_one_state_folder_deliver_each_clip_once(tmp_path, tus_box):

@@ -191,12 +191,15 @@ class CameraSim:
         self._log(f"[{self.serial}] recorded {name} ({info.size} bytes, {seconds:g} s)")
         return info.path
 
-    def _queue_stranded(self, path: Path) -> None:
+    def _queue_stranded(self, path: Path, incomplete: bool) -> None:
         """Queue a clip found in the outbox with no queue entry: the camera died between
-        recording it and queueing it. What the name holds (serial, start time) and the file
-        itself (hash, size) are sent; `recovered` tells the box the rest was lost."""
+        recording it and queueing it (or, `incomplete`, while recording it). What the name
+        holds (serial, start time) and the file itself (hash, size) are sent; `recovered`
+        tells the box the rest was lost."""
         found = _CLIP_NAME.match(path.name)
         metadata = {"filename": path.name, "serial": self.serial, "recovered": "true"}
+        if incomplete:
+            metadata["incomplete"] = "true"  # the encoder was killed: no playable index
         if found:
             started = dt.datetime.strptime(found["started"], "%Y%m%dT%H%M%SZ")
             metadata["started_at"] = started.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -225,8 +228,8 @@ class CameraSim:
         stop = stop_event or self._stop
         results = []
         with self._state.held():
-            for path in self._state.tidy_outbox():
-                self._queue_stranded(path)
+            for path, incomplete in self._state.tidy_outbox():
+                self._queue_stranded(path, incomplete)
             for entry in self.pending:
                 if entry["status"] != "queued":
                     continue

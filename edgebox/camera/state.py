@@ -72,24 +72,29 @@ class CameraState:
                     os.close(self._lock_fd)  # releases the flock
                     self._lock_fd = -1
 
-    def tidy_outbox(self) -> list[Path]:
-        """After a crash: delete outbox copies of clips the box already confirmed, delete
-        recordings a killed encoder left half-written, and return settled clips that no
-        queue entry names (recorded, then the camera died before queueing them)."""
+    def tidy_outbox(self) -> list[tuple[Path, bool]]:
+        """After a crash: delete outbox copies of clips the box already confirmed, and return
+        settled clips that no queue entry names, each with whether it is incomplete: clips
+        recorded just before the camera died, and what a killed encoder left half-written
+        (renamed to a clip name; footage is kept until the box holds it, never dropped)."""
         with self.held():
             queued = {e["file"] for e in self._data["pending"]}
             delivered = {e["file"] for e in self._data["delivered"]}
             settled = time.time() - SETTLED_SECONDS
             stranded = []
             for path in sorted(self.outbox.iterdir()):
-                old = path.stat().st_mtime < settled
                 if path.name in delivered and path.name not in queued:
                     path.unlink()
-                elif path.name.endswith(".part") and old:
-                    path.unlink()
-                elif path.suffix == ".mp4" and not path.name.startswith(".") and old:
-                    if path.name not in queued:
-                        stranded.append(path)
+                    continue
+                if path.stat().st_mtime >= settled:
+                    continue  # may still be written or queued by a live recording
+                if path.name.startswith(".") and path.name.endswith(".mp4.part"):
+                    whole = path.with_name(path.name[1 : -len(".part")])
+                    if not whole.exists():
+                        path.rename(whole)
+                        stranded.append((whole, True))
+                elif path.suffix == ".mp4" and path.name not in queued:
+                    stranded.append((path, False))
             return stranded
 
     def __getitem__(self, key: str):
