@@ -92,10 +92,8 @@ def make_checkpoint(store: Store, box_id: str, identity: Ed25519PrivateKey) -> d
                 f"{last[0]}: entries were cut, not signing"
             )
         walk = ChainWalk(*(last or (0, GENESIS)))
-        cursor = db.execute("SELECT * FROM custody WHERE seq > ? ORDER BY seq", [walk.seq])
-        names = [column[0] for column in cursor.description]
-        for row in cursor:
-            walk.step(dict(zip(names, row, strict=True)))
+        for row in db.query("SELECT * FROM custody WHERE seq > ? ORDER BY seq", [walk.seq]):
+            walk.step(row)
         if walk.problems:
             raise CustodyError(
                 "custody chain damaged since the last checkpoint, not signing: "

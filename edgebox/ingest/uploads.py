@@ -149,10 +149,11 @@ class Uploads:
         """The upload's row as it is now."""
         return self.store.one("SELECT * FROM uploads WHERE id = ?", (row["id"],)) or row
 
-    def _open_row(self, upload_id: str, device: dict) -> dict:
-        """The row of an upload still taking bytes: 409 once finished, 410 once ended or past
-        its Upload-Expires (even before the expiry job has run)."""
-        row = self._row(upload_id, device)
+    def _open_row(self, upload_id: str, device: dict, row: dict | None = None) -> dict:
+        """The row of an upload still taking bytes (`row`, if the caller has read it): 409
+        once finished, 410 once ended or past its Upload-Expires (even before the expiry job
+        has run)."""
+        row = row or self._row(upload_id, device)
         if row["state"] == "finished":
             raise IngestError("upload already complete", status=409)
         if row["state"] != "receiving":
@@ -300,7 +301,7 @@ class Uploads:
         row = self._row(upload_id, device)
         if row["state"] == "finished":
             return self._finished_progress(row)
-        row = self._open_row(upload_id, device)
+        self._open_row(upload_id, device, row)
         active = self._active_writer(row)
         if not active.lock.acquire(blocking=False):  # a PATCH is running: never wait for it
             return Progress(upload_id, active.durable, row["length"], row["expires_at"])
