@@ -69,8 +69,8 @@ def store_alone(root: Path, box_id: str, nbytes: int) -> tuple[float, dict[str, 
 
     (seconds, {"receiver": CPU seconds of this process}).
     """
-    from edgebox import direct_io
     from edgebox.central.files import Transfer
+    from edgebox.lowlevel import direct_io
     from edgebox.sync import protocol
 
     transfer = Transfer(root, box_id, "store-bench")

@@ -24,7 +24,7 @@ from edgebox.errors import EdgeboxError, KeyAccessError
 from edgebox.ingest.metadata import parse_recording_metadata
 from edgebox.keys import Keyring
 from edgebox.recordings import data_key_for
-from edgebox.replication import refuse_if_running
+from edgebox.replication.litestream import refuse_if_running
 
 ADOPTED_KEY = "edgebox:adopted"  # in `metadata`; no camera can send it (keys exclude ':')
 UNKNOWN_SERIAL = "unknown"

@@ -18,7 +18,7 @@ from edgebox.errors import ConfigError, CustodyError
 from edgebox.ingest.pairing import Pairing
 from edgebox.ingest.uploads import IngestSettings, Uploads
 from edgebox.keys import Keyring, certificate_fingerprint
-from edgebox.replication import replication_status
+from edgebox.replication.litestream import replication_status
 from edgebox.review import ReviewKeys
 from edgebox.sync import state as sync_state
 from edgebox.users import Users
@@ -75,7 +75,7 @@ class Box:
             None,
             {"recovered": {k: len(v) for k, v in report.items()}},
         )
-        from edgebox.replication import Replicator
+        from edgebox.replication.litestream import Replicator
 
         # Not in _running: it must outlive the last checkpoint written by stop().
         self.replicator = Replicator(self.config).start()

@@ -102,7 +102,7 @@ def run_demo(
         )
         if not once:
             log("press Ctrl-C to stop")
-            from edgebox.cli.running import wait_for_signal
+            from edgebox.lowlevel.signals import wait_for_signal
 
             wait_for_signal(box.stop_event)
         return status

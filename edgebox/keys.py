@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
-from edgebox.durable import atomic_write, write_private
 from edgebox.errors import KeyAccessError, NotFound
+from edgebox.lowlevel.durable import atomic_write, write_private
 
 HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 HPKE_NAME = "HPKE-X25519-SHA256-AES256GCM"

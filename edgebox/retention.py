@@ -30,7 +30,7 @@ from pathlib import Path
 
 from edgebox import custody, vault
 from edgebox.clock import iso, parse_rfc3339, utcnow
-from edgebox.durable import fsync_dir
+from edgebox.lowlevel.durable import fsync_dir
 from edgebox.sync.outbox import queue_meta
 
 log = logging.getLogger(__name__)

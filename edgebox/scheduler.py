@@ -101,7 +101,7 @@ def storage_watermarks(box, now: dt.datetime | None = None) -> dict:
 
 def litestream_health(box, now: dt.datetime | None = None) -> dict:
     """Check that Litestream runs and keeps up; `edgebox.replication` owns the details."""
-    from edgebox.replication import health_job
+    from edgebox.replication.litestream import health_job
 
     report = health_job(box)
     return {k: report.get(k) for k in ("state", "lag_seconds", "restarts", "last_error")}

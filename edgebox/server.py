@@ -15,7 +15,7 @@ from cheroot.makefile import StreamReader, StreamWriter
 from cheroot.server import HeaderReader, HTTPConnection, HTTPRequest
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from edgebox.tls_records import Read, record_reader
+from edgebox.lowlevel.tls_records import Read, record_reader
 from edgebox.web import create_app
 
 BULK_READ = 64 << 10
@@ -58,7 +58,7 @@ class BulkStreamReader(StreamReader):
 
 
 def _record_reader(raw) -> Read:
-    """One C call per TLS record for a body read (`edgebox.tls_records`); the raw stream's
+    """One C call per TLS record for a body read (`edgebox.lowlevel.tls_records`); the raw stream's
     `readinto` where its socket is not at hand."""
     sock = getattr(raw, "_sock", None)
     if sock is None:

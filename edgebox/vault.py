@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from edgebox import direct_append
-from edgebox.durable import fsync_dir
 from edgebox.errors import VaultError
+from edgebox.lowlevel import direct_append
+from edgebox.lowlevel.durable import fsync_dir
 
 MAGIC = b"EBVAULT\x01"
 FORMAT_VERSION = 1
@@ -310,7 +310,7 @@ class _Hashing:
 @dataclass
 class Writer:
     """Encrypts a recording segment by segment as its bytes arrive; memory stays ~2 segments
-    plus the staging buffers of its output (`edgebox.direct_append`), which segments are
+    plus the staging buffers of its output (`edgebox.lowlevel.direct_append`), which segments are
     encrypted straight into."""
 
     path: Path

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from edgebox import replication_config as lsconf
 from edgebox.central.receiver import Receiver
 from edgebox.central.replicas import ReplicaCopyError, ReplicaStore
 from edgebox.config import Config
 from edgebox.keys import Keyring
-from edgebox.replication_set import set_id
+from edgebox.replication import config as lsconf
+from edgebox.replication.fileset import set_id
 from edgebox.sync import protocol
 
 # Litestream 0.5 settings that make compaction and retention happen within seconds.

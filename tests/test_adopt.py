@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from edgebox import replication_config as lsconf
 from edgebox import vault
 from edgebox.config import load_config
+from edgebox.replication import config as lsconf
 from tests.conftest import SECRET, BoxProcess, Camera, enroll, make_box, run_cli
 from tests.test_replication import (
     MIB,

@@ -13,7 +13,7 @@ import pytest
 
 PROBE = """
 import json, resource, sys, threading
-from edgebox import allocator
+from edgebox.lowlevel import allocator
 applied = allocator.tune() if sys.argv[1] == "tuned" else {}
 faults = []
 def work():

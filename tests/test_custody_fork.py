@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edgebox import custody
-from edgebox import replication_config as lsconf
 from edgebox.central.index import Index
 from edgebox.central.receiver import Receiver
 from edgebox.cli import opened_box
@@ -20,6 +19,7 @@ from edgebox.config import load_config
 from edgebox.db import Store
 from edgebox.keys import Keyring
 from edgebox.recordings import seal_recording
+from edgebox.replication import config as lsconf
 from edgebox.sync import protocol
 from tests.conftest import SECRET, BoxProcess, make_box, run_cli
 from tests.sync_fixtures import alarms, central_workers, upstream_env, wait_for

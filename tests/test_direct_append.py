@@ -15,10 +15,10 @@ import subprocess
 
 import pytest
 
-from edgebox import direct_append
-from edgebox.direct_append import BufferPool, DirectAppender
-from edgebox.direct_io import ALIGN
 from edgebox.errors import VaultError
+from edgebox.lowlevel import direct_append
+from edgebox.lowlevel.direct_append import BufferPool, DirectAppender
+from edgebox.lowlevel.direct_io import ALIGN
 from edgebox.vault import HEADER_AREA, Reader, Writer, new_header
 from tests.test_full_disk import fill_up, small_disk  # noqa: F401  (a fixture)
 

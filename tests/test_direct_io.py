@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from edgebox import direct_io
+from edgebox.lowlevel import direct_io
 
 
 def _direct_allowed(folder) -> bool:

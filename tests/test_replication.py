@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from edgebox import replication_config as lsconf
 from edgebox.config import load_config
-from edgebox.replication import Replicator, replication_status
+from edgebox.replication import config as lsconf
+from edgebox.replication.litestream import Replicator, replication_status
 from tests.conftest import SECRET, BoxProcess, enroll, make_box, run_cli
 from tests.test_ingest import _send_partial, upload_all
 
@@ -221,7 +221,7 @@ def test_killing_the_supervising_process_takes_litestream_with_it(tmp_path):
     script = (
         "import sys, time\n"
         "from edgebox.config import load_config\n"
-        "from edgebox.replication import Replicator\n"
+        "from edgebox.replication.litestream import Replicator\n"
         "Replicator(load_config(sys.argv[1])).start()\n"
         "print('started', flush=True)\n"
         "time.sleep(600)\n"

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from edgebox import custody, replication_set
-from edgebox import replication_config as lsconf
+from edgebox import custody
 from edgebox.box import Box
 from edgebox.central.index import Index
 from edgebox.central.replicas import ReplicaStore
 from edgebox.config import load_config
 from edgebox.db import Store
 from edgebox.errors import ConfigError
-from edgebox.replication import claim_replica
-from edgebox.replication_config import MARKER_NAME
+from edgebox.replication import config as lsconf
+from edgebox.replication import fileset as replication_set
+from edgebox.replication.config import MARKER_NAME
+from edgebox.replication.litestream import claim_replica
 from edgebox.sync import protocol
 from edgebox.sync import state as sync_state
 from tests.conftest import BoxProcess, enroll, make_box, run_cli

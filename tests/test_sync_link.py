@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgebox import direct_io
+from edgebox.lowlevel import direct_io
 from edgebox.sync.link import Link, LinkSettings
 from edgebox.sync.paho_client import DIRECT, LeanClient, empty_in_packet
 from tests.brokers import close_client, connect_client

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from edgebox import direct_append
 from edgebox.errors import VaultError
 from edgebox.keys import key_id, unwrap_key, wrap_key
+from edgebox.lowlevel import direct_append
 from edgebox.vault import (
     HEADER_AREA,
     MAGIC,

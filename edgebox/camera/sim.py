@@ -37,7 +37,7 @@ from edgebox.camera.pinning import (
 from edgebox.camera.state import CERT_FILE, CameraState
 from edgebox.camera.tus import TUS_PATH, RetryLater, TusClient, UploadGone, UploadRejected
 from edgebox.clips import make_clip, sha256_file
-from edgebox.durable import write_private
+from edgebox.lowlevel.durable import write_private
 
 DEFAULT_CHUNK = 4 << 20
 DEFAULT_MODEL = "EdgeBox SimCam 1"

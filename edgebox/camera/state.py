@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgebox.camera.errors import CameraError
-from edgebox.durable import write_private
+from edgebox.lowlevel.durable import write_private
 
 STATE_FILE = "camera.json"
 CERT_FILE = "box-cert.pem"

@@ -43,9 +43,9 @@ from edgebox.central.package import (
     verify_package,
 )
 from edgebox.clock import iso
-from edgebox.durable import fsync_dir
 from edgebox.errors import CustodyError, EdgeboxError, KeyAccessError, NotFound, VaultError
 from edgebox.keys import key_id
+from edgebox.lowlevel.durable import fsync_dir
 from edgebox.recordings import data_key_for
 from edgebox.sync.protocol import check_signature
 

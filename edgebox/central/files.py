@@ -4,7 +4,7 @@ Layout under the store folder:
 
 - `transfers/<box>/<tid>/init.json`: the accepted init message;
 - `transfers/<box>/<tid>/data`: the file, preallocated, written by offset (around the
-  page cache where it can, `edgebox.direct_io`);
+  page cache where it can, `edgebox.lowlevel.direct_io`);
 - `transfers/<box>/<tid>/present`: one byte per segment, 1 once it is stored and
   hash-checked;
 - `boxes/<box>/recordings/<recording>.ebv` and `.manifest.json`: complete recordings;
@@ -24,8 +24,8 @@ import shutil
 import zlib
 from pathlib import Path
 
-from edgebox import direct_io
-from edgebox.durable import atomic_write, fsync_dir
+from edgebox.lowlevel import direct_io
+from edgebox.lowlevel.durable import atomic_write, fsync_dir
 
 LOCK_STRIPES = 64
 

@@ -13,11 +13,12 @@ import json
 import re
 from pathlib import Path
 
-from edgebox import replication_set, vault
+from edgebox import vault
 from edgebox.central.files import Transfer, recording_path
 from edgebox.central.index import Index
 from edgebox.central.replicas import ReplicaStore
 from edgebox.clock import iso
+from edgebox.replication import fileset as replication_set
 from edgebox.sync import protocol
 from edgebox.sync.protocol import ProtocolError
 

@@ -25,11 +25,11 @@ import os
 import shutil
 from pathlib import Path
 
-from edgebox import replication_set
 from edgebox.clock import iso
-from edgebox.durable import atomic_write, fsync_dir
 from edgebox.errors import EdgeboxError
-from edgebox.replication_config import MARKER_NAME
+from edgebox.lowlevel.durable import atomic_write, fsync_dir
+from edgebox.replication import fileset as replication_set
+from edgebox.replication.config import MARKER_NAME
 from edgebox.sync import protocol
 from edgebox.vault import file_sha256
 

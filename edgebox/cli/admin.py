@@ -176,7 +176,7 @@ def recordings_adopt(files, secret_file, config_file, as_json):
     first): each is decrypted and checked whole. FILES limits it to those vault file names.
     Exit 1 when a file was skipped."""
     from edgebox.adopt import adopt_orphans, describe, unlock_supervisor
-    from edgebox.replication import refuse_if_running
+    from edgebox.replication.litestream import refuse_if_running
 
     with opened_box(config_file) as box:
         refuse_if_running(box.config)  # before asking for the secret

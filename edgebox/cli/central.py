@@ -37,9 +37,9 @@ def central():
 @handle_errors
 def run_central(broker, store, workers, ca, cert, key, username, password_file):
     """Receive from every box until stopped (SIGTERM or Ctrl-C)."""
-    from edgebox import allocator
     from edgebox.central.worker import central_settings, run_until, start_workers
-    from edgebox.cli.running import wait_for_signal
+    from edgebox.lowlevel import allocator
+    from edgebox.lowlevel.signals import wait_for_signal
 
     allocator.tune()
 

@@ -39,7 +39,7 @@ from edgebox.cli import (
 @handle_errors
 def restore(from_path, force, adopt, secret_file, config_file, as_json):
     """Rebuild the box's database from its Litestream replica (stop the box first)."""
-    from edgebox.replication import restore_database
+    from edgebox.replication.litestream import restore_database
 
     config = load(config_file)
     unlocked = None
@@ -97,7 +97,7 @@ def replication():
 @handle_errors
 def replication_status_cmd(config_file, as_json):
     """Is Litestream running, how far the replica has got, and its last error."""
-    from edgebox.replication import replication_status
+    from edgebox.replication.litestream import replication_status
 
     report = replication_status(load(config_file))
 

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 import click
 
 from edgebox.cli import config_option, handle_errors, load, main
 from edgebox.config import parse_listen
-
-
-def wait_for_signal(stop: threading.Event) -> None:
-    """Block until SIGINT/SIGTERM (or `stop` is set by someone else)."""
-
-    def _stop(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    while not stop.wait(0.5):
-        pass
+from edgebox.lowlevel.signals import wait_for_signal
 
 
 @main.command()
@@ -30,8 +17,8 @@ def wait_for_signal(stop: threading.Event) -> None:
 @handle_errors
 def run(config_file, listen):
     """Run the box: HTTPS ingest and web UI, custody checkpoints and scheduled jobs."""
-    from edgebox import allocator
     from edgebox.box import Box
+    from edgebox.lowlevel import allocator
 
     allocator.tune()
 

@@ -33,8 +33,8 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.exception import MalformedPacket
 
-from edgebox import direct_io
-from edgebox.tls_records import record_reader
+from edgebox.lowlevel import direct_io
+from edgebox.lowlevel.tls_records import record_reader
 
 DIRECT = 64 * 1024  # a QoS 0/1 PUBLISH this long or longer is read into its payload's buffer
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import logging
 import time
 
-from edgebox import replication_config as lsconf
-from edgebox import replication_set
 from edgebox.clock import iso
 from edgebox.errors import EdgeboxError
-from edgebox.replication_config import MARKER_NAME
+from edgebox.replication import config as lsconf
+from edgebox.replication import fileset as replication_set
+from edgebox.replication.config import MARKER_NAME
 from edgebox.sync import protocol, state
 from edgebox.sync.transfer import SegmentedTransfer
 

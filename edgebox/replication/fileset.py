@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from edgebox.errors import EdgeboxError
-from edgebox.replication_config import MARKER_NAME, ltx_files
+from edgebox.replication.config import MARKER_NAME, ltx_files
 from edgebox.vault import canonical, file_sha256
 
 SNAPSHOT_LEVEL = 9

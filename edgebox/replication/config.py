@@ -18,8 +18,8 @@ from pathlib import Path
 
 from edgebox.clock import iso
 from edgebox.config import Config, resolve
-from edgebox.durable import atomic_write
 from edgebox.errors import EdgeboxError
+from edgebox.lowlevel.durable import atomic_write
 
 DB_NAME = "box.db"
 CONFIG_NAME = "litestream.yml"

@@ -24,11 +24,11 @@ import threading
 import time
 from pathlib import Path
 
-from edgebox import replication_config as lsconf
 from edgebox.clock import iso
 from edgebox.config import Config
-from edgebox.durable import atomic_write, fsync_dir
-from edgebox.replication_config import MARKER_NAME, ReplicationError
+from edgebox.lowlevel.durable import atomic_write, fsync_dir
+from edgebox.replication import config as lsconf
+from edgebox.replication.config import MARKER_NAME, ReplicationError
 
 log = logging.getLogger(__name__)
 
@@ -609,9 +609,10 @@ def _checked(config: Config, restored: Path) -> dict:
 def _record_restore(config: Config, restored: Path, details: dict) -> None:
     """Log the restore in the restored chain and sign a checkpoint over it (central accepts the
     restored history only with the box's signature on it), then fold the WAL in."""
-    from edgebox import custody, restored_seals
+    from edgebox import custody
     from edgebox.db import Store
     from edgebox.keys import Keyring
+    from edgebox.replication import restored_seals
 
     store = Store(restored)
     try:

@@ -24,7 +24,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from edgebox.direct_io import ALIGN, aligned, open_direct, write_all
+from edgebox.lowlevel.direct_io import ALIGN, aligned, open_direct, write_all
 
 STEP = 1 << 20  # bytes of one background write
 POOLED_BYTES = 17 << 20  # idle staging memory a pool keeps (but always two buffers)
