@@ -21,6 +21,12 @@ def assets_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "web"
 
 
+def untranslated(text: str, **values) -> str:
+    """The English text of a UI string, with its `%(name)s` values filled in (the templates
+    mark every string with `_()`, ready for the message catalogs)."""
+    return text % values if values else text
+
+
 def create_app(box, testing: bool = False) -> Flask:
     """Build the Flask app around a running `Box` (its services live in app.extensions)."""
     web = assets_dir()
@@ -49,6 +55,7 @@ def create_app(box, testing: bool = False) -> Flask:
     from edgebox.web.ui import ui
 
     app.jinja_env.globals["csrf_token"] = csrf_token
+    app.jinja_env.globals["_"] = untranslated
     app.jinja_env.filters["duration"] = duration
 
     @app.context_processor
