@@ -294,3 +294,23 @@ def m005_awaiting_seal(db: sqlite_utils.Database) -> None:
             WHERE sync_state = 'synced' AND sealed = 0;
         """
     )
+
+
+@migrations()
+def m120_security_web_sessions(db: sqlite_utils.Database) -> None:
+    """Web sessions held by the box, so a logout ends one on the server: the cookie carries a
+    random session id, the table its SHA-256 (a replica or a stolen database holds no usable
+    id). A session row ends at logout, logout everywhere, a disabled account or a changed
+    password; a cookie whose row has ended is refused."""
+    db.executescript(
+        """
+        CREATE TABLE web_sessions (
+            id TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            source TEXT,
+            created_at TEXT NOT NULL,
+            ended_at TEXT
+        );
+        CREATE INDEX web_sessions_user ON web_sessions(user_id) WHERE ended_at IS NULL;
+        """
+    )

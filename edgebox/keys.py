@@ -299,6 +299,12 @@ class Keyring:
 
     def unlock_review(self, secret: str, name: str | None = None) -> X25519PrivateKey:
         """Open the review key with a supervisor secret (any slot unless `name` is given)."""
+        return self.unlock_review_slot(secret, name)[1]
+
+    def unlock_review_slot(
+        self, secret: str, name: str | None = None
+    ) -> tuple[str, X25519PrivateKey]:
+        """(slot name, review key): which supervisor slot `secret` opened, and the key."""
         names = [name] if name else self.review_slots()
         for slot_name in names:
             path = self.root / "review-slots" / f"{slot_name}.json"
@@ -317,5 +323,5 @@ class Keyring:
                 )
             except InvalidTag:
                 continue
-            return X25519PrivateKey.from_private_bytes(raw)
+            return slot_name, X25519PrivateKey.from_private_bytes(raw)
         raise KeyAccessError("wrong review secret")

@@ -1,25 +1,32 @@
 """People who use the box: crew, supervisors and regional IT, with argon2id passwords.
 
-Failed logins are counted per user; after `MAX_FAILURES` the account locks for
-`LOCK_MINUTES`. Raising a user's session epoch ends every session they hold.
+Failed logins brake (429) the source address and the user name after `BRAKE_FAILURES`
+within `BRAKE_MINUTES`, the same for names that exist and names that do not; accounts are
+never locked, so nobody can lock another out or learn which names exist. Raising a user's
+session epoch ends every session they hold.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
+import secrets
+import threading
+import time
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from edgebox import custody
-from edgebox.clock import iso, parse_rfc3339, utcnow
+from edgebox.brake import Brake
+from edgebox.clock import iso, utcnow
 from edgebox.db import Store
 from edgebox.errors import EdgeboxError, NotFound
 
 ROLES = ("crew", "supervisor", "admin")
-MAX_FAILURES = 5
-LOCK_MINUTES = 15
+BRAKE_FAILURES = 10
+BRAKE_MINUTES = 15
 MIN_PASSWORD = 10
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}$")
 _hasher = PasswordHasher()
@@ -41,6 +48,9 @@ class Users:
 
     def __init__(self, store: Store):
         self.store = store
+        self.source_brake = Brake(BRAKE_FAILURES, BRAKE_MINUTES * 60)
+        self.name_brake = Brake(BRAKE_FAILURES, BRAKE_MINUTES * 60)
+        self._failures = FailureLog(store)
 
     def add(self, username: str, role: str, password: str, actor: str = "operator") -> dict:
         """Create a user; the name is lower-case letters, digits, '.', '_' or '-'."""
@@ -95,6 +105,7 @@ class Users:
                 "WHERE username = ?",
                 [int(disabled), username],
             )
+            _end_sessions(db, "user_id = (SELECT id FROM users WHERE username = ?)", username)
             custody.append(db, "user.disabled" if disabled else "user.enabled", actor, username, {})
         return self.get(username)
 
@@ -108,67 +119,147 @@ class Users:
                 " session_epoch = session_epoch + 1 WHERE username = ?",
                 [_hasher.hash(password), username],
             )
+            _end_sessions(db, "user_id = (SELECT id FROM users WHERE username = ?)", username)
             custody.append(db, "user.password_changed", actor, username, {})
 
     def logout_everywhere(self, user_id: int, actor: str) -> None:
         """End every session of a user."""
         with self.store.write() as db:
             db.execute("UPDATE users SET session_epoch = session_epoch + 1 WHERE id = ?", [user_id])
+            _end_sessions(db, "user_id = ?", user_id)
             custody.append(db, "user.logout_everywhere", actor, str(user_id), {})
 
+    def start_session(self, user_id: int, source: str = "") -> str:
+        """A new web session for a user who just logged in; returns its id (for the cookie)."""
+        token = secrets.token_urlsafe(32)
+        with self.store.write() as db:
+            db["web_sessions"].insert(
+                {
+                    "id": _session_key(token),
+                    "user_id": user_id,
+                    "source": source,
+                    "created_at": iso(),
+                }
+            )
+        return token
+
+    def session_user(self, token: str, max_age_hours: float) -> dict | None:
+        """The user row of a live session (with `session_id`, the key of that session), or
+        None when the session ended, is older than `max_age_hours`, or its user is disabled."""
+        if not isinstance(token, str) or not token:
+            return None
+        since = iso(utcnow() - dt.timedelta(hours=max_age_hours))
+        key = _session_key(token)
+        row = self.store.one(
+            "SELECT u.* FROM web_sessions s JOIN users u ON u.id = s.user_id "
+            "WHERE s.id = ? AND s.ended_at IS NULL AND s.created_at > ? AND u.disabled = 0",
+            (key, since),
+        )
+        return {**row, "session_id": key} if row else None
+
+    def end_session(self, token: str) -> str:
+        """End one web session (logout); returns its key."""
+        key = _session_key(token or "")
+        with self.store.write() as db:
+            _end_sessions(db, "id = ?", key)
+        return key
+
     def authenticate(self, username: str, password: str, source: str = "") -> dict:
-        """Check a login; failures are counted, logged, and lock the account after a few."""
-        now = utcnow()
-        row = self.store.one("SELECT * FROM users WHERE username = ?", (username or "",))
-        if row is None:
-            _verify(_DUMMY, password or "")  # same work as for a real user
-            custody.record(
-                self.store,
-                "user.login_failed",
-                "anonymous",
-                username[:64] if username else None,
-                {"reason": "unknown user", "source": source},
+        """Check a login. Unknown names, disabled accounts and wrong passwords get the same
+        answer (401); failures brake the source address and the name alike (429), whether
+        the name exists or not, so nobody learns which accounts exist or can lock one."""
+        name = (username or "")[:64]
+        wait = max(self.source_brake.wait(source), self.name_brake.wait(name))
+        if wait:
+            self._failures.failed(name, source, "braked")
+            raise AuthError(f"too many failed logins; try again in {wait} seconds", status=429)
+        row = self.store.one("SELECT * FROM users WHERE username = ?", (name,))
+        verified = _verify(row["password_hash"] if row else _DUMMY, password or "")
+        if row is None or row["disabled"] or not verified:
+            self.source_brake.failed(source)
+            self.name_brake.failed(name)
+            reason = (
+                "unknown user"
+                if row is None
+                else "disabled"
+                if row["disabled"]
+                else ("wrong password")
             )
+            self._failures.failed(name, source, reason)
             raise AuthError("wrong user name or password")
-        if row["locked_until"] and parse_rfc3339(row["locked_until"]) > now:
-            custody.record(
-                self.store,
-                "user.login_failed",
-                row["username"],
-                row["username"],
-                {"reason": "locked", "source": source},
-            )
-            raise AuthError(
-                f"account locked after {MAX_FAILURES} failed logins; try again "
-                f"after {row['locked_until'][:16].replace('T', ' ')} UTC",
-                status=423,
-            )
-        if row["disabled"]:
-            raise AuthError("this account is disabled", status=403)
-        if not _verify(row["password_hash"], password or ""):
-            failures = row["failed_logins"] + 1
-            locked = (
-                iso(now + dt.timedelta(minutes=LOCK_MINUTES)) if failures >= MAX_FAILURES else None
-            )
-            with self.store.write() as db:
-                db.execute(
-                    "UPDATE users SET failed_logins = ?, locked_until = ? WHERE id = ?",
-                    [0 if locked else failures, locked, row["id"]],
-                )
-                custody.append(
-                    db,
-                    "user.login_failed",
-                    row["username"],
-                    row["username"],
-                    {"reason": "wrong password", "source": source, "locked_until": locked},
-                )
-            raise AuthError("wrong user name or password")
+        self.name_brake.forget(name)
+        self._failures.flush()
         with self.store.write() as db:
             db.execute(
                 "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?", [row["id"]]
             )
             custody.append(db, "user.login", row["username"], row["username"], {"source": source})
         return self.by_id(row["id"])
+
+
+class FailureLog:
+    """Writes failed logins to custody, at most `per_window` entries each `window` seconds;
+    failures beyond that are counted and written as one aggregated entry (at the next failure
+    or successful login after the window), so a flood of guesses cannot flood the chain."""
+
+    def __init__(self, store: Store, per_window: int = 20, window: float = 60.0, clock=None):
+        self.store = store
+        self.per_window = per_window
+        self.window = window
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._started = self._clock()
+        self._written = 0
+        self._held = 0
+        self._held_sources: dict[str, int] = {}
+
+    def failed(self, name: str, source: str, reason: str) -> None:
+        """Log one failed login (or count it, past this window's budget)."""
+        with self._lock:
+            self._roll()
+            if self._written >= self.per_window:
+                self._held += 1
+                if source in self._held_sources or len(self._held_sources) < 16:
+                    self._held_sources[source] = self._held_sources.get(source, 0) + 1
+                return
+            self._written += 1
+        custody.record(
+            self.store,
+            "user.login_failed",
+            "anonymous",
+            name or None,
+            {"reason": reason, "source": source},
+        )
+
+    def flush(self) -> None:
+        """Write the aggregated entry of a finished window, if failures were held back."""
+        with self._lock:
+            self._roll()
+
+    def _roll(self) -> None:
+        if self._clock() - self._started < self.window:
+            return
+        if self._held:
+            custody.record(
+                self.store,
+                "user.login_failed",
+                "anonymous",
+                None,
+                {"reason": "aggregated", "failures": self._held, "sources": self._held_sources},
+            )
+        self._started, self._written, self._held, self._held_sources = self._clock(), 0, 0, {}
+
+
+def _session_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _end_sessions(db, where: str, value) -> None:
+    # `where` is one of the fixed conditions above; the value is a bound parameter.
+    db.execute(
+        f"UPDATE web_sessions SET ended_at = ? WHERE ended_at IS NULL AND {where}",  # noqa: S608
+        [iso(), value],
+    )
 
 
 def _verify(hashed: str, password: str) -> bool:

@@ -87,6 +87,11 @@ def create_app(box, testing: bool = False) -> Flask:
     def _security_headers(response):
         if request.path.startswith("/tus"):  # also on the 405s and 500s Flask makes itself
             response.headers.setdefault("Tus-Resumable", TUS_VERSION)
+        if not request.path.startswith("/static/"):
+            # Pages and API answers carry evidence metadata: never kept by a browser or proxy.
+            response.headers["Cache-Control"] = "no-store"
+        if box.config.server.tls:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")

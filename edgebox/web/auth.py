@@ -1,10 +1,13 @@
 """Logins, sessions, roles and CSRF for the web UI and its JSON API.
 
-Sessions are signed cookies (Secure, HttpOnly, SameSite=Strict) carrying the user
-id, the user's session epoch and a CSRF token; raising the epoch ends every
-session of that user. Every state-changing request made with a session cookie
-must echo the CSRF token (header `X-CSRF-Token` or form field `csrf_token`).
-Cameras do not use sessions: the tus endpoint and enrollment are exempt.
+Sessions are held by the box (table `web_sessions`); the signed cookie (Secure,
+HttpOnly, SameSite=Strict) carries the session's random id and a CSRF token. Logout ends
+the session on the box, so a replayed cookie is refused; logout everywhere, a disabled
+account and a password change end every session of that user. Every state-changing
+request made with a session cookie must echo the CSRF token (header `X-CSRF-Token` or
+form field `csrf_token`), and a browser's cross-site request (Origin of another site,
+`Sec-Fetch-Site: cross-site`) is refused, the login form included. Cameras do not use
+sessions: the tus endpoint and enrollment are exempt.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import functools
 import hmac
 import secrets
-import time
+from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, current_app, g, jsonify, redirect, render_template, request, session
 
@@ -29,17 +32,26 @@ def _users() -> Users:
 
 
 def current_user() -> dict | None:
-    """The logged-in user of this request, or None (stale or revoked sessions count as none)."""
+    """The logged-in user of this request (with `session_id`), or None: an ended, expired or
+    unknown session, or a disabled user, counts as none."""
     if "user" in g:
         return g.user
-    g.user = None
-    user_id, epoch = session.get("uid"), session.get("epoch")
-    if user_id is None or time.time() - session.get("since", 0) > SESSION_HOURS * 3600:
-        return None
-    row = _users().by_id(user_id)
-    if row and not row["disabled"] and row["session_epoch"] == epoch:
-        g.user = row
+    g.user = _users().session_user(session.get("sid"), SESSION_HOURS)
     return g.user
+
+
+def safe_next(target) -> str:
+    """Where a login may send the browser: a path on this site, else "/". Refuses anything a
+    browser could read as another host (`//host`, `/\\host`, control characters such as a
+    TAB, which browsers drop, turning `/<TAB>/host` into `//host`)."""
+    if not isinstance(target, str) or not target.startswith("/") or len(target) > 2048:
+        return "/"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target) or "\\" in target:
+        return "/"
+    parts = urlsplit(target)
+    if target.startswith("//") or parts.scheme or parts.netloc:
+        return "/"
+    return target
 
 
 def require(*roles: str):
@@ -52,7 +64,8 @@ def require(*roles: str):
             if user is None:
                 if request.path.startswith("/api/"):
                     raise AuthError("log in first")
-                return redirect(f"/login?next={request.full_path.rstrip('?')}")
+                wanted = quote(request.full_path.rstrip("?"), safe="/")
+                return redirect(f"/login?next={wanted}")
             if roles and user["role"] not in roles:
                 raise AuthError(f"this needs the role {' or '.join(roles)}", status=403)
             return view(*args, **kwargs)
@@ -69,13 +82,25 @@ def csrf_token() -> str:
     return session["csrf"]
 
 
+def _cross_site() -> bool:
+    """Whether a browser says this request comes from another site (Fetch Metadata, or an
+    Origin that is not this box). Clients that send neither (scripts, curl) are not browsers
+    riding on someone's cookie, and still need the CSRF token."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    return origin is not None and origin != request.host_url.rstrip("/")
+
+
 @auth.before_app_request
 def _check_csrf():
     if request.method not in UNSAFE or request.path.startswith(CSRF_EXEMPT):
         return None
+    if _cross_site():
+        raise AuthError("cross-site requests are refused", status=403)
     if request.path == "/login":
-        return None  # a login starts a fresh session; SameSite=Strict keeps it same-site
-    if "uid" not in session:
+        return None  # a login starts a fresh session, and cross-site ones are refused above
+    if "sid" not in session:
         return None  # no session to ride on: the view itself answers 401
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
     expected = session.get("csrf", "")
@@ -91,7 +116,7 @@ def _source() -> str:
 @auth.get("/login")
 def login_form():
     """The login page."""
-    return render_template("login.html", error=None, next=request.args.get("next", "/"))
+    return render_template("login.html", error=None, next=safe_next(request.args.get("next")))
 
 
 @auth.post("/login")
@@ -99,30 +124,30 @@ def login():
     """Check the password, then start a fresh session (a new id, a new CSRF token)."""
     body = request.get_json(silent=True) if request.is_json else request.form
     username, password = (body or {}).get("username", ""), (body or {}).get("password", "")
+    target = safe_next((body or {}).get("next", "/"))
     try:
         user = _users().authenticate(str(username), str(password), _source())
     except AuthError as exc:
         if request.is_json:
             raise
-        return render_template("login.html", error=exc.message, next="/"), exc.status
+        return render_template("login.html", error=exc.message, next=target), exc.status
     session.clear()  # nothing from before the login survives (no session fixation)
     session.update(
-        uid=user["id"],
-        epoch=user["session_epoch"],
-        since=time.time(),
-        csrf=secrets.token_urlsafe(32),
+        sid=_users().start_session(user["id"], _source()), csrf=secrets.token_urlsafe(32)
     )
     if request.is_json:
         return jsonify(
             {"username": user["username"], "role": user["role"], "csrf_token": session["csrf"]}
         )
-    target = request.form.get("next", "/")
-    return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+    return redirect(target)
 
 
 @auth.post("/logout")
 def logout():
-    """End this session."""
+    """End this session, on the box too: its cookie is no use afterwards."""
+    if session.get("sid"):
+        key = _users().end_session(session["sid"])
+        current_app.extensions["edgebox"].review.end_session(key)
     session.clear()
     return redirect("/login") if not request.is_json else jsonify({"ok": True})
 
@@ -133,6 +158,7 @@ def logout_everywhere():
     """End every session of the current user, on every device."""
     user = current_user()
     _users().logout_everywhere(user["id"], user["username"])
+    current_app.extensions["edgebox"].review.end_user(user["id"])
     session.clear()
     return jsonify({"ok": True}) if request.is_json else redirect("/login")
 

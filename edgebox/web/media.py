@@ -13,7 +13,7 @@ from edgebox.recordings import data_key_for
 from edgebox.web.auth import current_user, require
 
 media = Blueprint("media", __name__, url_prefix="/api/v1")
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")  # 18 digits: past any real size
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
