@@ -10,7 +10,7 @@ import ssl
 import threading
 from pathlib import Path
 
-from edgebox import custody, storage
+from edgebox import custody, serving, storage
 from edgebox.clock import iso
 from edgebox.config import Config
 from edgebox.db import Store
@@ -81,6 +81,7 @@ class Box:
         self.replicator = Replicator(self.config).start()
         server = WebServer(self, listen or self.config.listen_address).start()
         self._running.append(server)
+        serving.record(self.data_dir, server.url)
         self._running.append(start_scheduler(self))
         if self.config.upstream.broker:
             from edgebox.sync.uplink import Uplink
@@ -138,6 +139,7 @@ class Box:
             for part in reversed(self._running):
                 part.stop()
             self._running.clear()
+            serving.clear(self.data_dir)
             if self.replicator is not None:
                 self.replicator.stop()
         finally:

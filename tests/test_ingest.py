@@ -47,6 +47,7 @@ def test_options_advertises_protocol(box, camera):
     assert response.headers["Tus-Version"] == "1.0.0"
     assert set(response.headers["Tus-Extension"].split(",")) == {
         "creation",
+        "creation-with-upload",
         "checksum",
         "termination",
         "expiration",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from edgebox import serving
 from edgebox.cli import config_option, emit, handle_errors, json_option, main, opened_box
 from edgebox.keys import certificate_fingerprint
 
@@ -14,9 +15,13 @@ def cameras():
 
 
 def box_url(box) -> str:
-    """The URL cameras should use: server.public_url, else derived from server.listen."""
+    """The URL cameras should use: server.public_url, else the URL the running box serves
+    (`edgebox.serving`), else derived from server.listen."""
     if box.config.server.public_url:
         return box.config.server.public_url.rstrip("/")
+    running = serving.running_url(box.data_dir)
+    if running:
+        return running
     host, port = box.config.listen_address
     if host in ("0.0.0.0", "::"):  # noqa: S104
         host = "127.0.0.1"

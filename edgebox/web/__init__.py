@@ -77,6 +77,8 @@ def create_app(box, testing: bool = False) -> Flask:
         response.status = _status_line(exc.status)
         if request.path.startswith("/tus"):
             response.headers["Tus-Resumable"] = TUS_VERSION
+            if g.get("tus_location"):  # created, then the body failed: resumable from here
+                response.headers["Location"] = g.tus_location
         if exc.status == 507:
             response.headers["Retry-After"] = "300"
         if exc.status == 429:

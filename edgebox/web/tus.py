@@ -1,14 +1,15 @@
-"""The tus 1.0.0 endpoint (core, creation, checksum, termination, expiration) at /tus/."""
+"""The tus 1.0.0 endpoint at /tus/: core, creation, creation-with-upload, checksum, termination,
+expiration. Concatenation is refused (400) at creation, so no part is ever stored."""
 
 from __future__ import annotations
 
 import email.utils
 
 from cheroot.server import ChunkedRFile, KnownLengthRFile
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from edgebox.clock import parse_rfc3339
-from edgebox.errors import IngestError
+from edgebox.errors import EdgeboxError, IngestError
 from edgebox.ingest.uploads import CHECKSUMS, Progress
 from edgebox.web import TUS_VERSION
 
@@ -83,7 +84,7 @@ def options():
         {
             "Tus-Resumable": TUS_VERSION,
             "Tus-Version": TUS_VERSION,
-            "Tus-Extension": "creation,checksum,termination,expiration",
+            "Tus-Extension": "creation,creation-with-upload,checksum,termination,expiration",
             "Tus-Max-Size": str(_box().config.ingest.max_upload_bytes),
             "Tus-Checksum-Algorithm": ",".join(CHECKSUMS),
         }
@@ -93,17 +94,47 @@ def options():
 
 @tus.route("/", methods=["POST"], strict_slashes=False)
 def create():
-    """tus creation: a new upload for the authenticated camera."""
+    """tus creation: a new upload for the authenticated camera; with a body, its first bytes
+    too (creation-with-upload). Concatenation is refused before anything is stored."""
     _require_version()
     device = _device()
-    if request.content_length:
-        raise IngestError("creation-with-upload is not supported; send the bytes with PATCH")
-    progress = _box().uploads.create(
+    if "Upload-Concat" in request.headers:
+        raise IngestError(
+            "Upload-Concat is not supported: this box takes each recording as one upload "
+            "(tus-js-client: leave parallelUploads at 1)",
+            field="Upload-Concat",
+        )
+    with_body = _has_body()
+    if with_body and request.mimetype != "application/offset+octet-stream":
+        raise IngestError("Content-Type must be application/offset+octet-stream", status=415)
+    uploads = _box().uploads
+    progress = uploads.create(
         device, request.headers.get("Upload-Length"), request.headers.get("Upload-Metadata")
     )
+    location = f"/tus/{progress.upload_id}"
+    if with_body and not progress.finished:
+        try:
+            progress = uploads.append(
+                progress.upload_id,
+                device,
+                "0",
+                request.content_length,
+                _body_stream(),
+                request.headers.get("Upload-Checksum"),
+            )
+        except EdgeboxError:
+            g.tus_location = location  # the upload exists: the client may resume it
+            raise
     response = _progress_response(progress, 201)
-    response.headers["Location"] = f"/tus/{progress.upload_id}"
+    response.headers["Location"] = location
     return response
+
+
+def _has_body() -> bool:
+    """Whether the request carries a body (a Content-Length above 0, or a chunked one)."""
+    if request.content_length is not None:
+        return request.content_length > 0
+    return bool(request.environ.get("wsgi.input_terminated"))
 
 
 @tus.route("/<upload_id>", methods=["HEAD"])
