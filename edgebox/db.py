@@ -314,3 +314,10 @@ def m120_security_web_sessions(db: sqlite_utils.Database) -> None:
         CREATE INDEX web_sessions_user ON web_sessions(user_id) WHERE ended_at IS NULL;
         """
     )
+
+
+@migrations()
+def m120_security_deferred_length(db: sqlite_utils.Database) -> None:
+    """An upload's length may be unknown (tus creation-defer-length): `uploads.length` is NULL
+    until a PATCH declares it with Upload-Length."""
+    db["uploads"].transform(not_null={"length": False})

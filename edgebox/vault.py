@@ -77,8 +77,15 @@ class Header:
         return int(self.core["segment_size"])
 
     @property
+    def length_known(self) -> bool:
+        """Whether the recording's size is known (a deferred-length upload learns it late)."""
+        return self.core["plaintext_size"] is not None
+
+    @property
     def plaintext_size(self) -> int:
         """The recording's size in bytes."""
+        if self.core["plaintext_size"] is None:
+            raise VaultError("the recording's length is not known yet", status=409)
         return int(self.core["plaintext_size"])
 
     @property
@@ -93,8 +100,13 @@ class Header:
 
     @property
     def aad(self) -> bytes:
-        """Associated data of every segment: SHA-256 of the canonical core."""
-        return hashlib.sha256(canonical(self.core)).digest()
+        """Associated data of every segment: SHA-256 of the canonical core; for a deferred-length
+        file, of the core with `plaintext_size` null, as it was when its first segment was
+        sealed (the size, set later, is covered by the header MAC and the last-segment flag)."""
+        core = self.core
+        if core.get("length_deferred"):
+            core = {**core, "plaintext_size": None}
+        return hashlib.sha256(canonical(core)).digest()
 
     def encode(self) -> bytes:
         """The header area's bytes, padded to its fixed size."""
@@ -164,7 +176,8 @@ def _check_fields(core: dict, stanzas, mac) -> None:
     # so their types are checked here rather than trusted until the MAC is checked.
     if not _is_int(core["segment_size"]) or core["segment_size"] < 1:
         raise ValueError(f"bad segment_size {core['segment_size']!r}")
-    if not _is_int(core["plaintext_size"]) or core["plaintext_size"] < 0:
+    deferred_open = core["plaintext_size"] is None and core.get("length_deferred") is True
+    if not deferred_open and (not _is_int(core["plaintext_size"]) or core["plaintext_size"] < 0):
         raise ValueError(f"bad plaintext_size {core['plaintext_size']!r}")
     try:
         salt = base64.b64decode(core["salt"], validate=True)
@@ -199,7 +212,7 @@ def new_header(
     *,
     recording_id: str,
     device_id: str,
-    plaintext_size: int,
+    plaintext_size: int | None,
     data_key: bytes,
     stanzas: list[dict],
     suite: str = "AES-256-GCM",
@@ -207,14 +220,14 @@ def new_header(
     created_at: str = "",
     extra: dict | None = None,
 ) -> Header:
-    """Build the header of a new recording and MAC its core under the data key."""
+    """Build the header of a new recording and MAC its core under the data key; a
+    `plaintext_size` of None makes a deferred-length file (`Writer.declare_length` later)."""
     if suite not in CIPHERS:
         raise VaultError(f"unknown suite {suite!r}", status=400)
     if not (
         _is_int(segment_size)
         and segment_size > 0
-        and _is_int(plaintext_size)
-        and plaintext_size >= 0
+        and (plaintext_size is None or (_is_int(plaintext_size) and plaintext_size >= 0))
     ):
         raise VaultError(
             f"bad sizes (segment {segment_size!r}, plaintext {plaintext_size!r})", status=400
@@ -229,6 +242,8 @@ def new_header(
         "plaintext_size": plaintext_size,
         "created_at": created_at,
     }
+    if plaintext_size is None:
+        core["length_deferred"] = True
     clash = sorted(set(core) & set(extra or {}))
     if clash:
         raise VaultError(
@@ -371,7 +386,9 @@ class Writer:
         writer = cls(path=path, header=header, data_key=data_key)
         stride = header.segment_size + TAG
         size = path.stat().st_size
-        full = min((size - header.area) // stride, header.segments - 1)
+        full = (size - header.area) // stride
+        if header.length_known:
+            full = min(full, header.segments - 1)  # a deferred file never seals its last early
         with open(path, "rb") as handle:
             writer._stored.update(handle.read(header.area))
             for index in range(full):
@@ -457,7 +474,8 @@ class Writer:
         first, unless `handed_over` says the caller gives up the buffer (a fresh one it
         never touches again): then it is hashed and sealed as it is, without that copy.
         """
-        if self.offset + len(data) > self.header.plaintext_size:
+        known = self.header.length_known
+        if known and self.offset + len(data) > self.header.plaintext_size:
             raise VaultError("more bytes than the recording's declared size", status=413)
         if self._held is not None and self.offset + len(data) - self._hold_from > self.hold_limit:
             raise VaultError(
@@ -468,19 +486,50 @@ class Writer:
             data = bytes(data)
         self._hashing.update(self._plain, data)
         size = self.header.segment_size
-        last_start = (self.header.segments - 1) * size
+        # Unknown length: a full segment is sealed only once a byte after it arrives, as
+        # only then is it known not to be the last.
+        last_start = (self.header.segments - 1) * size if known else None
         view = memoryview(data)
         while view:
-            if not self._tail and len(view) >= size and self.offset + size <= last_start:
+            if len(self._tail) == size:  # full, kept back; more bytes follow, so not the last
+                self._seal(bytes(self._tail), last=False)
+                self._tail.clear()
+            ahead = len(view) > size if last_start is None else self.offset + size <= last_start
+            if not self._tail and len(view) >= size and ahead:
                 self._seal(view[:size], last=False)
                 view = view[size:]
                 continue
             take = size - len(self._tail)
             self._tail += view[:take]
             view = view[take:]
-            if len(self._tail) == size and self.offset <= last_start:
+            ahead = bool(view) if last_start is None else self.offset <= last_start
+            if len(self._tail) == size and ahead:
                 self._seal(bytes(self._tail), last=False)
                 self._tail.clear()
+
+    def declare_length(self, length: int) -> None:
+        """Fix a deferred-length recording's size: the header is rewritten (journaled, so a
+        crash mid-write is repaired by `recover_header_journal`) with the size and a new MAC.
+        Declaring the same size again is a no-op; another size, or one below the bytes
+        already taken, is refused."""
+        if self.header.length_known:
+            if length != self.header.plaintext_size:
+                raise VaultError(
+                    f"the length is already {self.header.plaintext_size} bytes", status=400
+                )
+            return
+        if length < self.offset:
+            raise VaultError(
+                f"length {length} is below the {self.offset} bytes received", status=400
+            )
+        self.header.core["plaintext_size"] = length
+        self.header.mac = self.header.core_mac(self.data_key)
+        try:
+            journal_header(self.path, self.header.encode())
+        except BaseException:
+            self.header.core["plaintext_size"] = None
+            self.header.mac = self.header.core_mac(self.data_key)
+            raise
 
     def mark(self, hold: bool = False) -> Mark:
         """Remember the current state so a rejected chunk can be undone.
@@ -568,9 +617,12 @@ class Writer:
             raise
         self.release()
         self._hashing.drain()
+        stored = self._stored.hexdigest()
+        if self.header.core.get("length_deferred"):  # its header changed after the hash began
+            stored = file_sha256(self.path)
         self._summary = Summary(
             evidence_sha256=self._plain.hexdigest(),
-            stored_sha256=self._stored.hexdigest(),
+            stored_sha256=stored,
             size=self.header.plaintext_size,
             stored_size=self.header.stored_size,
             segments=self._index,
@@ -723,6 +775,12 @@ def rewrite_header(path: Path, stanzas: list[dict]) -> str:
     header.stanzas = stanzas
     raw = header.encode()
     stored = _sha256_after_header(path, raw)  # before any change: the DB follows in moments
+    journal_header(path, raw)
+    return stored
+
+
+def journal_header(path: Path, raw: bytes) -> None:
+    """Replace a file's header area with `raw` (same size), through a journal next to it."""
     journal = path.with_name(path.name + ".header-journal")
     fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -733,7 +791,6 @@ def rewrite_header(path: Path, stanzas: list[dict]) -> str:
     _apply_header(path, raw)
     journal.unlink()
     fsync_dir(path.parent)
-    return stored
 
 
 def _sha256_after_header(path: Path, raw: bytes, block: int = 1 << 20) -> str:

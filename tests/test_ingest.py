@@ -48,6 +48,7 @@ def test_options_advertises_protocol(box, camera):
     assert set(response.headers["Tus-Extension"].split(",")) == {
         "creation",
         "creation-with-upload",
+        "creation-defer-length",
         "checksum",
         "termination",
         "expiration",

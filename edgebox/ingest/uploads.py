@@ -56,7 +56,7 @@ class Progress:
 
     upload_id: str
     offset: int
-    length: int
+    length: int | None  # None: deferred, not declared yet
     expires_at: str
     recording_id: str | None = None
     evidence_sha256: str | None = None
@@ -142,6 +142,8 @@ class Uploads:
                     )
                 except FileNotFoundError:  # ended (terminated, expired) since `row` was read
                     raise self._gone(self._fresh(row)) from None
+                if row["length"] is not None:  # declared, then a crash before the header
+                    writer.declare_length(row["length"])
                 active = self._active[row["id"]] = _Active(writer)
             return active
 
@@ -187,12 +189,17 @@ class Uploads:
         stride = self.settings.segment_size
         return length + vault.HEADER_AREA + vault.TAG * vault.segment_count(length, stride)
 
-    def _check_space(self, length: int) -> None:
-        """507 unless the disk keeps room for this upload and what the unfinished ones still
-        need (their declared size less what their files already hold)."""
-        needed = self._stored_size(length)
+    def _check_space(self, length: int, written: int = 0) -> None:
+        """507 unless the disk keeps room for this upload (`length` bytes of footage, less the
+        `written` bytes its file already holds) and what the unfinished ones still need (their
+        declared size less what their files already hold). An upload of deferred length
+        reserves nothing beyond what it holds: each of its chunks, and its length once
+        declared, is checked here when it comes."""
+        needed = self._stored_size(length) - written
         pending = 0
-        for row in self.store.query("SELECT id, length FROM uploads WHERE state = 'receiving'"):
+        for row in self.store.query(
+            "SELECT id, length FROM uploads WHERE state = 'receiving' AND length IS NOT NULL"
+        ):
             try:
                 written = self.partial_path(row["id"]).stat().st_size
             except FileNotFoundError:
@@ -206,28 +213,43 @@ class Uploads:
             )
 
     def create(
-        self, device: dict, length_header: str | None, metadata_header: str | None
+        self,
+        device: dict,
+        length_header: str | None,
+        metadata_header: str | None,
+        defer_header: str | None = None,
     ) -> Progress:
-        """Start an upload (tus creation): validate everything, then write the vault header."""
-        if length_header is None:
+        """Start an upload (tus creation): validate everything, then write the vault header.
+        With `Upload-Defer-Length: 1` instead of Upload-Length, the length comes later, in the
+        Upload-Length of a PATCH (tus creation-defer-length)."""
+        if defer_header is not None and (defer_header != "1" or length_header is not None):
             raise IngestError(
-                "Upload-Length is required (deferred length is not supported)",
-                field="Upload-Length",
+                "Upload-Defer-Length must be 1, and only without Upload-Length",
+                field="Upload-Defer-Length",
             )
-        if not _is_count(length_header):
+        if length_header is None and defer_header is None:
+            raise IngestError(
+                "Upload-Length (or Upload-Defer-Length: 1) is required", field="Upload-Length"
+            )
+        length = None if defer_header else self._length(length_header)
+        columns, raw = parse_recording_metadata(metadata_header, device["serial"])
+        with self._creating:  # the space check and the new row, one creation at a time
+            return self._create(device, length, columns, raw)
+
+    def _length(self, header: str) -> int:
+        """A valid Upload-Length, or 400 (not a count) or 413 (past the maximum)."""
+        if not _is_count(header):
             raise IngestError("Upload-Length must be a non-negative integer", field="Upload-Length")
-        length = int(length_header)
+        length = int(header)
         if length > self.settings.max_upload_bytes:
             raise IngestError(
                 f"recording of {length} bytes exceeds the maximum {self.settings.max_upload_bytes}",
                 status=413,
             )
-        columns, raw = parse_recording_metadata(metadata_header, device["serial"])
-        with self._creating:  # the space check and the new row, one creation at a time
-            return self._create(device, length, columns, raw)
+        return length
 
-    def _create(self, device: dict, length: int, columns: dict, raw: dict) -> Progress:
-        self._check_space(length)
+    def _create(self, device: dict, length: int | None, columns: dict, raw: dict) -> Progress:
+        self._check_space(self.settings.segment_size if length is None else length)
         upload_id = secrets.token_urlsafe(18)
         recording_id = uuid.uuid4().hex
         data_key = secrets.token_bytes(32)
@@ -287,7 +309,12 @@ class Uploads:
                 "upload.started",
                 f"device:{device['id']}",
                 recording_id,
-                {"upload_id": upload_id, "length": length, "filename": columns["filename"]},
+                {
+                    "upload_id": upload_id,
+                    "length": length,
+                    "filename": columns["filename"],
+                    **({"length_deferred": True} if length is None else {}),
+                },
             )
         with self._registry:
             self._active[upload_id] = _Active(writer)
@@ -320,11 +347,13 @@ class Uploads:
         content_length: int | None,
         stream,
         checksum_header: str | None = None,
+        length_header: str | None = None,
     ) -> Progress:
         """Stream one PATCH body into the vault; a checksum mismatch undoes the whole chunk.
 
         `content_length` None means a chunked body: it is read to its end, and bytes
-        past Upload-Length undo the chunk (413).
+        past Upload-Length undo the chunk (413). `length_header` declares the length of a
+        deferred-length upload (again the same value later is accepted, another refused).
         """
         row = self._open_row(upload_id, device)
         if offset_header is None or not _is_count(offset_header):
@@ -344,7 +373,12 @@ class Uploads:
                     f"{writer.offset}",
                     status=409,
                 )
-            remaining = row["length"] - writer.offset
+            if length_header is not None:
+                row = self._declare(row, active, length_header)
+            if row["length"] is None:
+                self._check_chunk_room(writer, content_length)
+            cap = self.settings.max_upload_bytes if row["length"] is None else row["length"]
+            remaining = cap - writer.offset
             if content_length is not None and content_length > remaining:
                 _discard_body(stream, content_length)
                 raise IngestError("chunk goes past Upload-Length", status=413)
@@ -356,7 +390,7 @@ class Uploads:
                 )
             mark = writer.mark(hold=checker is not None)
             try:
-                self._take_chunk(writer, stream, content_length, checker)
+                self._take_chunk(writer, stream, content_length, checker, cap)
             except BaseException:  # nothing of a chunk that failed stays, whatever failed
                 self._roll_back(upload_id, writer, mark)
                 raise
@@ -371,6 +405,49 @@ class Uploads:
             return Progress(upload_id, writer.offset, row["length"], expires)
         finally:
             active.lock.release()
+
+    def _declare(self, row: dict, active: _Active, header: str) -> dict:
+        """Take the Upload-Length of a deferred-length upload: checked against the bytes taken,
+        the maximum and the free space, stored in the row, then in the vault header."""
+        length = self._length(header)
+        if row["length"] is not None:
+            if length != row["length"]:
+                raise IngestError(
+                    f"Upload-Length is already {row['length']}; it cannot change",
+                    field="Upload-Length",
+                )
+            return row
+        writer = active.writer
+        if length < writer.offset:
+            raise IngestError(
+                f"Upload-Length {length} is below the {writer.offset} bytes already received",
+                field="Upload-Length",
+            )
+        with self._creating:  # the space check and the declared length, one at a time
+            self._check_space(length, self._stored_size(writer.offset))
+            with self.store.write() as db:
+                db.execute("UPDATE uploads SET length = ? WHERE id = ?", [length, row["id"]])
+                custody.append(
+                    db,
+                    "upload.length_declared",
+                    f"device:{row['device_id']}",
+                    row["recording_id"],
+                    {"upload_id": row["id"], "length": length},
+                )
+        try:
+            writer.declare_length(length)
+        except OSError as exc:  # the row holds it: the next request declares it again
+            with self._registry:
+                self._active.pop(row["id"], None)
+            writer.close()
+            raise _disk_error(exc) from None
+        return {**row, "length": length}
+
+    def _check_chunk_room(self, writer: vault.Writer, content_length: int | None) -> None:
+        """507 unless a chunk of a deferred-length upload fits (a chunked body: one segment)."""
+        chunk = self.settings.segment_size if content_length is None else content_length
+        with self._creating:
+            self._check_space(writer.offset + chunk, self._stored_size(writer.offset))
 
     def _extend_expiry(self, row: dict) -> str:
         """Push the expiry forward, writing the row only when it moves by a minute or more."""
@@ -396,9 +473,11 @@ class Uploads:
             writer.close()
             raise
 
-    def _take_chunk(self, writer: vault.Writer, stream, length: int | None, checker) -> None:
+    def _take_chunk(
+        self, writer: vault.Writer, stream, length: int | None, checker, cap: int
+    ) -> None:
         """Store one PATCH body durably, or raise (the caller then rolls the chunk back)."""
-        received = self._pump(writer, stream, length, checker)
+        received = self._pump(writer, stream, length, checker, cap)
         if checker is not None:
             if length is not None and received < length:
                 raise IngestError("chunk interrupted; its checksum cannot be verified", status=460)
@@ -409,8 +488,9 @@ class Uploads:
         except OSError as exc:
             raise _disk_error(exc) from None
 
-    def _pump(self, writer: vault.Writer, stream, length: int | None, checker) -> int:
-        """Copy the body into the writer; `length` None means a chunked body read to its end.
+    def _pump(self, writer: vault.Writer, stream, length: int | None, checker, cap: int) -> int:
+        """Copy the body into the writer; `length` None means a chunked body read to its end,
+        refused (413) once it passes `cap` bytes of recording.
 
         A client that vanishes mid-body ends the body: what arrived is kept (tus allows it),
         except in a chunked body, whose broken framing cheroot raises as an error (the chunk
@@ -427,6 +507,8 @@ class Uploads:
                 break
             if not block:
                 break
+            if writer.offset + len(block) > cap:
+                raise IngestError("chunk goes past Upload-Length or the maximum size", status=413)
             if checker is not None:
                 checker[1].update(block)
             try:
@@ -592,6 +674,7 @@ class Uploads:
     def recover(self) -> dict:
         """At start: finish uploads renamed into the vault before a crash; fail lost ones."""
         report = {"completed": [], "lost": [], "resumable": [], "swept": self._sweep()}
+        vault.recover_header_journal(self.partial_dir)  # a length declared as the box died
         for row in self.store.query("SELECT * FROM uploads WHERE state = 'receiving'"):
             final = self.vault_path(row["recording_id"])
             device = {"id": row["device_id"]}

@@ -1,5 +1,6 @@
-"""The tus 1.0.0 endpoint at /tus/: core, creation, creation-with-upload, checksum, termination,
-expiration. Concatenation is refused (400) at creation, so no part is ever stored."""
+"""The tus 1.0.0 endpoint at /tus/: core, creation, creation-with-upload, creation-defer-length,
+checksum, termination, expiration. Concatenation is refused (400) at creation, so no part is
+ever stored."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ from edgebox.web import TUS_VERSION
 tus = Blueprint("tus", __name__, url_prefix="/tus")
 
 
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "checksum",
+    "termination",
+    "expiration",
+)
 OVERRIDABLE = frozenset({"POST", "HEAD", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -84,7 +93,7 @@ def options():
         {
             "Tus-Resumable": TUS_VERSION,
             "Tus-Version": TUS_VERSION,
-            "Tus-Extension": "creation,creation-with-upload,checksum,termination,expiration",
+            "Tus-Extension": ",".join(EXTENSIONS),
             "Tus-Max-Size": str(_box().config.ingest.max_upload_bytes),
             "Tus-Checksum-Algorithm": ",".join(CHECKSUMS),
         }
@@ -109,7 +118,10 @@ def create():
         raise IngestError("Content-Type must be application/offset+octet-stream", status=415)
     uploads = _box().uploads
     progress = uploads.create(
-        device, request.headers.get("Upload-Length"), request.headers.get("Upload-Metadata")
+        device,
+        request.headers.get("Upload-Length"),
+        request.headers.get("Upload-Metadata"),
+        request.headers.get("Upload-Defer-Length"),
     )
     location = f"/tus/{progress.upload_id}"
     if with_body and not progress.finished:
@@ -143,7 +155,10 @@ def head(upload_id: str):
     _require_version()
     progress = _box().uploads.head(upload_id, _device())
     response = _progress_response(progress, 200)
-    response.headers["Upload-Length"] = str(progress.length)
+    if progress.length is None:
+        response.headers["Upload-Defer-Length"] = "1"
+    else:
+        response.headers["Upload-Length"] = str(progress.length)
     return response
 
 
@@ -163,6 +178,7 @@ def patch(upload_id: str):
         request.content_length,
         _body_stream(),
         request.headers.get("Upload-Checksum"),
+        request.headers.get("Upload-Length"),
     )
     return _progress_response(progress, 204)
 
