@@ -19,6 +19,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get -o DPkg::Lock::Timeout=900 update -qq
   $SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Node and npm run tus-js-client in tests/test_tus_js_client.py; a Node already on PATH (any
+# source) is used as it is.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  echo "setup: installing nodejs npm" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get -o DPkg::Lock::Timeout=900 update -qq
+  $SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -f tests/js/node_modules/.package-lock.json ] \
+  || ! cmp -s tests/js/package-lock.json tests/js/node_modules/.edgebox-lock; then
+  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error >&2 && cp package-lock.json node_modules/.edgebox-lock)
+fi
 # The broker is started by the tests on free ports; a packaged instance on 1883 is not needed.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
   systemctl stop mosquitto || true
