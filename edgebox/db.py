@@ -321,3 +321,12 @@ def m120_security_deferred_length(db: sqlite_utils.Database) -> None:
     """An upload's length may be unknown (tus creation-defer-length): `uploads.length` is NULL
     until a PATCH declares it with Upload-Length."""
     db["uploads"].transform(not_null={"length": False})
+
+
+@migrations()
+def m120_security_upload_concat(db: sqlite_utils.Database) -> None:
+    """tus concatenation: `uploads.concat` is NULL for an upload that becomes a recording by
+    itself, 'partial' for a part still taking bytes, 'partial-done' for a complete part
+    (sealed, waiting for its final upload; never a recording), 'final' for the upload that
+    joins parts into one recording."""
+    db.execute("ALTER TABLE uploads ADD COLUMN concat TEXT")

@@ -50,6 +50,7 @@ def test_options_advertises_protocol(box, camera):
         "creation-with-upload",
         "creation-defer-length",
         "checksum",
+        "concatenation",
         "termination",
         "expiration",
     }

@@ -1,5 +1,5 @@
-"""tus extensions beyond creation: creation-with-upload, the refusal of concatenation, and the
-pairing URL of a box running on another port than its config says."""
+"""tus extensions beyond creation: creation-with-upload, creation-defer-length, and the pairing
+URL of a box running on another port than its config says (concatenation: test_tus_concat)."""
 
 from __future__ import annotations
 
@@ -79,23 +79,6 @@ def test_a_failed_body_at_creation_leaves_a_resumable_upload(box, camera):
     location = created.headers["Location"]
     assert camera.head(location).headers["Upload-Offset"] == "0"
     assert camera.patch(location, 0, data).status_code == 204
-
-
-@pytest.mark.parametrize("concat", ["partial", "final;/tus/a /tus/b"])
-def test_upload_concat_is_refused_before_anything_is_stored(box, camera, concat):
-    before = _counts(box)
-    refused = camera.session.post(
-        f"{camera.url}/tus/",
-        headers=camera.headers(
-            Upload_Length="10", Upload_Metadata=_meta(camera), Upload_Concat=concat
-        ),
-    )
-    assert refused.status_code == 400
-    body = refused.json()
-    assert body["field"] == "Upload-Concat" and "not supported" in body["message"]
-    assert _counts(box) == before
-    options = camera.session.options(f"{camera.url}/tus/")
-    assert "concatenation" not in options.headers["Tus-Extension"]
 
 
 def test_pairing_prints_the_url_the_running_box_serves(box_process):

@@ -1,6 +1,6 @@
 """tus-js-client 4.3 (the tus project's own client) under Node against a real box over HTTPS:
-plain, resumed, with-upload and deferred-length uploads become one recording each with the
-right evidence hash; a parallel upload (Upload-Concat) is refused at once and stores nothing.
+plain, resumed, parallel, with-upload and deferred-length uploads each become one recording
+with the right evidence hash.
 
 The client is installed by scripts/setup.sh (`npm ci` in tests/js); the box's self-signed
 certificate is trusted through NODE_EXTRA_CA_CERTS, as a camera pins it."""
@@ -46,7 +46,7 @@ def _client(box, camera, tmp_path: Path, mode: str, data: bytes, chunk: int | No
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _one_recording(box, result: dict, data: bytes, mode: str) -> dict:
+def _one_recording(box, result: dict, data: bytes, mode: str, uploads: int = 1) -> dict:
     assert result["ok"], result
     evidence = hashlib.sha256(data).hexdigest()
     assert result["evidence"] == evidence
@@ -56,7 +56,7 @@ def _one_recording(box, result: dict, data: bytes, mode: str) -> dict:
     assert row["id"] == result["recordingId"]
     assert row["evidence_sha256"] == evidence and row["size"] == len(data)
     assert row["filename"] == f"{mode}.mp4"
-    assert box.store.query("SELECT state FROM uploads") == [{"state": "finished"}]
+    assert box.store.query("SELECT state FROM uploads") == [{"state": "finished"}] * uploads
     return row
 
 
@@ -87,11 +87,13 @@ def test_tus_js_client_resumes_a_paused_upload(box, camera, tmp_path):
     assert heads == [{"n": 1}], "the second run resumed the first upload, not a new one"
 
 
-def test_tus_js_client_parallel_upload_is_refused_and_stores_nothing(box, camera, tmp_path):
-    data = os.urandom(2 * MIB)
+def test_tus_js_client_parallel_upload_is_one_recording(box, camera, tmp_path):
+    """parallelUploads: 2 sends two parts (Upload-Concat: partial) and a final upload: the
+    box keeps one recording, with the final's metadata and the hash of the whole file."""
+    data = os.urandom(3 * MIB + 1)
     result = _client(box, camera, tmp_path, "parallel", data)
-    assert not result["ok"] and result["status"] == 400, result
-    assert "Upload-Concat is not supported" in result["body"]
-    assert box.store.query("SELECT id FROM uploads") == []
-    assert box.store.query("SELECT id FROM recordings") == []
+    row = _one_recording(box, result, data, "parallel", uploads=3)
+    parts = box.store.query("SELECT concat, state FROM uploads WHERE concat != 'final'")
+    assert parts == [{"concat": "partial-done", "state": "finished"}] * 2
+    assert row["upload_id"] == box.store.one("SELECT id FROM uploads WHERE concat = 'final'")["id"]
     assert list((box.data_dir / "uploads").iterdir()) == []

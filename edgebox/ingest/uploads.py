@@ -35,6 +35,7 @@ from edgebox.keys import HPKE_NAME, Keyring, wrap_key
 READ_BLOCK = 1 << 20
 DRAIN_LIMIT = 64 << 20  # a refused body up to this size is read so the 413 arrives
 EXPIRY_STEP = dt.timedelta(minutes=1)
+PARTIAL, PART_DONE, FINAL = "partial", "partial-done", "final"  # uploads.concat
 CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
 
 
@@ -156,7 +157,7 @@ class Uploads:
         once finished, 410 once ended or past its Upload-Expires (even before the expiry job
         has run)."""
         row = row or self._row(upload_id, device)
-        if row["state"] == "finished":
+        if row["state"] == "finished" or row["concat"] == PART_DONE:
             raise IngestError("upload already complete", status=409)
         if row["state"] != "receiving":
             raise self._gone(row)
@@ -218,10 +219,13 @@ class Uploads:
         length_header: str | None,
         metadata_header: str | None,
         defer_header: str | None = None,
+        partial: bool = False,
     ) -> Progress:
         """Start an upload (tus creation): validate everything, then write the vault header.
         With `Upload-Defer-Length: 1` instead of Upload-Length, the length comes later, in the
-        Upload-Length of a PATCH (tus creation-defer-length)."""
+        Upload-Length of a PATCH (tus creation-defer-length). A `partial` upload is a part
+        for a later final upload (tus concatenation): complete, it is sealed and kept, never
+        a recording by itself."""
         if defer_header is not None and (defer_header != "1" or length_header is not None):
             raise IngestError(
                 "Upload-Defer-Length must be 1, and only without Upload-Length",
@@ -234,7 +238,7 @@ class Uploads:
         length = None if defer_header else self._length(length_header)
         columns, raw = parse_recording_metadata(metadata_header, device["serial"])
         with self._creating:  # the space check and the new row, one creation at a time
-            return self._create(device, length, columns, raw)
+            return self._create(device, length, columns, raw, PARTIAL if partial else None)
 
     def _length(self, header: str) -> int:
         """A valid Upload-Length, or 400 (not a count) or 413 (past the maximum)."""
@@ -248,7 +252,17 @@ class Uploads:
             )
         return length
 
-    def _create(self, device: dict, length: int | None, columns: dict, raw: dict) -> Progress:
+    def _create(
+        self,
+        device: dict,
+        length: int | None,
+        columns: dict,
+        raw: dict,
+        concat: str | None = None,
+        parts: list[str] | None = None,
+    ) -> Progress:
+        """Write the new upload's vault header, resume key and row (the caller holds
+        `_creating`); `parts` are the part uploads a final upload joins."""
         self._check_space(self.settings.segment_size if length is None else length)
         upload_id = secrets.token_urlsafe(18)
         recording_id = uuid.uuid4().hex
@@ -297,7 +311,10 @@ class Uploads:
                     "device_id": device["id"],
                     "recording_id": recording_id,
                     "length": length,
-                    "metadata": json.dumps({"columns": columns, "raw": raw}),
+                    "metadata": json.dumps(
+                        {"columns": columns, "raw": raw, **({"parts": parts} if parts else {})}
+                    ),
+                    "concat": concat,
                     "state": "receiving",
                     "created_at": iso(now),
                     "updated_at": iso(now),
@@ -314,13 +331,15 @@ class Uploads:
                     "length": length,
                     "filename": columns["filename"],
                     **({"length_deferred": True} if length is None else {}),
+                    **({"concat": concat} if concat else {}),
+                    **({"parts": parts} if parts else {}),
                 },
             )
         with self._registry:
             self._active[upload_id] = _Active(writer)
         progress = Progress(upload_id, 0, length, expires)
         if length == 0:
-            return self._finish(self._row(upload_id, device), self._active[upload_id], device)
+            return self._complete(self._row(upload_id, device), self._active[upload_id], device)
         return progress
 
     def head(self, upload_id: str, device: dict) -> Progress:
@@ -328,13 +347,15 @@ class Uploads:
         row = self._row(upload_id, device)
         if row["state"] == "finished":
             return self._finished_progress(row)
+        if row["concat"] == PART_DONE and row["state"] == "receiving":
+            return Progress(upload_id, row["length"], row["length"], row["expires_at"])
         self._open_row(upload_id, device, row)
         active = self._active_writer(row)
         if not active.lock.acquire(blocking=False):  # a PATCH is running: never wait for it
             return Progress(upload_id, active.durable, row["length"], row["expires_at"])
         try:
             if active.writer.offset == row["length"]:  # every byte, but the finish failed
-                return self._finish(row, active, device)
+                return self._complete(row, active, device)
             return Progress(upload_id, active.writer.offset, row["length"], row["expires_at"])
         finally:
             active.lock.release()
@@ -401,7 +422,7 @@ class Uploads:
                 {"upload_id": upload_id, "offset": writer.offset, "length": row["length"]},
             )
             if writer.offset == row["length"]:
-                return self._finish(row, active, device)
+                return self._complete(row, active, device)
             return Progress(upload_id, writer.offset, row["length"], expires)
         finally:
             active.lock.release()
@@ -518,6 +539,36 @@ class Uploads:
             received += len(block)
         return received
 
+    def _complete(self, row: dict, active: _Active, device: dict) -> Progress:
+        """Every byte is in: a part is sealed and kept for its final upload, any other upload
+        becomes a recording."""
+        if row["concat"] == PARTIAL:
+            return self._complete_part(row, active, device)
+        return self._finish(row, active, device)
+
+    def _complete_part(self, row: dict, active: _Active, device: dict) -> Progress:
+        """Seal a complete part where it is (its resume key stays: the final upload reads the
+        part with it), and mark it complete; it becomes no recording."""
+        try:
+            summary = active.writer.finish(self.partial_path(row["id"]))
+        except OSError as exc:  # not sealed, nothing lost: an empty PATCH at the end retries
+            raise _disk_error(exc) from None
+        with self._registry:
+            self._active.pop(row["id"], None)
+        with self.store.write() as db:
+            db.execute(
+                "UPDATE uploads SET concat = ?, updated_at = ? WHERE id = ?",
+                [PART_DONE, iso(), row["id"]],
+            )
+            custody.append(
+                db,
+                "upload.part_complete",
+                f"device:{device['id']}",
+                row["recording_id"],
+                {"upload_id": row["id"], "size": summary.size, "sha256": summary.evidence_sha256},
+            )
+        return Progress(row["id"], row["length"], row["length"], row["expires_at"])
+
     def _finish(self, row: dict, active: _Active, device: dict) -> Progress:
         writer = active.writer
         columns = json.loads(row["metadata"])["columns"]
@@ -556,6 +607,7 @@ class Uploads:
         meta = json.loads(row["metadata"])
         now = iso()
         with self.store.write() as db:
+            self._consume_parts(db, meta.get("parts", []), now)
             db["recordings"].insert(
                 {
                     "id": row["recording_id"],
@@ -597,6 +649,18 @@ class Uploads:
                     "created_at": now,
                 }
             )
+
+    def _consume_parts(self, db, parts: list[str], now: str) -> None:
+        """Mark a final upload's parts used, in the transaction that records it: a part ended
+        meanwhile (terminated, expired, used by another final) aborts the recording."""
+        for part in parts:
+            used = db.execute(
+                "UPDATE uploads SET state = 'finished', updated_at = ? "
+                "WHERE id = ? AND state = 'receiving' AND concat = ?",
+                [now, part, PART_DONE],
+            ).rowcount
+            if not used:
+                raise IngestError(f"part {part} ended before the final upload", status=410)
 
     def _discard_files(self, upload_id: str) -> None:
         with self._registry:
@@ -678,7 +742,10 @@ class Uploads:
         for row in self.store.query("SELECT * FROM uploads WHERE state = 'receiving'"):
             final = self.vault_path(row["recording_id"])
             device = {"id": row["device_id"]}
-            if self.partial_path(row["id"]).exists() and self._resume_path(row["id"]).exists():
+            if row["concat"] == FINAL and not final.exists():  # joined only within a request
+                self._fail(row, device, "joining the parts was cut short; send the final again")
+                report["lost"].append(row["id"])
+            elif self.partial_path(row["id"]).exists() and self._resume_path(row["id"]).exists():
                 report["resumable"].append(row["id"])
             elif final.exists() and self._resume_path(row["id"]).exists():
                 reader = vault.Reader(final, self._load_resume_key(row["id"]))
@@ -689,7 +756,13 @@ class Uploads:
                     reader.header.stored_size,
                     reader.header.segments,
                 )
-                self._record(row, device, summary)
+                try:
+                    self._record(row, device, summary)
+                except IngestError as exc:  # a final whose parts ended: not a recording
+                    self._fail(row, device, exc.message)
+                    final.unlink()
+                    report["lost"].append(row["id"])
+                    continue
                 self._resume_path(row["id"]).unlink()
                 report["completed"].append(row["id"])
             else:

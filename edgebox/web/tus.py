@@ -1,6 +1,6 @@
 """The tus 1.0.0 endpoint at /tus/: core, creation, creation-with-upload, creation-defer-length,
-checksum, termination, expiration. Concatenation is refused (400) at creation, so no part is
-ever stored."""
+checksum, concatenation (parts are never recordings; see edgebox.ingest.concat), termination,
+expiration."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from edgebox.clock import parse_rfc3339
 from edgebox.errors import EdgeboxError, IngestError
+from edgebox.ingest.concat import join, parse_concat
 from edgebox.ingest.uploads import CHECKSUMS, Progress
 from edgebox.web import TUS_VERSION
 
@@ -22,6 +23,7 @@ EXTENSIONS = (
     "creation-with-upload",
     "creation-defer-length",
     "checksum",
+    "concatenation",
     "termination",
     "expiration",
 )
@@ -104,24 +106,31 @@ def options():
 @tus.route("/", methods=["POST"], strict_slashes=False)
 def create():
     """tus creation: a new upload for the authenticated camera; with a body, its first bytes
-    too (creation-with-upload). Concatenation is refused before anything is stored."""
+    too (creation-with-upload); a part (`Upload-Concat: partial`), or the final upload that
+    joins parts into one recording (concatenation)."""
     _require_version()
     device = _device()
-    if "Upload-Concat" in request.headers:
-        raise IngestError(
-            "Upload-Concat is not supported: this box takes each recording as one upload "
-            "(tus-js-client: leave parallelUploads at 1)",
-            field="Upload-Concat",
-        )
+    concat = request.headers.get("Upload-Concat")
+    parts = parse_concat(concat) if concat is not None else None
     with_body = _has_body()
+    uploads = _box().uploads
+    if parts is not None:  # a final upload: its bytes are its parts'
+        if with_body or "Upload-Length" in request.headers:
+            raise IngestError(
+                "a final upload carries no body and no Upload-Length", field="Upload-Concat"
+            )
+        progress = join(uploads, device, parts, request.headers.get("Upload-Metadata"))
+        response = _progress_response(progress, 201)
+        response.headers["Location"] = f"/tus/{progress.upload_id}"
+        return response
     if with_body and request.mimetype != "application/offset+octet-stream":
         raise IngestError("Content-Type must be application/offset+octet-stream", status=415)
-    uploads = _box().uploads
     progress = uploads.create(
         device,
         request.headers.get("Upload-Length"),
         request.headers.get("Upload-Metadata"),
         request.headers.get("Upload-Defer-Length"),
+        partial=concat is not None,
     )
     location = f"/tus/{progress.upload_id}"
     if with_body and not progress.finished:
