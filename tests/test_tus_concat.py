@@ -63,7 +63,10 @@ def test_parts_joined_by_a_final_upload_make_one_recording(box, camera):
     assert list((box.data_dir / "uploads").iterdir()) == [], "the parts' files are gone"
     head = camera.head(final.headers["Location"])
     assert head.headers["EdgeBox-Recording-Id"] == rid
-    assert camera.head(parts[0]).headers["Upload-Offset"] == str(cut)
+    assert head.headers["Upload-Concat"] == "final;" + " ".join(parts)
+    part_head = camera.head(parts[0])
+    assert part_head.headers["Upload-Offset"] == str(cut)
+    assert part_head.headers["Upload-Concat"] == "partial"
     events = [r["event"] for r in box.store.query("SELECT event FROM custody ORDER BY seq")]
     assert events.count("upload.part_complete") == 2 and events.count("recording.ingested") == 1
     started = box.store.query("SELECT details FROM custody WHERE event = 'upload.started'")

@@ -95,15 +95,18 @@ def test_unknown_disabled_and_wrong_answer_alike_and_nothing_locks(people):
         client.post(f"{people.url}/login", json={"username": name, "password": password})
         for name, password in (("ann", "nope"), ("zed", PASSWORD), ("dee", PASSWORD))
     ]
-    assert {(a.status_code, a.text) for a in answers} == {
-        (401, answers[0].text)
-    }, "unknown, disabled and wrong password must be indistinguishable"
+    assert {(a.status_code, a.text) for a in answers} == {(401, answers[0].text)}, (
+        "unknown, disabled and wrong password must be indistinguishable"
+    )
     assert answers[0].json()["message"] == "wrong user name or password"
     for _ in range(6):  # more than the old lockout's five
         client.post(f"{people.url}/login", json={"username": "ann", "password": "nope"})
-    assert client.post(
-        f"{people.url}/login", json={"username": "ann", "password": PASSWORD}
-    ).status_code == 200, "a few wrong guesses by anyone must not lock the account"
+    assert (
+        client.post(
+            f"{people.url}/login", json={"username": "ann", "password": PASSWORD}
+        ).status_code
+        == 200
+    ), "a few wrong guesses by anyone must not lock the account"
     events = people.store.query("SELECT details FROM custody WHERE event = 'user.login_failed'")
     assert len(events) == 9
     assert {json.loads(e["details"])["reason"] for e in events} == {

@@ -62,6 +62,7 @@ class Progress:
     recording_id: str | None = None
     evidence_sha256: str | None = None
     finished: bool = False
+    concat: str | None = None  # the Upload-Concat a HEAD reports (parts and final uploads)
 
 
 class _Active:
@@ -345,6 +346,16 @@ class Uploads:
     def head(self, upload_id: str, device: dict) -> Progress:
         """The upload's current offset (after a crash: the last durable segment boundary)."""
         row = self._row(upload_id, device)
+        progress = self._head(row, device)
+        if row["concat"] in (PARTIAL, PART_DONE):
+            progress.concat = "partial"
+        elif row["concat"] == FINAL:
+            parts = json.loads(row["metadata"]).get("parts", [])
+            progress.concat = "final;" + " ".join(f"/tus/{part}" for part in parts)
+        return progress
+
+    def _head(self, row: dict, device: dict) -> Progress:
+        upload_id = row["id"]
         if row["state"] == "finished":
             return self._finished_progress(row)
         if row["concat"] == PART_DONE and row["state"] == "receiving":

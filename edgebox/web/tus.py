@@ -164,6 +164,8 @@ def head(upload_id: str):
     _require_version()
     progress = _box().uploads.head(upload_id, _device())
     response = _progress_response(progress, 200)
+    if progress.concat:
+        response.headers["Upload-Concat"] = progress.concat
     if progress.length is None:
         response.headers["Upload-Defer-Length"] = "1"
     else:
