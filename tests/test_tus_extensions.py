@@ -12,6 +12,7 @@ import pytest
 
 from edgebox.config import load_config
 from tests.conftest import enroll, run_cli
+from tests.test_full_disk import _quiet_box, small_disk  # noqa: F401 - the fixture
 
 MIB = 1 << 20
 
@@ -211,22 +212,28 @@ def test_deferred_length_bad_input_changes_nothing(box, camera):
     assert camera.head(location).headers["Upload-Offset"] == "101"
 
 
-def test_deferred_uploads_reserve_only_what_they_are_sent(box, camera):
+def test_deferred_uploads_reserve_only_what_they_are_sent(small_disk):  # noqa: F811
     """Space (docs/ingest.md): a deferred upload reserves nothing beyond the bytes it holds;
-    each chunk is checked as it comes, and the length once declared, like a creation."""
+    each chunk is checked as it comes, and the length once declared, like a creation. On a
+    small filesystem of its own, so nothing else moves the free space under the test."""
     import dataclasses
     import shutil
 
-    location = _create_deferred(camera).headers["Location"]
-    assert camera.patch(location, 0, os.urandom(8 * MIB)).status_code == 204
-    free = shutil.disk_usage(box.uploads.settings.data_dir).free
-    box.uploads.settings = dataclasses.replace(
-        box.uploads.settings, reserve_free_bytes=free - 20 * MIB
-    )  # 20 MiB usable from here on
-    assert camera.create(12 * MIB).status_code == 201  # the deferred one reserves nothing more
-    refused = camera.patch(location, 8 * MIB, os.urandom(10 * MIB))  # 12 + 10 > 20
-    assert refused.status_code == 507
-    declared = camera.patch(location, 8 * MIB, b"", Upload_Length=str(20 * MIB))
-    assert declared.status_code == 507  # 12 MiB more for it, 12 MiB for the other: > 20
-    assert camera.head(location).headers["Upload-Defer-Length"] == "1"
-    assert camera.patch(location, 8 * MIB, os.urandom(MIB)).status_code == 204
+    box, camera = _quiet_box(small_disk, "van-deferred")
+    try:
+        location = _create_deferred(camera).headers["Location"]
+        assert camera.patch(location, 0, os.urandom(8 * MIB)).status_code == 204
+        free = shutil.disk_usage(box.uploads.settings.data_dir).free
+        box.uploads.settings = dataclasses.replace(
+            box.uploads.settings, reserve_free_bytes=free - 24 * MIB
+        )  # 24 MiB usable from here on
+        assert camera.create(12 * MIB).status_code == 201  # the deferred one reserves no more
+        refused = camera.patch(location, 8 * MIB, os.urandom(16 * MIB))  # 12 + 16 > 24
+        assert refused.status_code == 507
+        declared = camera.patch(location, 8 * MIB, b"", Upload_Length=str(24 * MIB))
+        assert declared.status_code == 507  # 16 MiB more for it, 12 MiB for the other: > 24
+        assert camera.head(location).headers["Upload-Defer-Length"] == "1"
+        assert camera.patch(location, 8 * MIB, os.urandom(4 * MIB)).status_code == 204
+        assert camera.patch(location, 12 * MIB, b"", Upload_Length=str(12 * MIB)).status_code == 204
+    finally:
+        box.stop()
