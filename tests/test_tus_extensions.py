@@ -108,6 +108,7 @@ def _stored_matches(box, rid: str, data: bytes) -> None:
     """The recording's row, its vault file and what a reviewer decrypts all agree with `data`."""
     from edgebox import vault
     from edgebox.recordings import data_key_for
+    from edgebox.verify import verify_box
     from tests.conftest import SECRET
 
     row = box.store.one("SELECT * FROM recordings WHERE id = ?", (rid,))
@@ -116,9 +117,12 @@ def _stored_matches(box, rid: str, data: bytes) -> None:
     path = box.uploads.vault_path(rid)
     assert row["stored_sha256"] == vault.file_sha256(path)
     assert row["stored_size"] == path.stat().st_size
-    reader = vault.Reader(path, data_key_for(path, box.keys.unlock_review(SECRET)))
+    review = box.keys.unlock_review(SECRET)
+    reader = vault.Reader(path, data_key_for(path, review))
     assert reader.verify() == row["evidence_sha256"]
     assert b"".join(reader.read_range(0, len(data))) == data
+    report = verify_box(box, review)
+    assert report.ok, report.to_dict()
 
 
 @pytest.mark.parametrize(
