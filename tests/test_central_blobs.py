@@ -11,6 +11,7 @@ import pytest
 from edgebox.central.blobs import StoreMismatch, StoreUnavailable, open_store
 from edgebox.central.blobs.local import LocalBlobs
 from edgebox.central.blobs.s3 import S3Blobs
+from edgebox.errors import ConfigError
 from tests.seaweed import SeaweedFS, s3_store, seaweed  # noqa: F401 - fixture
 
 MIB = 1 << 20
@@ -105,5 +106,7 @@ def test_open_store_reads_the_url(tmp_path):
     assert isinstance(open_store(tmp_path), LocalBlobs)
     s3 = open_store("s3://bucket/some/prefix")
     assert isinstance(s3, S3Blobs) and (s3.bucket, s3.prefix) == ("bucket", "some/prefix")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="unknown store"):
         open_store("ftp://x/y")
+    with pytest.raises(ConfigError, match="no bucket"):
+        open_store("s3://")

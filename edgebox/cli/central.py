@@ -25,7 +25,26 @@ def central():
 
 @central.command("run")
 @click.option("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT.")
-@store_option
+@click.option(
+    "--store",
+    required=True,
+    help="Where complete files go: a folder (also the work folder by default) or "
+    "s3://BUCKET/PREFIX (credentials and endpoint from AWS_* variables or ~/.aws, never here).",
+)
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local folder for transfers under way, replica sets being checked and a SQLite "
+    "index (default: the --store folder; needed with s3://). Nodes that share the work "
+    "share this folder.",
+)
+@click.option(
+    "--index",
+    default="sqlite",
+    show_default=True,
+    help="sqlite (central.db in the work folder) or postgresql://USER@HOST:PORT/DB "
+    "(password from PGPASSWORD or ~/.pgpass).",
+)
 @click.option("--workers", default=2, show_default=True, help="Workers in the shared subscription.")
 @click.option(
     "--ca", type=click.Path(dir_okay=False), help="CA bundle for the broker's certificate."
@@ -35,8 +54,9 @@ def central():
 @click.option("--username", default="", help="Broker user name.")
 @click.option("--password-file", type=click.Path(dir_okay=False), help="File holding the password.")
 @handle_errors
-def run_central(broker, store, workers, ca, cert, key, username, password_file):
+def run_central(broker, store, work, index, workers, ca, cert, key, username, password_file):
     """Receive from every box until stopped (SIGTERM or Ctrl-C)."""
+    from edgebox.central.index_pg import check_url
     from edgebox.central.worker import central_settings, run_until, start_workers
     from edgebox.lowlevel import allocator
     from edgebox.lowlevel.signals import wait_for_signal
@@ -47,8 +67,15 @@ def run_central(broker, store, workers, ca, cert, key, username, password_file):
     settings = central_settings(
         broker, ca=ca, cert=cert, key=key, username=username, password=password
     )
-    started = start_workers(store, settings, workers)
-    click.echo(f"central: {workers} worker(s) on {broker}, store {store}", err=True)
+    if work is None:
+        if "://" in store:
+            raise click.UsageError("--work DIR is needed with an s3:// store")
+        work = Path(store)
+    if index != "sqlite":
+        check_url(index)
+    started = start_workers(work, settings, workers, store, index)
+    where = f"store {store}, work {work}, index {index.split('@')[-1]}"
+    click.echo(f"central: {workers} worker(s) on {broker}, {where}", err=True)
     stop = threading.Event()
     threading.Thread(target=run_until, args=(stop, started), daemon=True).start()
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from edgebox.errors import EdgeboxError
+from edgebox.errors import ConfigError, EdgeboxError
 
 
 class StoreError(EdgeboxError):
@@ -112,7 +112,7 @@ def open_store(spec: str | Path) -> BlobStore:
 
         return S3Blobs.from_url(text)
     if "://" in text:
-        raise ValueError(f"unknown store {text!r}: give a folder or s3://bucket/prefix")
+        raise ConfigError(f"unknown store {text!r}: give a folder or s3://bucket/prefix")
     from edgebox.central.blobs.local import LocalBlobs
 
     return LocalBlobs(Path(text))

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgebox.central.blobs import Stat, StoreMismatch, StoreUnavailable, check_key
+from edgebox.errors import ConfigError
 
 PART_SIZE = 8 << 20  # S3 wants parts of at least 5 MiB, the last one excepted
 META_SHA = "sha256"
@@ -167,7 +168,7 @@ class S3Blobs:
         rest = url.removeprefix("s3://")
         bucket, _, prefix = rest.partition("/")
         if not bucket:
-            raise ValueError(f"no bucket in {url!r}")
+            raise ConfigError(f"no bucket in {url!r}")
         return cls(bucket, prefix)
 
     def full(self, key: str) -> str:
