@@ -73,6 +73,9 @@ class BoxUplink:
         """Go offline (the link drops; answers in flight are lost)."""
         self.client.disconnect()
         self.client.loop_stop()
+        # paho leaves its sockets (and the wake-up pair loop_start made) open until it is
+        # collected; close them now, so the next connect starts clean
+        self.client._reset_sockets()
         with self.cond:
             self.answers.clear()
 
