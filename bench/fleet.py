@@ -205,6 +205,9 @@ def one_run(kind, workers, fleet, broker, seaweed, root, args, rng) -> dict:
     weed = psutil.Process(seaweed.process.pid) if kind == "s3" else None
     weed_cpu0 = _tree_cpu(weed)
     cpu0 = sum(p.cpu() for p in procs)
+    mosquitto = psutil.Process(broker.pid)
+    broker_cpu0 = _tree_cpu(mosquitto)
+    machine0, load0 = psutil.cpu_times(), os.getloadavg()[0]
     sampler = Sampler(broker.pid)
     try:
         stats, seconds, sim_cpu = run_fleet(fleet, broker, args, rng)
@@ -212,6 +215,9 @@ def one_run(kind, workers, fleet, broker, seaweed, root, args, rng) -> dict:
         broker_rss = sampler.close()
         central_cpu = sum(p.cpu() for p in procs) - cpu0
         weed_cpu = _tree_cpu(weed) - weed_cpu0
+        broker_cpu = _tree_cpu(mosquitto) - broker_cpu0
+        machine1 = psutil.cpu_times()
+        busy = sum(machine1[:3]) - sum(machine0[:3])  # user, nice, system of every process
         for proc in procs:
             proc.stop()
     check = held_once(work, store, fleet, env)
@@ -233,6 +239,9 @@ def one_run(kind, workers, fleet, broker, seaweed, root, args, rng) -> dict:
         "broker_rss_mib": round(broker_rss / (1 << 20), 1),
         "central_cpu_s_per_gib": round(central_cpu / gib, 1) if gib else None,
         "seaweed_cpu_s_per_gib": round(weed_cpu / gib, 1) if gib and weed else None,
+        "broker_cpu_s_per_gib": round(broker_cpu / gib, 1) if gib else None,
+        "machine_busy_cores": round(busy / seconds, 2),
+        "load_average_before": round(load0, 1),
         "sim_cpu_s_per_gib": round(sim_cpu / gib, 1) if gib else None,
         "offline_spells": stats.offline_spells,
         "resends": stats.resends,

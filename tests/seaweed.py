@@ -95,8 +95,8 @@ class SeaweedFS:
             f"-dir={self.folder / 'data'}",
             "-s3",
             f"-s3.config={self._write_config()}",
-            "-volume.max=20",
-            "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",  # as many volumes as the disk's free space holds
+            "-master.volumeSizeLimitMB=256",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
         ]
         log = open(self.folder / "weed.log", "ab")  # noqa: SIM115 - the child keeps it
