@@ -2,7 +2,8 @@
 worker processes, on the local folder store and on SeaweedFS (S3).
 
     .venv/bin/python bench/fleet.py [--boxes 200] [--recordings 3] [--size 1048576]
-        [--workers 1,2,4] [--stores local,s3] [--offline 0.05] [--deadline 120] [--json OUT]
+        [--workers 1,2,4] [--stores local,s3] [--offline 0.05] [--deadline 120] [--rounds 1]
+        [--json OUT]
 
 Each box (bench/fleet_box.py) has its own Ed25519 identity, custody chain and real vault
 files; each speaks MQTT 5 through its own paho client (bench/fleet_link.py, plain MQTT on
@@ -275,6 +276,7 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=120)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     random.seed(args.seed)
@@ -295,8 +297,11 @@ def main() -> None:
                     n: round(store_alone(target, env, fleet, n, 256 << 20), 1) for n in (1, 4)
                 }
                 log(f"store alone {kind}: {floors[kind]} MB/s with 1 / 4 threads")
-                for workers in (int(w) for w in args.workers.split(",")):
-                    results.append(one_run(kind, workers, fleet, broker, seaweed, root, args, rng))
+                counts = [int(w) for w in args.workers.split(",")]
+                for round_no in range(args.rounds):  # alternate the order: load drifts
+                    for workers in counts if round_no % 2 == 0 else counts[::-1]:
+                        result = one_run(kind, workers, fleet, broker, seaweed, root, args, rng)
+                        results.append({**result, "round": round_no + 1})
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report = {
@@ -306,9 +311,14 @@ def main() -> None:
         "args": {k: str(v) for k, v in vars(args).items()},
     }
     for kind in floors:
-        by = {r["workers"]: r["mb_per_s"] for r in results if r["store"] == kind}
+        by: dict[int, list[float]] = {}
+        for r in results:
+            if r["store"] == kind:
+                by.setdefault(r["workers"], []).append(r["mb_per_s"])
+        report[f"median_mb_per_s_{kind}"] = {w: statistics.median(v) for w, v in by.items()}
         if 1 in by and 4 in by:
-            report[f"scale_out_4_over_1_{kind}"] = round(by[4] / by[1], 2)
+            ratio = statistics.median(by[4]) / statistics.median(by[1])
+            report[f"scale_out_4_over_1_{kind}"] = round(ratio, 2)
         report[f"store_alone_4_over_1_{kind}"] = round(floors[kind][4] / floors[kind][1], 2)
     text = json.dumps(report, indent=1)
     print(text)

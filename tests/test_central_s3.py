@@ -4,11 +4,13 @@ the store, an alarm, and after the restart every file once."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 
 from edgebox.central.blobs.s3 import S3Blobs
 from edgebox.central.files import recording_key
-from tests.seaweed import SeaweedFS
+from tests.seaweed import SeaweedFS, seaweed  # noqa: F401 - fixture
 from tests.sync_fixtures import alarms, central_holds, central_workers, sealed, start_box, wait_for
 from tests.test_sync import fill
 
@@ -70,3 +72,47 @@ def test_store_down_mid_transfer_nothing_acked_then_every_file_once(
         for worker in workers:
             worker.stop()
         server.stop()
+
+
+def test_box_replica_reaches_the_s3_store_and_restores(tmp_path, broker, pki, seaweed, monkeypatch):  # noqa: F811
+    from edgebox.central.replica_blobs import restore_set
+    from edgebox.config import load_config
+    from tests.conftest import BoxProcess, make_box
+    from tests.replica_fixtures import restore_rows
+    from tests.sync_fixtures import upstream_env
+    from tests.test_replication import ingest, pair
+
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    store = f"s3://{seaweed.bucket}/replica-test"
+    blobs = S3Blobs(seaweed.bucket, "replica-test")
+    work = tmp_path / "work"
+    config_path = make_box(tmp_path / "box", box_id="van-r")
+    env = {
+        **upstream_env(broker, pki, "van-r"),
+        "EDGEBOX_REPLICATION__SHIP_INTERVAL_SECONDS": "1",
+    }
+    workers = central_workers(work, broker, pki, count=1, blobs=store)
+    box = BoxProcess(config_path, env=env).start()
+    try:
+        first, _ = ingest(pair(box), 100_000)
+
+        def restored() -> dict | None:
+            shutil.rmtree(tmp_path / "copy", ignore_errors=True)
+            try:
+                restore_set(blobs, "van-r", tmp_path / "copy")
+            except Exception:  # noqa: BLE001 - not there yet
+                return None
+            return restore_rows(load_config(config_path), tmp_path / "copy", tmp_path / "p.db")
+
+        rows = wait_for(
+            lambda: (r := restored()) and first in r and r, timeout=60, what="replica in S3"
+        )
+        assert rows[first]["id"] == first
+        record = json.loads(blobs.get("replicas/van-r/current.json"))
+        for entry in record["files"].values():  # each file once, under its hash
+            assert blobs.head(f"replicas/van-r/files/{entry['sha256']}").size == entry["size"]
+    finally:
+        box.stop()
+        for worker in workers:
+            worker.stop()
