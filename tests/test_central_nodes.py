@@ -4,6 +4,7 @@ that drop offline mid-transfer get every file confirmed, each stored and indexed
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -100,4 +101,10 @@ def test_two_nodes_share_store_and_index(tmp_path, broker, seaweed, postgres, mo
     for (box, rid), sha in expected.items():
         assert blobs.head(recording_key(box, rid)).sha256 == sha
     assert not list((work / "transfers").glob("*/*/data"))
+    listed = subprocess.run(
+        [str(Path(sys.executable).with_name("edgebox")), "central", "list", "--work", str(work),
+         "--index", index, "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert {(r["box_id"], r["recording_id"]) for r in json.loads(listed.stdout)} == set(expected)
     assert stats.offline_spells > 0  # boxes did drop mid-transfer and resumed
