@@ -26,7 +26,6 @@ PORT_FLAGS = (
     "filer.port.grpc",
     "s3.port",
     "s3.port.grpc",
-    "s3.port.iceberg",
     "metricsPort",
 )
 
@@ -112,6 +111,9 @@ class SeaweedFS:
             f"-dir={self.folder / 'data'}",
             "-s3",
             f"-s3.config={self._write_config()}",
+            "-master.telemetry=false",  # it would report to the internet otherwise
+            "-s3.port.iceberg=0",  # catalog servers on fixed default ports: not needed, off
+            "-s3.port.lance=0",
             "-volume.max=0",  # as many volumes as the disk's free space holds
             "-master.volumeSizeLimitMB=256",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),

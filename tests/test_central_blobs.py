@@ -12,7 +12,7 @@ from edgebox.central.blobs import StoreMismatch, StoreUnavailable, open_store
 from edgebox.central.blobs.local import LocalBlobs
 from edgebox.central.blobs.s3 import S3Blobs
 from edgebox.errors import ConfigError
-from tests.seaweed import SeaweedFS, s3_store, seaweed  # noqa: F401 - fixture
+from tests.seaweed import SeaweedFS, s3_store
 
 MIB = 1 << 20
 
@@ -78,7 +78,7 @@ def test_unsafe_keys_are_refused(blobs):
             blobs.put(key, b"x")
 
 
-def test_a_part_damaged_on_the_way_is_refused_by_the_store(seaweed, monkeypatch):  # noqa: F811
+def test_a_part_damaged_on_the_way_is_refused_by_the_store(seaweed, monkeypatch):
     blobs = s3_store(seaweed, f"t-{uuid.uuid4().hex[:8]}", monkeypatch)
     upload = blobs.begin("boxes/b/recordings/torn.ebv")
     upload.part(os.urandom(5 * MIB))  # the first part goes: a multipart upload is open

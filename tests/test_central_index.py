@@ -15,7 +15,6 @@ from edgebox.central.index_pg import PgIndex, check_url, dml
 from edgebox.central.receiver import Receiver
 from edgebox.errors import ConfigError
 from edgebox.sync import protocol
-from tests.postgres import postgres  # noqa: F401 - fixture
 
 CHUNK = 64 * 1024
 

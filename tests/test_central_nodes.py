@@ -19,8 +19,6 @@ from bench.fleet_box import SimBox
 from bench.fleet_link import BoxRunner, BoxUplink, FleetStats
 from edgebox.central.blobs.s3 import S3Blobs
 from edgebox.central.files import recording_key
-from tests.postgres import postgres  # noqa: F401 - fixture
-from tests.seaweed import seaweed  # noqa: F401 - fixture
 from tests.sync_fixtures import wait_for
 
 BOXES, RECORDINGS = 8, 2
@@ -36,7 +34,7 @@ def central_node(name: str, broker, work: Path, store: str, index: str, env: dic
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def test_two_nodes_share_store_and_index(tmp_path, broker, seaweed, postgres, monkeypatch):  # noqa: F811
+def test_two_nodes_share_store_and_index(tmp_path, broker, seaweed, postgres, monkeypatch):
     import os
 
     index = postgres.new_database()

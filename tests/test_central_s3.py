@@ -10,7 +10,7 @@ import time
 
 from edgebox.central.blobs.s3 import S3Blobs
 from edgebox.central.files import recording_key
-from tests.seaweed import SeaweedFS, seaweed  # noqa: F401 - fixture
+from tests.seaweed import SeaweedFS
 from tests.sync_fixtures import alarms, central_holds, central_workers, sealed, start_box, wait_for
 from tests.test_sync import fill
 
@@ -74,7 +74,7 @@ def test_store_down_mid_transfer_nothing_acked_then_every_file_once(
         server.stop()
 
 
-def test_box_replica_reaches_the_s3_store_and_restores(tmp_path, broker, pki, seaweed, monkeypatch):  # noqa: F811
+def test_box_replica_reaches_the_s3_store_and_restores(tmp_path, broker, pki, seaweed, monkeypatch):
     from edgebox.central.replica_blobs import restore_set
     from edgebox.config import load_config
     from tests.conftest import BoxProcess, make_box

@@ -41,7 +41,9 @@ def _client():
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return boto3.client("s3", config=config)
+    # A session of its own: boto3's default session keeps the credentials it first found,
+    # and each store (a test's own server, rotated credentials) must read them afresh.
+    return boto3.session.Session().client("s3", config=config)
 
 
 def _unavailable(store: S3Blobs, key: str, exc: Exception) -> StoreUnavailable:
