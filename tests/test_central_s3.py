@@ -116,3 +116,34 @@ def test_box_replica_reaches_the_s3_store_and_restores(tmp_path, broker, pki, se
         box.stop()
         for worker in workers:
             worker.stop()
+
+
+def test_evidence_package_from_the_s3_store(tmp_path, broker, pki, seaweed, monkeypatch):
+    from tests.conftest import run_cli
+    from tests.test_central_export import checkpoint_while_offline, sync_two_recordings, verify
+
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    url = f"s3://{seaweed.bucket}/export-test"
+    box, workers, work, recordings = sync_two_recordings(tmp_path, broker, pki, blobs=url)
+    try:
+        box = checkpoint_while_offline(tmp_path, box, broker, pki)
+        assert not (work / "boxes").exists()  # the files are in the bucket only
+        key = tmp_path / "box" / "central-demo" / "central.key"
+        for rid, data in recordings.items():
+            out = tmp_path / "exports" / rid
+            args = ["central", "export", rid, "--store", url, "--work", str(work)]
+            result = run_cli(*args, "--key", str(key), "--out", str(out), "--json")
+            assert result.returncode == 0, result.stderr
+            assert (out / json.loads(result.stdout)["clip"]).read_bytes() == data
+            assert verify(out).returncode == 0
+        assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == sorted(recordings)
+        gone = run_cli(
+            "central", "export", "no-such", "--store", url, "--work", str(work),
+            "--key", str(key), "--out", str(tmp_path / "none"),
+        )  # fmt: skip
+        assert gone.returncode == 2 and "no complete recording" in gone.stderr
+    finally:
+        box.stop()
+        for worker in workers:
+            worker.stop()

@@ -10,6 +10,43 @@ import click
 
 from edgebox.cli import emit, handle_errors, json_option, main
 
+store_url_option = click.option(
+    "--store",
+    required=True,
+    help="Where complete files go: a folder (also the work folder by default) or "
+    "s3://BUCKET/PREFIX (credentials and endpoint from AWS_* variables or ~/.aws, never here).",
+)
+work_option = click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local folder for transfers under way, replica sets being checked and a SQLite "
+    "index (default: the --store folder; needed with s3://). Nodes that share the work "
+    "share this folder.",
+)
+index_option = click.option(
+    "--index",
+    "index_spec",
+    default="sqlite",
+    show_default=True,
+    help="sqlite (central.db in the work folder) or postgresql://USER@HOST:PORT/DB "
+    "(password from PGPASSWORD or ~/.pgpass).",
+)
+
+
+def work_folder(store: str, work: Path | None, index_spec: str) -> Path:
+    """The work folder for `--store`/`--work`/`--index`: refuses an s3:// store without
+    --work and an index URL that carries a password."""
+    from edgebox.central.index_pg import check_url
+
+    if index_spec != "sqlite":
+        check_url(index_spec)
+    if work is not None:
+        return work
+    if "://" in store:
+        raise click.UsageError("--work DIR is needed with an s3:// store")
+    return Path(store)
+
+
 store_option = click.option(
     "--store",
     required=True,
@@ -25,26 +62,9 @@ def central():
 
 @central.command("run")
 @click.option("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT.")
-@click.option(
-    "--store",
-    required=True,
-    help="Where complete files go: a folder (also the work folder by default) or "
-    "s3://BUCKET/PREFIX (credentials and endpoint from AWS_* variables or ~/.aws, never here).",
-)
-@click.option(
-    "--work",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Local folder for transfers under way, replica sets being checked and a SQLite "
-    "index (default: the --store folder; needed with s3://). Nodes that share the work "
-    "share this folder.",
-)
-@click.option(
-    "--index",
-    default="sqlite",
-    show_default=True,
-    help="sqlite (central.db in the work folder) or postgresql://USER@HOST:PORT/DB "
-    "(password from PGPASSWORD or ~/.pgpass).",
-)
+@store_url_option
+@work_option
+@index_option
 @click.option("--workers", default=2, show_default=True, help="Workers in the shared subscription.")
 @click.option(
     "--ca", type=click.Path(dir_okay=False), help="CA bundle for the broker's certificate."
@@ -54,9 +74,8 @@ def central():
 @click.option("--username", default="", help="Broker user name.")
 @click.option("--password-file", type=click.Path(dir_okay=False), help="File holding the password.")
 @handle_errors
-def run_central(broker, store, work, index, workers, ca, cert, key, username, password_file):
+def run_central(broker, store, work, index_spec, workers, ca, cert, key, username, password_file):
     """Receive from every box until stopped (SIGTERM or Ctrl-C)."""
-    from edgebox.central.index_pg import check_url
     from edgebox.central.worker import central_settings, run_until, start_workers
     from edgebox.lowlevel import allocator
     from edgebox.lowlevel.signals import wait_for_signal
@@ -67,14 +86,9 @@ def run_central(broker, store, work, index, workers, ca, cert, key, username, pa
     settings = central_settings(
         broker, ca=ca, cert=cert, key=key, username=username, password=password
     )
-    if work is None:
-        if "://" in store:
-            raise click.UsageError("--work DIR is needed with an s3:// store")
-        work = Path(store)
-    if index != "sqlite":
-        check_url(index)
-    started = start_workers(work, settings, workers, store, index)
-    where = f"store {store}, work {work}, index {index.split('@')[-1]}"
+    work = work_folder(store, work, index_spec)
+    started = start_workers(work, settings, workers, store, index_spec)
+    where = f"store {store}, work {work}, index {index_spec.split('@')[-1]}"
     click.echo(f"central: {workers} worker(s) on {broker}, {where}", err=True)
     stop = threading.Event()
     threading.Thread(target=run_until, args=(stop, started), daemon=True).start()
@@ -95,20 +109,15 @@ def run_central(broker, store, work, index, workers, ca, cert, key, username, pa
     type=click.Path(file_okay=False, path_type=Path),
     help="Central's store folder, or with an s3:// store its --work folder.",
 )
-@click.option(
-    "--index", "index_spec", default="sqlite", show_default=True, help="As for `central run`."
-)
+@index_option
 @json_option
 @handle_errors
 def list_central(store, index_spec, as_json):
     """What central holds: box, recording id, evidence and stored-bytes SHA-256, completeness."""
     from edgebox.central.index import open_index
-    from edgebox.central.index_pg import check_url
     from edgebox.sync.protocol import is_replica_transfer
 
-    if index_spec != "sqlite":
-        check_url(index_spec)
-    index = open_index(index_spec, store)
+    index = open_index(index_spec, work_folder(str(store), store, index_spec))
     try:
         rows = [
             {
@@ -152,7 +161,9 @@ def list_central(store, index_spec, as_json):
 
 @central.command("export")
 @click.argument("recording_id")
-@store_option
+@store_url_option
+@work_option
+@index_option
 @click.option(
     "--key",
     "key_file",
@@ -169,13 +180,18 @@ def list_central(store, index_spec, as_json):
 @click.option("--box", "box_id", help="The box the recording came from (when ids collide).")
 @json_option
 @handle_errors
-def export_central(recording_id, store, key_file, out, box_id, as_json):
+def export_central(recording_id, store, work, index_spec, key_file, out, box_id, as_json):
     """Write RECORDING_ID's evidence package: clip, vault copy, signed manifest, custody."""
+    from edgebox.central.blobs import open_store
     from edgebox.central.export import export_package
     from edgebox.keys import x25519_private_from_file
 
     private = x25519_private_from_file(key_file)
-    result = export_package(store, recording_id, private, out, box_id=box_id)
+    folder = work_folder(store, work, index_spec)
+    blobs = open_store(store) if "://" in store else None
+    result = export_package(
+        folder, recording_id, private, out, box_id=box_id, blobs=blobs, index_spec=index_spec
+    )
 
     def text(r):
         c = r["custody"]
