@@ -77,7 +77,7 @@ def test_store_down_mid_transfer_nothing_acked_then_every_file_once(
 def test_box_replica_reaches_the_s3_store_and_restores(tmp_path, broker, pki, seaweed, monkeypatch):
     from edgebox.central.replica_blobs import restore_set
     from edgebox.config import load_config
-    from tests.conftest import BoxProcess, make_box
+    from tests.conftest import BoxProcess, make_box, run_cli
     from tests.replica_fixtures import restore_rows
     from tests.sync_fixtures import upstream_env
     from tests.test_replication import ingest, pair
@@ -109,6 +109,14 @@ def test_box_replica_reaches_the_s3_store_and_restores(tmp_path, broker, pki, se
             lambda: (r := restored()) and first in r and r, timeout=60, what="replica in S3"
         )
         assert rows[first]["id"] == first
+        shown = run_cli(
+            "central", "replica", "van-r", "--store", store, "--export",
+            str(tmp_path / "cli-copy"), "--json",
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["files"] >= 2
+        rows = restore_rows(load_config(config_path), tmp_path / "cli-copy", tmp_path / "q.db")
+        assert first in rows
         record = json.loads(blobs.get("replicas/van-r/current.json"))
         for entry in record["files"].values():  # each file once, under its hash
             assert blobs.head(f"replicas/van-r/files/{entry['sha256']}").size == entry["size"]

@@ -47,14 +47,6 @@ def work_folder(store: str, work: Path | None, index_spec: str) -> Path:
     return Path(store)
 
 
-store_option = click.option(
-    "--store",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Central's store folder (files and index).",
-)
-
-
 @main.group()
 def central():
     """The central receiver: takes every box's recordings and custody, confirms them."""
@@ -229,7 +221,12 @@ def verify_package_central(folder, as_json):
 
 @central.command("replica")
 @click.argument("box_id")
-@store_option
+@click.option(
+    "--store",
+    required=True,
+    help="Central's store folder (or its --work folder), or an s3:// store: then the copy "
+    "in the bucket is shown or exported (not --check).",
+)
 @click.option(
     "--check", is_flag=True, help="Re-hash every file of the copy; exit 1 when one is damaged."
 )
@@ -245,13 +242,14 @@ def replica_central(box_id, store, check, export_to, as_json):
     """Central's copy of a box's Litestream replica: where it is, how far it goes."""
     from edgebox.central.replicas import ReplicaStore
 
-    replicas = ReplicaStore(store, box_id)
-    if export_to is not None:
-        report = replicas.export(export_to)
+    if "://" in store:
+        report = _replica_in_store(store, box_id, check, export_to)
+    elif export_to is not None:
+        report = ReplicaStore(Path(store), box_id).export(export_to)
     elif check:
-        report = replicas.check()
+        report = ReplicaStore(Path(store), box_id).check()
     else:
-        report = replicas.report()
+        report = ReplicaStore(Path(store), box_id).report()
 
     def text(r):
         click.echo(
@@ -266,3 +264,35 @@ def replica_central(box_id, store, check, export_to, as_json):
 
     emit(report, as_json, text)
     sys.exit(1 if report["damaged"] else 0)
+
+
+def _replica_in_store(store: str, box_id: str, check: bool, export_to: Path | None) -> dict:
+    """The box's replica set as the blob store holds it (shown, or laid out in `export_to`)."""
+    import json as json_module
+
+    from edgebox.central.blobs import open_store
+    from edgebox.central.replica_blobs import restore_set
+    from edgebox.central.replicas import ReplicaCopyError
+
+    if check:
+        raise click.UsageError("--check works on a folder; export from the s3:// store instead")
+    blobs = open_store(store)
+    if export_to is not None:
+        record = restore_set(blobs, box_id, export_to)
+    else:
+        try:
+            record = json_module.loads(blobs.get(f"replicas/{box_id}/current.json"))
+        except FileNotFoundError:
+            raise ReplicaCopyError(f"the store holds no replica of box {box_id}") from None
+    report = {
+        "box_id": box_id,
+        "path": f"{blobs.url}/replicas/{box_id}/current.json",
+        "set": record["seq"],
+        "txid": record["txid"],
+        "files": len(record["files"]),
+        "bytes": record["bytes"],
+        "received_at": record["received_at"],
+        "kept": [],
+        "damaged": [],
+    }
+    return {**report, "exported_to": str(export_to)} if export_to else report
