@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(mosquitto ffmpeg fonts-dejavu-core python3 python3-venv python3-dev gcc openssl
-  ca-certificates systemd hostapd dnsmasq-base nftables openssh-client chromium util-linux)
+  ca-certificates systemd hostapd dnsmasq-base nftables openssh-client chromium util-linux
+  postgresql)
 VENV=${EDGEBOX_VENV:-.venv}
 
 missing=()

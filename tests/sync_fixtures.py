@@ -83,13 +83,16 @@ def box_and_central(folder: Path, broker, pki, box_id: str, store: Path, workers
             worker.stop()
 
 
-def central_workers(store: Path, broker, pki, count: int = 2):
-    """Start central workers with their own client certificate."""
+def central_workers(
+    store: Path, broker, pki, count: int = 2, blobs: str | None = None, index: str = "sqlite"
+):
+    """Start central workers with their own client certificate (on `store` as the work
+    folder; complete files in `blobs` when given, e.g. an s3:// URL)."""
     cert, key = pki.client_cert("central")
     settings = central_settings(
         broker.url_tls_cert, ca=str(broker.ca_path), cert=str(cert), key=str(key)
     )
-    return start_workers(store, settings, count)
+    return start_workers(store, settings, count, blobs, index)
 
 
 def central_holds(store: Path) -> dict:

@@ -36,11 +36,12 @@ def central_one(store: Path, sql: str, params=()) -> dict | None:
         index.close()
 
 
-def sync_two_recordings(tmp_path: Path, broker, pki):
-    """A real box syncs two recordings (one with a camera filename) to real central workers;
-    returns (box, workers, store, {recording id: bytes})."""
+def sync_two_recordings(tmp_path: Path, broker, pki, blobs: str | None = None):
+    """A real box syncs two recordings (one with a camera filename) to real central workers
+    (complete files in `blobs` when given); returns (box, workers, store, {recording id:
+    bytes})."""
     store = tmp_path / "central"
-    workers = central_workers(store, broker, pki, count=2)
+    workers = central_workers(store, broker, pki, count=2, blobs=blobs)
     box = start_box(tmp_path / "box", broker, pki, BOX_ID)
     payloads = fill(box, 1, MIB + 17)
     camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"], "CAM-NAMED")

@@ -28,8 +28,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgebox import vault
-from edgebox.central.files import recording_path
-from edgebox.central.index import Index
+from edgebox.central.files import manifest_key, recording_key, recording_path
+from edgebox.central.index import Index, open_index
 from edgebox.central.package import (
     CHECKPOINT_FIELDS,
     CUSTODY,
@@ -82,13 +82,49 @@ def export_package(
     private_key: X25519PrivateKey,
     out: Path,
     box_id: str | None = None,
+    blobs=None,
+    index_spec: str = "sqlite",
 ) -> dict:
-    """Write the evidence package of one recording to `out` (all or nothing); returns a summary."""
+    """Write the evidence package of one recording to `out` (all or nothing); returns a summary.
+
+    `store_dir` is central's folder (its work folder with an object store); `blobs` the blob
+    store when it is not that folder (the files are fetched beside `out` first, then checked
+    like a folder's), `index_spec` the index as `open_index` takes it."""
     store_dir, out = Path(store_dir), Path(out)
-    if not (store_dir / "central.db").is_file():
+    if index_spec == "sqlite" and not (store_dir / "central.db").is_file():
         raise NotFound(f"no central store at {store_dir} (central.db is missing)")
     _check_out(out)
-    index = Index(store_dir)
+    fetched: list[Path] = []
+    try:
+        return _export(
+            store_dir, recording_id, private_key, out, box_id, blobs, index_spec, fetched
+        )
+    finally:
+        for folder in fetched:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _locate(store_dir: Path, blobs, box_id: str, recording_id: str, out: Path, fetched) -> Path:
+    """The recording's vault file (its manifest beside it) as a local path."""
+    if blobs is None or blobs.folder() is not None:
+        return recording_path(blobs.folder() if blobs else store_dir, box_id, recording_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.fetch-", dir=out.parent))
+    fetched.append(folder)
+    key = recording_key(box_id, recording_id)
+    source = folder / f"{recording_id}.ebv"
+    try:
+        blobs.download(key, source)
+        blobs.download(manifest_key(key), source.with_suffix(".manifest.json"))
+    except FileNotFoundError:
+        raise VaultError(
+            f"recording {recording_id}: indexed, but missing from {blobs.url}"
+        ) from None
+    return source
+
+
+def _export(store_dir, recording_id, private_key, out, box_id, blobs, index_spec, fetched):
+    index = open_index(index_spec, store_dir)
     try:
         row = _recording_row(index, recording_id, box_id)
         box_id = row["box_id"]
@@ -105,7 +141,7 @@ def export_package(
         evidence = row["evidence_sha256"]
         if manifest.get("recording", {}).get("evidence_sha256") != evidence:
             raise VaultError(f"recording {recording_id}: index and signed manifest disagree")
-        source = recording_path(store_dir, box_id, recording_id)
+        source = _locate(store_dir, blobs, box_id, recording_id, out, fetched)
         beside, _ = load_json(source.with_suffix(".manifest.json"))
         if beside and beside.get("manifest") != manifest:
             raise VaultError(f"recording {recording_id}: the manifest file and index disagree")

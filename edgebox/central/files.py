@@ -7,8 +7,11 @@ Layout under the store folder:
   page cache where it can, `edgebox.lowlevel.direct_io`);
 - `transfers/<box>/<tid>/present`: one byte per segment, 1 once it is stored and
   hash-checked;
-- `boxes/<box>/recordings/<recording>.ebv` and `.manifest.json`: complete recordings;
 - `replicas/<box>/...`: complete replica files and sets (`edgebox.central.replicas`).
+
+Complete recordings go to the blob store (`edgebox.central.blobs`) under
+`boxes/<box>/recordings/<recording>.ebv` and `.manifest.json`: this same folder by default,
+or an S3 bucket.
 
 Completion is decided from what is stored (present marks, size, whole-file hash), never
 from which worker saw which message.
@@ -115,16 +118,14 @@ class Transfer:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def complete_into(self, destination: Path, manifest: dict | None = None) -> None:
-        """Move the verified file into place (a recording's with its manifest beside it)."""
-        destination.parent.mkdir(parents=True, exist_ok=True)
+    def complete_into(self, blobs, key: str, init: dict, manifest: dict | None = None) -> None:
+        """Hand the verified file to the blob store under `key` (a recording's with its
+        manifest beside it), then drop the transfer's folder. The store has checked what it
+        holds before this returns (`edgebox.central.blobs`); if it fails, the folder stays and
+        the box's next fin tries again."""
         if manifest is not None:
-            atomic_write(
-                destination.with_suffix(".manifest.json"),
-                json.dumps(manifest, indent=2, sort_keys=True).encode(),
-            )
-        os.replace(self.data, destination)
-        fsync_dir(destination.parent)
+            blobs.put(manifest_key(key), json.dumps(manifest, indent=2, sort_keys=True).encode())
+        blobs.keep(key, self.data, init["sha256"], init["size"])
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -174,9 +175,19 @@ def segments_present(root: Path) -> set[tuple[str, str, int]]:
     return found
 
 
+def recording_key(box_id: str, recording_id: str) -> str:
+    """The blob key of a complete recording."""
+    return f"boxes/{box_id}/recordings/{recording_id}.ebv"
+
+
+def manifest_key(key: str) -> str:
+    """The blob key of the manifest beside a recording's."""
+    return key.removesuffix(".ebv") + ".manifest.json"
+
+
 def recording_path(root: Path, box_id: str, recording_id: str) -> Path:
-    """Where central keeps a complete recording."""
-    return Path(root) / "boxes" / box_id / "recordings" / f"{recording_id}.ebv"
+    """Where a folder store keeps a complete recording."""
+    return Path(root) / recording_key(box_id, recording_id)
 
 
 def file_sha256(path: Path) -> str:

@@ -1,4 +1,7 @@
-"""Central's index (SQLite in the store): boxes, recordings, custody, checkpoints, alarms."""
+"""Central's index: boxes, recordings, custody, checkpoints, alarms.
+
+SQLite in the work folder for one node (`Index`, the default); PostgreSQL when several
+nodes share the work (`edgebox.central.index_pg.PgIndex`), with the same migrations."""
 
 from __future__ import annotations
 
@@ -154,19 +157,11 @@ class Index:
 
     def alarm(self, box_id: str | None, message: str) -> None:
         """Raise an alarm that operators must look at."""
-        with self.write() as db:
-            db.execute(
-                "INSERT INTO alarms (box_id, ts, message) VALUES (?, ?, ?)",
-                [box_id, iso(), message],
-            )
+        alarm(self, box_id, message)
 
     def reject(self, topic: str, reason: str) -> None:
         """Log a refused message."""
-        with self.write() as db:
-            db.execute(
-                "INSERT INTO rejections (ts, topic, reason) VALUES (?, ?, ?)",
-                [iso(), topic[:300], reason[:500]],
-            )
+        reject(self, topic, reason)
 
     def close(self) -> None:
         """Close every connection."""
@@ -174,6 +169,33 @@ class Index:
             for db in self._all:
                 db.close()
             self._all.clear()
+
+
+def alarm(index, box_id: str | None, message: str) -> None:
+    """Raise an alarm in `index` (either kind)."""
+    with index.write() as db:
+        db.execute(
+            "INSERT INTO alarms (box_id, ts, message) VALUES (?, ?, ?)", [box_id, iso(), message]
+        )
+
+
+def reject(index, topic: str, reason: str) -> None:
+    """Log a refused message in `index` (either kind)."""
+    with index.write() as db:
+        db.execute(
+            "INSERT INTO rejections (ts, topic, reason) VALUES (?, ?, ?)",
+            [iso(), topic[:300], reason[:500]],
+        )
+
+
+def open_index(spec: str, work_dir: Path):
+    """The index `--index` names: `sqlite` (central.db in the work folder) or a
+    `postgresql://USER@HOST:PORT/DB` URL (password from PGPASSWORD or ~/.pgpass)."""
+    if spec in ("", "sqlite"):
+        return Index(work_dir)
+    from edgebox.central.index_pg import PgIndex
+
+    return PgIndex(spec)
 
 
 class _Immediate:

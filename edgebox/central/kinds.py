@@ -14,8 +14,9 @@ import re
 from pathlib import Path
 
 from edgebox import vault
-from edgebox.central.files import Transfer, recording_path
+from edgebox.central.files import Transfer, recording_key
 from edgebox.central.index import Index
+from edgebox.central.replica_blobs import mirror_set
 from edgebox.central.replicas import ReplicaStore
 from edgebox.clock import iso
 from edgebox.replication import fileset as replication_set
@@ -62,9 +63,10 @@ def _raise(message: str):
 class RecordingFiles:
     """Vault files of recordings: signed manifest, indexed once per box and recording."""
 
-    def __init__(self, root: Path, index: Index):
+    def __init__(self, root: Path, index: Index, blobs):
         self.root = Path(root)
         self.index = index
+        self.blobs = blobs
 
     def check(self, box: str, tid: str, message: dict) -> None:
         """The recording id must be sound and match the transfer id."""
@@ -101,12 +103,15 @@ class RecordingFiles:
 
     def store(self, box: str, tid: str, transfer: Transfer, init: dict) -> None:
         """Move the checked file into the box's recordings and index it."""
-        destination = recording_path(self.root, box, init["recording_id"])
+        key = recording_key(box, init["recording_id"])
         problems = vault.check_structure(transfer.data)  # the hash was checked by the caller
         if problems:
             self.index.alarm(box, f"recording {init['recording_id']}: {problems[0]}")
         transfer.complete_into(
-            destination, {"manifest": init["manifest"], "signature": init["signature"], "tid": tid}
+            self.blobs,
+            key,
+            init,
+            {"manifest": init["manifest"], "signature": init["signature"], "tid": tid},
         )
         recording = init["manifest"]["recording"]
         with self.index.write() as db:
@@ -121,7 +126,7 @@ class RecordingFiles:
                     recording["evidence_sha256"],
                     init["sha256"],
                     init["size"],
-                    str(destination.relative_to(self.root)),
+                    key,
                     json.dumps(init["manifest"]),
                     init["signature"],
                     iso(),
@@ -130,11 +135,16 @@ class RecordingFiles:
 
 
 class ReplicaFiles:
-    """Files of a box's Litestream replica: named by content until a set places them."""
+    """Files of a box's Litestream replica: named by content until a set places them.
 
-    def __init__(self, root: Path, index: Index):
+    They are gathered and checked in the work folder (`edgebox.central.replicas`); a set
+    that became current there is copied to the blob store too when that is another place
+    (`edgebox.central.replica_blobs`), before the box hears `ok`."""
+
+    def __init__(self, root: Path, index: Index, blobs):
         self.root = Path(root)
         self.index = index
+        self.blobs = blobs
 
     def check(self, box: str, tid: str, message: dict) -> None:
         """The transfer id must name the content; the path must be a replica file's."""
@@ -165,7 +175,8 @@ class ReplicaFiles:
 
     def store(self, box: str, tid: str, transfer: Transfer, init: dict) -> None:
         """Keep the checked file under its hash until its set comes."""
-        transfer.complete_into(ReplicaStore(self.root, box).incoming(init["sha256"]))
+        incoming = ReplicaStore(self.root, box).incoming(init["sha256"])
+        transfer.complete_into(_folder_of(self.root), str(incoming.relative_to(self.root)), init)
 
     def commit(self, box: str, message: dict, public) -> dict:
         """Apply a `replica.set` message: the answer's status and fields."""
@@ -188,7 +199,10 @@ class ReplicaFiles:
             raise Refused(exc.message) from None
         if not protocol.check_signature(body, signature, public):
             raise Refused("replica set signature invalid")
-        outcome = ReplicaStore(self.root, box).commit(message["id"], files)
+        replicas = ReplicaStore(self.root, box)
+        outcome = replicas.commit(message["id"], files)
+        if outcome["status"] == "ok":
+            mirror_set(self.blobs, replicas)  # raises StoreError (no answer) if it cannot
         if outcome.get("alarm"):
             self.index.alarm(box, outcome.pop("alarm"))
         if outcome["status"] == "rejected":
@@ -205,6 +219,12 @@ def _check_entry(path: str, entry) -> None:
         or not _HEX64.match(entry["sha256"])
     ):
         raise ProtocolError(f"replica set entry for {path} needs a size and a sha256")
+
+
+def _folder_of(root: Path):
+    from edgebox.central.blobs.local import LocalBlobs
+
+    return LocalBlobs(root)
 
 
 def kind_of(tid: str, kinds: dict):

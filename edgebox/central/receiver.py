@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgebox import custody
 from edgebox.central import forks
+from edgebox.central.blobs import BlobStore, StoreError
+from edgebox.central.blobs.local import LocalBlobs
 from edgebox.central.channel import FileChannel
 from edgebox.central.index import Index
 from edgebox.central.kinds import RecordingFiles, Refused, ReplicaFiles
@@ -36,14 +38,24 @@ CUSTODY_INSERT = (
 class Receiver:
     """Applies upstream messages to the store and answers on the box's ack topic."""
 
-    def __init__(self, store_dir: Path, publish: Callable[[str, bytes], object]):
-        """`publish(topic, payload)` sends an answer to a box (at QoS 1)."""
+    def __init__(
+        self,
+        store_dir: Path,
+        publish: Callable[[str, bytes], object],
+        blobs: BlobStore | None = None,
+        index=None,
+    ):
+        """`publish(topic, payload)` sends an answer to a box (at QoS 1). `store_dir` is the
+        work folder (transfers under way, replica sets being checked, and by default the
+        SQLite index and the complete files too); `blobs` is where complete files go (that
+        folder when not given), `index` the index (SQLite in that folder when not given)."""
         self.root = Path(store_dir)
-        self.index = Index(self.root)
+        self.index = index if index is not None else Index(self.root)
+        self.blobs = blobs if blobs is not None else LocalBlobs(self.root)
         self.publish = publish
         self.kinds = {
-            "recording": RecordingFiles(self.root, self.index),
-            "replica": ReplicaFiles(self.root, self.index),
+            "recording": RecordingFiles(self.root, self.index, self.blobs),
+            "replica": ReplicaFiles(self.root, self.index, self.blobs),
         }
         self.files = FileChannel(self.root, self.index, self.kinds, self._ack)
 
@@ -74,6 +86,12 @@ class Receiver:
         except ProtocolError as exc:
             log.warning("rejected %s: %s", topic[:120], exc.message)
             self.index.reject(topic, exc.message)
+            return None
+        except StoreError as exc:
+            # Nothing is answered: the box sends the fin (or the set) again after its ack
+            # timeout, and the transfer waits in the work folder meanwhile.
+            log.error("blob store failed on %s: %s", topic[:120], exc.message)
+            self.index.alarm(_box_of(topic), f"blob store: {exc.message}"[:500])
             return None
 
     def _dispatch(self, topic: str, payload: bytes):
@@ -232,6 +250,13 @@ class Receiver:
                 f"{fork_at + moved - 1} were replaced by the restored chain (kept as superseded)",
             )
         return {"status": "ok"}
+
+
+def _box_of(topic: str) -> str | None:
+    try:
+        return protocol.parse_topic(topic)["box"]
+    except ProtocolError:
+        return None
 
 
 def _public(b64: str) -> Ed25519PublicKey:

@@ -7,6 +7,8 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from edgebox.central.blobs import open_store
+from edgebox.central.index import open_index
 from edgebox.central.lanes import Lanes
 from edgebox.central.receiver import Receiver
 from edgebox.sync import protocol
@@ -18,8 +20,13 @@ class CentralWorker:
     threads (`Lanes`) for the costly part of each file message and one for metadata (its
     database commits, in arrival order), so paho's network thread keeps reading."""
 
-    def __init__(self, store: Path, settings: LinkSettings):
-        self.receiver = Receiver(store, self._publish)
+    def __init__(
+        self, work: Path, settings: LinkSettings, store: str | None = None, index: str = "sqlite"
+    ):
+        """`work` holds transfers under way (and by default everything); `store` names the
+        blob store (`open_store`), `index` the index (`open_index`)."""
+        blobs = open_store(store) if store is not None else None
+        self.receiver = Receiver(work, self._publish, blobs, open_index(index, Path(work)))
         name = settings.client_id or "central"
         self.lanes = Lanes(name)
         self.in_order = Lanes(f"{name}-meta", threads=1)  # custody is applied in sequence
@@ -67,12 +74,21 @@ def central_settings(
     )
 
 
-def start_workers(store: Path, settings: LinkSettings, count: int) -> list[CentralWorker]:
-    """Start `count` workers with unique client ids."""
-    Path(store).mkdir(parents=True, exist_ok=True)
+def start_workers(
+    work: Path,
+    settings: LinkSettings,
+    count: int,
+    store: str | None = None,
+    index: str = "sqlite",
+) -> list[CentralWorker]:
+    """Start `count` workers with unique client ids (on the work folder, blob store and
+    index given; by default all in the work folder)."""
+    Path(work).mkdir(parents=True, exist_ok=True)
     run = uuid.uuid4().hex[:8]
     return [
-        CentralWorker(store, replace(settings, client_id=f"edgebox-central-{run}-{n}")).start()
+        CentralWorker(
+            work, replace(settings, client_id=f"edgebox-central-{run}-{n}"), store, index
+        ).start()
         for n in range(count)
     ]
 

@@ -10,12 +10,41 @@ import click
 
 from edgebox.cli import emit, handle_errors, json_option, main
 
-store_option = click.option(
+store_url_option = click.option(
     "--store",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Central's store folder (files and index).",
+    help="Where complete files go: a folder (also the work folder by default) or "
+    "s3://BUCKET/PREFIX (credentials and endpoint from AWS_* variables or ~/.aws, never here).",
 )
+work_option = click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local folder for transfers under way, replica sets being checked and a SQLite "
+    "index (default: the --store folder; needed with s3://). Nodes that share the work "
+    "share this folder.",
+)
+index_option = click.option(
+    "--index",
+    "index_spec",
+    default="sqlite",
+    show_default=True,
+    help="sqlite (central.db in the work folder) or postgresql://USER@HOST:PORT/DB "
+    "(password from PGPASSWORD or ~/.pgpass).",
+)
+
+
+def work_folder(store: str, work: Path | None, index_spec: str) -> Path:
+    """The work folder for `--store`/`--work`/`--index`: refuses an s3:// store without
+    --work and an index URL that carries a password."""
+    from edgebox.central.index_pg import check_url
+
+    if index_spec != "sqlite":
+        check_url(index_spec)
+    if work is not None:
+        return work
+    if "://" in store:
+        raise click.UsageError("--work DIR is needed with an s3:// store")
+    return Path(store)
 
 
 @main.group()
@@ -25,7 +54,9 @@ def central():
 
 @central.command("run")
 @click.option("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT.")
-@store_option
+@store_url_option
+@work_option
+@index_option
 @click.option("--workers", default=2, show_default=True, help="Workers in the shared subscription.")
 @click.option(
     "--ca", type=click.Path(dir_okay=False), help="CA bundle for the broker's certificate."
@@ -35,7 +66,7 @@ def central():
 @click.option("--username", default="", help="Broker user name.")
 @click.option("--password-file", type=click.Path(dir_okay=False), help="File holding the password.")
 @handle_errors
-def run_central(broker, store, workers, ca, cert, key, username, password_file):
+def run_central(broker, store, work, index_spec, workers, ca, cert, key, username, password_file):
     """Receive from every box until stopped (SIGTERM or Ctrl-C)."""
     from edgebox.central.worker import central_settings, run_until, start_workers
     from edgebox.lowlevel import allocator
@@ -47,8 +78,10 @@ def run_central(broker, store, workers, ca, cert, key, username, password_file):
     settings = central_settings(
         broker, ca=ca, cert=cert, key=key, username=username, password=password
     )
-    started = start_workers(store, settings, workers)
-    click.echo(f"central: {workers} worker(s) on {broker}, store {store}", err=True)
+    work = work_folder(store, work, index_spec)
+    started = start_workers(work, settings, workers, store, index_spec)
+    where = f"store {store}, work {work}, index {index_spec.split('@')[-1]}"
+    click.echo(f"central: {workers} worker(s) on {broker}, {where}", err=True)
     stop = threading.Event()
     threading.Thread(target=run_until, args=(stop, started), daemon=True).start()
     try:
@@ -60,15 +93,23 @@ def run_central(broker, store, workers, ca, cert, key, username, password_file):
 
 
 @central.command("list")
-@store_option
+@click.option(
+    "--store",
+    "--work",
+    "store",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Central's store folder, or with an s3:// store its --work folder.",
+)
+@index_option
 @json_option
 @handle_errors
-def list_central(store, as_json):
+def list_central(store, index_spec, as_json):
     """What central holds: box, recording id, evidence and stored-bytes SHA-256, completeness."""
-    from edgebox.central.index import Index
+    from edgebox.central.index import open_index
     from edgebox.sync.protocol import is_replica_transfer
 
-    index = Index(store)
+    index = open_index(index_spec, work_folder(str(store), store, index_spec))
     try:
         rows = [
             {
@@ -112,7 +153,9 @@ def list_central(store, as_json):
 
 @central.command("export")
 @click.argument("recording_id")
-@store_option
+@store_url_option
+@work_option
+@index_option
 @click.option(
     "--key",
     "key_file",
@@ -129,13 +172,18 @@ def list_central(store, as_json):
 @click.option("--box", "box_id", help="The box the recording came from (when ids collide).")
 @json_option
 @handle_errors
-def export_central(recording_id, store, key_file, out, box_id, as_json):
+def export_central(recording_id, store, work, index_spec, key_file, out, box_id, as_json):
     """Write RECORDING_ID's evidence package: clip, vault copy, signed manifest, custody."""
+    from edgebox.central.blobs import open_store
     from edgebox.central.export import export_package
     from edgebox.keys import x25519_private_from_file
 
     private = x25519_private_from_file(key_file)
-    result = export_package(store, recording_id, private, out, box_id=box_id)
+    folder = work_folder(store, work, index_spec)
+    blobs = open_store(store) if "://" in store else None
+    result = export_package(
+        folder, recording_id, private, out, box_id=box_id, blobs=blobs, index_spec=index_spec
+    )
 
     def text(r):
         c = r["custody"]
@@ -173,7 +221,12 @@ def verify_package_central(folder, as_json):
 
 @central.command("replica")
 @click.argument("box_id")
-@store_option
+@click.option(
+    "--store",
+    required=True,
+    help="Central's store folder (or its --work folder), or an s3:// store: then the copy "
+    "in the bucket is shown or exported (not --check).",
+)
 @click.option(
     "--check", is_flag=True, help="Re-hash every file of the copy; exit 1 when one is damaged."
 )
@@ -189,13 +242,14 @@ def replica_central(box_id, store, check, export_to, as_json):
     """Central's copy of a box's Litestream replica: where it is, how far it goes."""
     from edgebox.central.replicas import ReplicaStore
 
-    replicas = ReplicaStore(store, box_id)
-    if export_to is not None:
-        report = replicas.export(export_to)
+    if "://" in store:
+        report = _replica_in_store(store, box_id, check, export_to)
+    elif export_to is not None:
+        report = ReplicaStore(Path(store), box_id).export(export_to)
     elif check:
-        report = replicas.check()
+        report = ReplicaStore(Path(store), box_id).check()
     else:
-        report = replicas.report()
+        report = ReplicaStore(Path(store), box_id).report()
 
     def text(r):
         click.echo(
@@ -210,3 +264,35 @@ def replica_central(box_id, store, check, export_to, as_json):
 
     emit(report, as_json, text)
     sys.exit(1 if report["damaged"] else 0)
+
+
+def _replica_in_store(store: str, box_id: str, check: bool, export_to: Path | None) -> dict:
+    """The box's replica set as the blob store holds it (shown, or laid out in `export_to`)."""
+    import json as json_module
+
+    from edgebox.central.blobs import open_store
+    from edgebox.central.replica_blobs import restore_set
+    from edgebox.central.replicas import ReplicaCopyError
+
+    if check:
+        raise click.UsageError("--check works on a folder; export from the s3:// store instead")
+    blobs = open_store(store)
+    if export_to is not None:
+        record = restore_set(blobs, box_id, export_to)
+    else:
+        try:
+            record = json_module.loads(blobs.get(f"replicas/{box_id}/current.json"))
+        except FileNotFoundError:
+            raise ReplicaCopyError(f"the store holds no replica of box {box_id}") from None
+    report = {
+        "box_id": box_id,
+        "path": f"{blobs.url}/replicas/{box_id}/current.json",
+        "set": record["seq"],
+        "txid": record["txid"],
+        "files": len(record["files"]),
+        "bytes": record["bytes"],
+        "received_at": record["received_at"],
+        "kept": [],
+        "damaged": [],
+    }
+    return {**report, "exported_to": str(export_to)} if export_to else report

@@ -1,0 +1,68 @@
+"""The boxes' replica copies in the blob store, when that store is not central's work folder.
+
+Central gathers and checks each box's Litestream replica files in its work folder
+(`edgebox.central.replicas`). With an object store, every set that becomes current there is
+also written to the store before the box hears `ok`:
+
+- `replicas/<box>/files/<sha256>`: each file of the set, named by its content (a file shared
+  by several sets is stored once; one already there is not sent again);
+- `replicas/<box>/sets/<n>.json`: the set's record (paths, sizes, hashes, txid);
+- `replicas/<box>/current.json`: the same record, written last.
+
+`restore_set` rebuilds a set's folder from the store, from which `edgebox restore --from`
+rebuilds the box's database.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgebox.central.replicas import ReplicaCopyError, ReplicaStore
+from edgebox.vault import file_sha256
+
+
+def _prefix(box_id: str) -> str:
+    return f"replicas/{box_id}"
+
+
+def mirror_set(blobs, replicas: ReplicaStore) -> None:
+    """Write the box's current set to `blobs` (nothing when `blobs` is the work folder)."""
+    if blobs.folder() == replicas.root:
+        return
+    current = replicas.current()
+    if current is None:
+        return
+    prefix = _prefix(replicas.box_id)
+    for path, entry in sorted(current["files"].items()):
+        key = f"{prefix}/files/{entry['sha256']}"
+        held = blobs.head(key)
+        if held is None or (held.size, held.sha256) != (entry["size"], entry["sha256"]):
+            upload = blobs.begin(key, entry["sha256"])
+            with open(Path(current["path"]) / path, "rb") as handle:
+                while chunk := handle.read(8 << 20):
+                    upload.part(chunk)
+            upload.commit()
+    record = json.dumps({k: v for k, v in current.items() if k != "path"}, indent=1).encode()
+    blobs.put(f"{prefix}/sets/{current['seq']}.json", record)
+    blobs.put(f"{prefix}/current.json", record)
+
+
+def restore_set(blobs, box_id: str, out: Path) -> dict:
+    """Lay the box's current set from the store into `out` (new or empty), every file's
+    hash checked; answers the set's record."""
+    prefix = _prefix(box_id)
+    try:
+        record = json.loads(blobs.get(f"{prefix}/current.json"))
+    except FileNotFoundError:
+        raise ReplicaCopyError(f"the store holds no replica of box {box_id}") from None
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ReplicaCopyError(f"{out} exists and is not empty", status=409)
+    for path, entry in sorted(record["files"].items()):
+        target = out / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        blobs.download(f"{prefix}/files/{entry['sha256']}", target)
+        if file_sha256(target) != entry["sha256"]:
+            raise ReplicaCopyError(f"the store's copy of {path} fails its hash", status=500)
+    return record
