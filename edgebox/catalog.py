@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from edgebox import custody
+from edgebox import custody, exemptions
 from edgebox.clock import parse_rfc3339
 from edgebox.errors import EdgeboxError, NotFound
 from edgebox.sync.outbox import queue_meta
@@ -149,6 +149,8 @@ def tag(store, recording_id: str, changes: dict, actor: str) -> dict:
             if value is not None and (not isinstance(value, str) or len(value) > limit):
                 raise _bad(name, f"{name} must be text of at most {limit} characters")
             clean[name] = value or None
+    if "exemption" in clean:
+        clean["exemption"] = exemptions.parse(clean["exemption"])
     if "warned" in changes:
         if changes["warned"] not in (True, False, None):
             raise _bad("warned", "warned must be true, false or null")
