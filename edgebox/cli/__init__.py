@@ -111,6 +111,7 @@ from edgebox.cli import (  # noqa: E402,F401 - registers commands
     admin,
     cameras,
     central,
+    packages,
     reports,
     restore,
     running,

@@ -29,6 +29,7 @@ from edgebox import custody, vault
 from edgebox.clock import iso, parse_rfc3339, utcnow
 from edgebox.db import Store
 from edgebox.errors import IngestError, NotFound, VaultError
+from edgebox.ingest.dedupe import held_recording
 from edgebox.ingest.metadata import parse_recording_metadata
 from edgebox.keys import HPKE_NAME, Keyring, wrap_key
 
@@ -61,6 +62,7 @@ class Progress:
     recording_id: str | None = None
     evidence_sha256: str | None = None
     finished: bool = False
+    duplicate: bool = False  # creation found the recording already held (edgebox.ingest.dedupe)
 
 
 class _Active:
@@ -128,9 +130,17 @@ class Uploads:
         row = self.store.one("SELECT * FROM uploads WHERE id = ?", (upload_id,))
         if row is None:
             raise NotFound(f"no upload {upload_id}")
-        if row["device_id"] != device["id"]:
+        if row["device_id"] != device["id"] and not self._same_camera_finished(row, device):
             raise IngestError("this upload belongs to another camera", status=403)
         return row
+
+    def _same_camera_finished(self, row: dict, device: dict) -> bool:
+        """A finished upload may be asked about by the same camera paired again (same
+        serial): it is where a duplicate upload's answer points (edgebox.ingest.dedupe)."""
+        if row["state"] != "finished":
+            return False
+        owner = self.store.one("SELECT serial FROM devices WHERE id = ?", (row["device_id"],))
+        return owner is not None and owner["serial"] == device["serial"]
 
     def _active_writer(self, row: dict) -> _Active:
         with self._registry:
@@ -223,6 +233,18 @@ class Uploads:
                 status=413,
             )
         columns, raw = parse_recording_metadata(metadata_header, device["serial"])
+        held = held_recording(self.store, device, length, columns)
+        if held is not None:  # sent before: answered with that recording, not stored twice
+            return Progress(
+                held["upload_id"],
+                length,
+                length,
+                held["expires_at"],
+                held["id"],
+                held["evidence_sha256"],
+                finished=True,
+                duplicate=True,
+            )
         with self._creating:  # the space check and the new row, one creation at a time
             return self._create(device, length, columns, raw)
 

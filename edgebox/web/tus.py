@@ -101,8 +101,12 @@ def create():
     progress = _box().uploads.create(
         device, request.headers.get("Upload-Length"), request.headers.get("Upload-Metadata")
     )
-    response = _progress_response(progress, 201)
+    # 200, not 201, when the camera sent this clip before: nothing new was created, and
+    # Location, Upload-Offset and the evidence headers describe the recording already held.
+    response = _progress_response(progress, 200 if progress.duplicate else 201)
     response.headers["Location"] = f"/tus/{progress.upload_id}"
+    if progress.duplicate:
+        response.headers["EdgeBox-Duplicate"] = "true"
     return response
 
 
