@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
-from edgebox import exemptions, storage
+from edgebox import storage
 from edgebox.clock import iso, parse_rfc3339, utcnow
 from edgebox.errors import EdgeboxError
 
@@ -167,10 +168,12 @@ def build(box, filters: Filters, now: dt.datetime | None = None) -> dict:
             sections[check] = _silent_cameras(box.store, filters, rules, now)
             continue
         predicate, params = _predicate(check, rules, now, disk_full)
-        sections[check] = _section(box.store, check, predicate, params, filters, rules, now)
-        by_camera[check] = _grouped(box.store, "serial", predicate, params, filters)
+        sections[check], matches = _section(
+            box.store, check, predicate, params, filters, rules, now
+        )
+        by_camera[check] = _grouped(matches, "serial")
         if rules.per_user_statistics:
-            by_user[check] = _grouped(box.store, "user_id", predicate, params, filters)
+            by_user[check] = _grouped(matches, "user_id")
     return {
         "box_id": box.config.box.box_id,
         "organisation": box.config.box.organisation,
@@ -220,6 +223,9 @@ def _predicate(check: str, rules: Rules, now: dt.datetime, disk_full: bool) -> t
 
 
 def _filter_terms(filters: Filters) -> tuple[list[str], list]:
+    # Unary + keeps SQLite from reading a filter's own index (a camera's or a wearer's whole
+    # history) instead of the check's small one; the filter is then tested inside the
+    # check's covering index (m116).
     terms, params = [], []
     if filters.start:
         terms.append(f"{_PERIOD} >= ?")
@@ -233,39 +239,48 @@ def _filter_terms(filters: Filters) -> tuple[list[str], list]:
         ("category", filters.category),
     ):
         if value is not None:
-            terms.append(f"{column} = ?")
+            terms.append(f"+{column} = ?")
             params.append(value)
     return terms, params
 
 
-def _where(predicate: str, params: list, filters: Filters) -> tuple[str, list]:
+def _section(store, check, predicate, params, filters, rules, now) -> tuple[dict, list[dict]]:
+    """One check: its exact count and newest rows, plus (serial, user_id) of every match for
+    the per-camera and per-user counts. One pass over the check's index finds the matches;
+    only the rows shown are read from the table."""
     terms, values = _filter_terms(filters)
-    return " AND ".join([predicate, *terms]), [*params, *values]
-
-
-def _section(store, check, predicate, params, filters, rules, now) -> dict:
-    where, values = _where(predicate, params, filters)
+    where = " AND ".join([predicate, *terms])
     # The terms come from the fixed predicates above; every value is a bound parameter.
-    count = store.one(f"SELECT count(*) AS n FROM recordings WHERE {where}", values)["n"]  # noqa: S608
-    limit = -1 if filters.limit is None else filters.limit
-    rows = store.query(
-        f"SELECT {_COLUMNS} FROM recordings WHERE {where} "  # noqa: S608
-        "ORDER BY received_at DESC, id DESC LIMIT ?",
-        (*values, limit),
+    matches = store.query(
+        f"SELECT id, received_at, serial, user_id FROM recordings WHERE {where}",  # noqa: S608
+        (*params, *values),
     )
+    matches.sort(key=lambda m: (m["received_at"], m["id"]), reverse=True)
+    shown = matches if filters.limit is None else matches[: filters.limit]
+    rows = _rows(store, [m["id"] for m in shown])
     for row in rows:
         row["finding"] = _finding(store, check, row, rules, now)
-    return {"count": count, "items": rows, "truncated": len(rows) < count}
+    section = {"count": len(matches), "items": rows, "truncated": len(rows) < len(matches)}
+    return section, matches
 
 
-def _grouped(store, column: str, predicate, params, filters) -> dict:
-    where, values = _where(predicate, params, filters)
-    rows = store.query(
-        f"SELECT {column} AS k, count(*) AS n FROM recordings WHERE {where} "  # noqa: S608
-        f"GROUP BY {column} ORDER BY {column}",
-        values,
-    )
-    return {str(r["k"]) if r["k"] is not None else "": r["n"] for r in rows}
+def _rows(store, ids: list[str], batch: int = 500) -> list[dict]:
+    """The report columns of these recordings, in the order given."""
+    found: dict[str, dict] = {}
+    for start in range(0, len(ids), batch):
+        part = ids[start : start + batch]
+        marks = ",".join("?" * len(part))
+        for row in store.query(
+            f"SELECT {_COLUMNS} FROM recordings WHERE id IN ({marks})",  # noqa: S608
+            tuple(part),
+        ):
+            found[row["id"]] = row
+    return [found[i] for i in ids if i in found]
+
+
+def _grouped(matches: list[dict], column: str) -> dict:
+    counts = Counter("" if m[column] is None else str(m[column]) for m in matches)
+    return dict(sorted(counts.items()))
 
 
 def _finding(store, check: str, row: dict, rules: Rules, now: dt.datetime) -> str:
@@ -330,11 +345,3 @@ def _silent_cameras(store, filters: Filters, rules: Rules, now: dt.datetime) -> 
             else f"paired at {since}, never heard from since"
         )
     return {"count": count, "items": rows, "truncated": len(rows) < count}
-
-
-def exemption_label(stored: str | None) -> str:
-    """A short English label of a stored exemption for pages and exports."""
-    code = exemptions.reason(stored)
-    if code == "other":
-        return stored or ""
-    return {"large_group": "large group", "severity": "severity"}.get(code or "", "")
