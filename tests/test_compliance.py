@@ -309,3 +309,30 @@ def test_exemption_answers_are_validated(world):
     assert row == {"warned": 0, "exemption": "severity"}
     sup, _ = login(box, "sam")
     assert sup.get(f"{box.url}/api/v1/compliance").json()["counts"]["warning"] == 0
+
+
+@pytest.mark.parametrize(
+    "variable, value, needle",
+    [
+        ("EDGEBOX_COMPLIANCE__ORGANISATION_TYPE", "hospital", "organisation_type must be one of"),
+        ("EDGEBOX_COMPLIANCE__AT_RISK_DAYS", "30", "at_risk_days must be 0 to 29"),
+        ("EDGEBOX_COMPLIANCE__MIN_PRE_EVENT_SECONDS", "-1", "min_pre_event_seconds"),
+        ("EDGEBOX_COMPLIANCE__SILENT_CAMERA_HOURS", "0", "silent_camera_hours"),
+    ],
+)
+def test_bad_compliance_config_is_refused(box_config, variable, value, needle):
+    checked = run_cli("config", "check", config=box_config, env={variable: value})
+    assert checked.returncode == 2, checked.stdout
+    assert needle in checked.stderr and variable in checked.stderr
+
+
+def test_list_gap_follows_the_configured_minimum(world):
+    box, ids = world
+    client, _ = login(box, "sam")
+    rules = dataclasses.replace(box.config.compliance, min_pre_event_seconds=31.5)
+    box.config = dataclasses.replace(box.config, compliance=rules)
+    listed = client.get(f"{box.url}/api/v1/recordings", params={"gap": "pre_event"}).json()
+    report = client.get(f"{box.url}/api/v1/compliance", params={"check": "pre_event"}).json()
+    expected = {ids["short"], ids["unanswered"], ids["not-warned"]}  # 10 s, 30 s, 31 s
+    assert {r["id"] for r in listed["items"]} == expected
+    assert _ids(report["sections"]["pre_event"]) == expected

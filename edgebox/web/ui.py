@@ -53,7 +53,8 @@ def recordings():
     """Recordings with filters and paging."""
     args = {k: v for k, v in request.args.items() if v}
     try:
-        page = catalog.search(_box().store, args)
+        box = _box()
+        page = catalog.search(box.store, args, box.config.compliance.min_pre_event_seconds)
         error = None
     except EdgeboxError as exc:
         page, error = {"items": [], "next": None}, exc.message
