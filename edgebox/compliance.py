@@ -40,7 +40,14 @@ LIMIT_DEFAULT, LIMIT_MAX = 100, 1000
 PER_USER_ALLOWED = ("police", "rail", "security", "other")
 ARGS = ("from", "to", "camera", "user", "category", "check", "limit")
 UNSYNCED = ("pending", "sending", "rejected", "damaged")
+_INDEXES = {  # the index each check reads (db.py: m004, m116)
+    "pre_event": "recordings_pre_event",
+    "warning": "recordings_gap_answer",
+    "at_risk": "recordings_sync_received",
+    "legal_hold": "recordings_held",
+}
 _PERIOD = "COALESCE(started_at, received_at)"
+_NEWEST_FIRST = " ORDER BY received_at DESC, id DESC"
 _COLUMNS = (
     "id, serial, user_id, started_at, received_at, category, pre_event_seconds, warned, "
     "exemption, sync_state, legal_hold, size"
@@ -168,12 +175,10 @@ def build(box, filters: Filters, now: dt.datetime | None = None) -> dict:
             sections[check] = _silent_cameras(box.store, filters, rules, now)
             continue
         predicate, params = _predicate(check, rules, now, disk_full)
-        sections[check], matches = _section(
-            box.store, check, predicate, params, filters, rules, now
-        )
-        by_camera[check] = _grouped(matches, "serial")
+        sections[check], groups = _section(box.store, check, predicate, params, filters, rules, now)
+        by_camera[check] = _grouped(groups, "serial")
         if rules.per_user_statistics:
-            by_user[check] = _grouped(matches, "user_id")
+            by_user[check] = _grouped(groups, "user_id")
     return {
         "box_id": box.config.box.box_id,
         "organisation": box.config.box.organisation,
@@ -223,9 +228,8 @@ def _predicate(check: str, rules: Rules, now: dt.datetime, disk_full: bool) -> t
 
 
 def _filter_terms(filters: Filters) -> tuple[list[str], list]:
-    # Unary + keeps SQLite from reading a filter's own index (a camera's or a wearer's whole
-    # history) instead of the check's small one; the filter is then tested inside the
-    # check's covering index (m116).
+    # Unary + marks the filters as tests on the check's index entries, never a way into
+    # the table (each check reads its own index, see _section).
     terms, params = [], []
     if filters.start:
         terms.append(f"{_PERIOD} >= ?")
@@ -245,41 +249,39 @@ def _filter_terms(filters: Filters) -> tuple[list[str], list]:
 
 
 def _section(store, check, predicate, params, filters, rules, now) -> tuple[dict, list[dict]]:
-    """One check: its exact count and newest rows, plus (serial, user_id) of every match for
-    the per-camera and per-user counts. One pass over the check's index finds the matches;
-    only the rows shown are read from the table."""
+    """One check: its exact count and newest rows, and the count per (camera, wearer).
+
+    Both queries read the check's own index (`INDEXED BY`, migrations m004 and m116): left to
+    itself, SQLite without statistics prefers an index in GROUP BY or ORDER BY order and reads
+    a whole table's worth of it. The counts come from the index alone; only the rows shown
+    are read from the table.
+    """
     terms, values = _filter_terms(filters)
     where = " AND ".join([predicate, *terms])
-    # The terms come from the fixed predicates above; every value is a bound parameter.
-    matches = store.query(
-        f"SELECT id, received_at, serial, user_id FROM recordings WHERE {where}",  # noqa: S608
+    source = f"recordings INDEXED BY {_INDEXES[check]}"
+    # The terms and index names come from the fixed tables above; values are bound parameters.
+    groups = store.query(
+        f"SELECT serial, user_id, count(*) AS n FROM {source} WHERE {where} "  # noqa: S608
+        "GROUP BY serial, user_id",
         (*params, *values),
     )
-    matches.sort(key=lambda m: (m["received_at"], m["id"]), reverse=True)
-    shown = matches if filters.limit is None else matches[: filters.limit]
-    rows = _rows(store, [m["id"] for m in shown])
+    # The page's positions are picked from the index first, so a sort carries index entries,
+    # not whole rows (the same shape as `catalog.search_sql` with a time filter).
+    rows = store.query(
+        f"SELECT {_COLUMNS} FROM recordings WHERE rowid IN (SELECT rowid FROM {source} "  # noqa: S608
+        f"WHERE {where}{_NEWEST_FIRST} LIMIT ?){_NEWEST_FIRST}",
+        (*params, *values, -1 if filters.limit is None else filters.limit),
+    )
     for row in rows:
         row["finding"] = _finding(store, check, row, rules, now)
-    section = {"count": len(matches), "items": rows, "truncated": len(rows) < len(matches)}
-    return section, matches
+    count = sum(g["n"] for g in groups)
+    return {"count": count, "items": rows, "truncated": len(rows) < count}, groups
 
 
-def _rows(store, ids: list[str], batch: int = 500) -> list[dict]:
-    """The report columns of these recordings, in the order given."""
-    found: dict[str, dict] = {}
-    for start in range(0, len(ids), batch):
-        part = ids[start : start + batch]
-        marks = ",".join("?" * len(part))
-        for row in store.query(
-            f"SELECT {_COLUMNS} FROM recordings WHERE id IN ({marks})",  # noqa: S608
-            tuple(part),
-        ):
-            found[row["id"]] = row
-    return [found[i] for i in ids if i in found]
-
-
-def _grouped(matches: list[dict], column: str) -> dict:
-    counts = Counter("" if m[column] is None else str(m[column]) for m in matches)
+def _grouped(groups: list[dict], column: str) -> dict:
+    counts: Counter = Counter()
+    for group in groups:
+        counts["" if group[column] is None else str(group[column])] += group["n"]
     return dict(sorted(counts.items()))
 
 
