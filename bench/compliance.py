@@ -147,8 +147,9 @@ def report(args, raw: dict) -> str:
         "byte; the median over the rounds of each round's p50 and p95. Ratio: p50 against the "
         "list of today in the same format (page or JSON).",
         "",
-        f"Counts in the fixture: {raw['counts']}; the list of today shows "
-        f"{raw['today_rows_first_page']} rows on its first 500-row page (50 per page shown).",
+        f"Counts in the fixture: {raw['counts']}; today holds "
+        f"{'at least ' if raw['today_rows_first_page'] == 500 else ''}"
+        f"{raw['today_rows_first_page']} recordings (the list shows 50 per page).",
         "",
         "| query | p50 ms | p95 ms | × list of today |",
         "| --- | ---: | ---: | ---: |",
