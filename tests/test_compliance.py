@@ -239,6 +239,7 @@ def test_exports_are_logged_with_their_hash(world):
     page = client.get(f"{box.url}/compliance", params={"camera": "CAM-B"})
     assert page.status_code == 200
     assert 'data-check="warning">1<' in page.text and "Export printable report" in page.text
+    assert "past 90% full" in page.text and "<p>None.</p>" in page.text  # no silent camera
     printed = client.post(
         f"{box.url}/compliance/export",
         data={"csrf_token": token, "format": "html", "camera": "CAM-B"},
