@@ -36,7 +36,9 @@ class Box:
             raise ConfigError(f"no box at {data}; create one with `edgebox init`")
         self.store = Store(data / "box.db")
         self.keys = Keyring(data / "keys")
-        self.pairing = Pairing(self.store, config.ingest.pairing_code_minutes)
+        self.pairing = Pairing(
+            self.store, config.ingest.pairing_code_minutes, config.ingest.revoke_on_repair
+        )
         self.users = Users(self.store)
         self.review = ReviewKeys(self)
         self.uploads = Uploads(

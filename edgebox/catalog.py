@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from edgebox import custody
+from edgebox import custody, exemptions
 from edgebox.clock import parse_rfc3339
 from edgebox.errors import EdgeboxError, NotFound
 from edgebox.sync.outbox import queue_meta
@@ -41,9 +41,11 @@ _COLUMNS = (
 _NEWEST_FIRST = " ORDER BY received_at DESC, id DESC LIMIT ?"
 
 
-def search(store, args: dict) -> dict:
-    """Recordings matching the filters, newest first, one page; `next` is the next cursor."""
-    sql, params, limit = search_sql(args)
+def search(store, args: dict, min_pre_event: float = REQUIRED_PRE_EVENT) -> dict:
+    """Recordings matching the filters, newest first, one page; `next` is the next cursor.
+    `gap=pre_event` lists pre-events shorter than `min_pre_event` seconds (the box passes
+    `compliance.min_pre_event_seconds`)."""
+    sql, params, limit = search_sql(args, min_pre_event)
     rows = store.query(sql, params)
     more = len(rows) > limit
     rows = rows[:limit]
@@ -51,7 +53,7 @@ def search(store, args: dict) -> dict:
     return {"items": rows, "next": cursor}
 
 
-def search_sql(args: dict) -> tuple[str, tuple, int]:
+def search_sql(args: dict, min_pre_event: float = REQUIRED_PRE_EVENT) -> tuple[str, tuple, int]:
     """The SQL of `search` for `args`: (sql, bound parameters, page size); it reads one row more
     than the page to tell whether another page follows.
 
@@ -61,7 +63,7 @@ def search_sql(args: dict) -> tuple[str, tuple, int]:
     cannot share that order: it picks its rows' positions from the covering index
     (started_at, received_at, id) first and reads only the page's rows from the table.
     """
-    where, params = _filters(args)
+    where, params = _filters(args, min_pre_event)
     try:
         limit = int(args.get("limit", 50))
     except ValueError:
@@ -81,7 +83,7 @@ def search_sql(args: dict) -> tuple[str, tuple, int]:
     return sql, (*params, limit + 1), limit
 
 
-def _filters(args: dict) -> tuple[list[str], list]:
+def _filters(args: dict, min_pre_event: float) -> tuple[list[str], list]:
     """WHERE terms and their parameters for the filters in `args` (validated)."""
     where, params = [], []
     for name, column, op in (("from", "started_at", ">="), ("to", "started_at", "<")):
@@ -113,7 +115,7 @@ def _filters(args: dict) -> tuple[list[str], list]:
             else "COALESCE(pre_event_seconds, 0) < ?"
         )
         if args["gap"] == "pre_event":
-            params.append(REQUIRED_PRE_EVENT)
+            params.append(min_pre_event)
     if args.get("hold") in ("1", "true"):
         where.append("legal_hold = 1")
     if args.get("cursor"):
@@ -149,6 +151,8 @@ def tag(store, recording_id: str, changes: dict, actor: str) -> dict:
             if value is not None and (not isinstance(value, str) or len(value) > limit):
                 raise _bad(name, f"{name} must be text of at most {limit} characters")
             clean[name] = value or None
+    if "exemption" in clean:
+        clean["exemption"] = exemptions.parse(clean["exemption"])
     if "warned" in changes:
         if changes["warned"] not in (True, False, None):
             raise _bad("warned", "warned must be true, false or null")

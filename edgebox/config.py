@@ -51,6 +51,7 @@ class IngestSection:
     expire_hours: int = 24
     reserve_free_bytes: int = 256 * 1024**2
     pairing_code_minutes: int = 10
+    revoke_on_repair: bool = True
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,21 @@ class StorageSection:
     high_watermark: float = 0.90
 
 
+ORGANISATION_TYPES = ("police", "fire", "ambulance", "rail", "security", "other", "unspecified")
+
+
+@dataclass(frozen=True)
+class ComplianceSection:
+    """The compliance report's rules (docs/compliance.md): the pre-event minimum, when a camera
+    counts as silent, how early an unsynced recording is flagged before the retention floor,
+    and the organisation type (fire and ambulance crews get no per-user statistics)."""
+
+    min_pre_event_seconds: float = 30.0
+    silent_camera_hours: int = 24
+    at_risk_days: int = 7
+    organisation_type: str = "unspecified"
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole box configuration; `base_dir` anchors relative paths."""
@@ -129,6 +145,7 @@ class Config:
     replication: ReplicationSection = field(default_factory=ReplicationSection)
     retention: RetentionSection = field(default_factory=RetentionSection)
     storage: StorageSection = field(default_factory=StorageSection)
+    compliance: ComplianceSection = field(default_factory=ComplianceSection)
     base_dir: Path = Path(".")
     source: str = "<defaults>"
 
@@ -285,6 +302,7 @@ def _validate(config: Config) -> None:
             "storage watermarks need 0 < low_watermark < high_watermark < 1",
             field="storage.low_watermark",
         )
+    _validate_compliance(config)
     if config.replication.sync_interval_seconds < 1:
         raise ConfigError(
             "replication.sync_interval_seconds must be at least 1",
@@ -297,6 +315,31 @@ def _validate(config: Config) -> None:
     if bool(config.upstream.client_cert) != bool(config.upstream.client_key):
         raise ConfigError(
             "upstream.client_cert and upstream.client_key go together", field="upstream.client_cert"
+        )
+
+
+def _validate_compliance(config: Config) -> None:
+    rules = config.compliance
+    if not 0 <= rules.min_pre_event_seconds <= 3600:
+        raise ConfigError(
+            "compliance.min_pre_event_seconds must be 0 to 3600",
+            field="compliance.min_pre_event_seconds",
+        )
+    if rules.silent_camera_hours < 1:
+        raise ConfigError(
+            "compliance.silent_camera_hours must be at least 1",
+            field="compliance.silent_camera_hours",
+        )
+    if not 0 <= rules.at_risk_days < config.retention.floor_days:
+        raise ConfigError(
+            f"compliance.at_risk_days must be 0 to {config.retention.floor_days - 1} "
+            "(below retention.floor_days)",
+            field="compliance.at_risk_days",
+        )
+    if rules.organisation_type not in ORGANISATION_TYPES:
+        raise ConfigError(
+            f"compliance.organisation_type must be one of {', '.join(ORGANISATION_TYPES)}",
+            field="compliance.organisation_type",
         )
 
 

@@ -330,3 +330,24 @@ def m120_security_upload_concat(db: sqlite_utils.Database) -> None:
     (sealed, waiting for its final upload; never a recording), 'final' for the upload that
     joins parts into one recording."""
     db.execute("ALTER TABLE uploads ADD COLUMN concat TEXT")
+
+
+@migrations()
+def m116_compliance_indexes(db: sqlite_utils.Database) -> None:
+    """Indexes of the compliance report (`edgebox.compliance`): recordings by pre-event length,
+    recordings with no valid warning answer (unanswered, or not warned without a reason), and
+    recordings on legal hold, each carrying the report's filter columns so a check is counted,
+    grouped and filtered from its index alone; and a camera's recordings by evidence hash (an
+    upload the box already holds is answered with that recording, not stored twice)."""
+    db.executescript(
+        """
+        CREATE INDEX recordings_pre_event ON recordings(
+            pre_event_seconds, received_at, id, serial, user_id, category, started_at);
+        CREATE INDEX recordings_gap_answer ON recordings(
+            received_at, id, serial, user_id, category, started_at)
+            WHERE exemption IS NULL AND COALESCE(warned, 0) = 0;
+        CREATE INDEX recordings_held ON recordings(
+            received_at, id, serial, user_id, category, started_at) WHERE legal_hold = 1;
+        CREATE INDEX recordings_serial_evidence ON recordings(serial, evidence_sha256);
+        """
+    )

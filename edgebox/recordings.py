@@ -1,15 +1,14 @@
-"""Reading recordings back (data keys, export) and rewriting their headers (seal, re-wrap)."""
+"""Reading recordings back (data keys) and rewriting their headers (seal, re-wrap)."""
 
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgebox import custody, vault
-from edgebox.errors import KeyAccessError, NotFound
+from edgebox.errors import NotFound
 from edgebox.keys import HPKE_NAME, key_id, unwrap_key, wrap_key
 from edgebox.retention import is_deleted
 
@@ -21,51 +20,6 @@ def data_key_for(path: Path, private: X25519PrivateKey, role: str = "review") ->
     data_key = unwrap_key(wrapped, private, header.core["recording_id"].encode())
     header.check_mac(data_key)
     return data_key
-
-
-def export_recording(
-    box, recording_id: str, review_key: X25519PrivateKey, out: Path, actor: str
-) -> dict:
-    """Decrypt one recording to `out`, write `out`.manifest.json, and log the export."""
-    rec = _recording(box, recording_id)
-    if rec["sealed"]:
-        raise KeyAccessError(
-            f"recording {recording_id} is sealed: central confirmed its copy and the box can no "
-            "longer decrypt it; export it at central (`edgebox central export`)",
-            status=409,
-        )
-    path = box.uploads.vault_path(recording_id)
-    reader = vault.Reader(path, data_key_for(path, review_key))
-    out = Path(out)
-    tmp = out.with_name(out.name + ".part")
-    with open(tmp, "wb") as handle:
-        for index in range(reader.header.segments):
-            handle.write(reader.segment(index))
-    digest = vault.file_sha256(tmp)
-    if digest != rec["evidence_sha256"]:
-        tmp.unlink()
-        raise vault.VaultError(f"decrypted content hash {digest} differs from the evidence hash")
-    tmp.replace(out)
-    trail = box.store.query("SELECT * FROM custody WHERE subject = ? ORDER BY seq", (recording_id,))
-    manifest = {
-        "box_id": box.config.box.box_id,
-        "recording": {k: v for k, v in rec.items() if k != "metadata"},
-        "camera_metadata": json.loads(rec["metadata"]),
-        "evidence_sha256": digest,
-        "file": out.name,
-        "custody": trail,
-    }
-    entry = custody.record(
-        box.store,
-        "recording.exported",
-        actor,
-        recording_id,
-        {"file": out.name, "evidence_sha256": digest},
-    )
-    manifest["export_entry"] = entry
-    manifest_path = out.with_name(out.name + ".manifest.json")
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return {"file": str(out), "manifest": str(manifest_path), "evidence_sha256": digest}
 
 
 def _rewrite(box, rec: dict, stanzas: list[dict], event: str, actor: str, details: dict) -> dict:

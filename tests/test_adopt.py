@@ -148,9 +148,11 @@ def adopt(config: Path, *args: str, env: dict | None = None):
 
 def exported(config: Path, recording_id: str, out: Path) -> bytes:
     """The clip as `edgebox export` decrypts it with the review secret."""
-    done = run_cli("export", recording_id, "--out", str(out), config=config, env=WITH_SECRET)
+    done = run_cli(
+        "export", recording_id, "--out", str(out), "--json", config=config, env=WITH_SECRET
+    )
     assert done.returncode == 0, done.stderr
-    return out.read_bytes()
+    return (out / json.loads(done.stdout)["clip"]).read_bytes()
 
 
 def test_adoption_makes_verify_pass_and_every_surviving_clip_listed_and_playable(

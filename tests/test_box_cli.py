@@ -158,7 +158,7 @@ def test_export_with_secret(filled_box, tmp_path):
     process, payloads, secret = filled_box
     listed = json.loads(run_cli("recordings", "list", "--json", config=process.config).stdout)
     target = next(r for r in listed if r["size"] == len(payloads[0]))
-    out = tmp_path / "export" / "clip.mp4"
+    out = tmp_path / "export" / "package"
     out.parent.mkdir()
     wrong = tmp_path / "wrong"
     wrong.write_text("wrong secret here")
@@ -185,11 +185,20 @@ def test_export_with_secret(filled_box, tmp_path):
         config=process.config,
     )
     assert result.returncode == 0, result.stderr
-    assert out.read_bytes() == payloads[0]
-    manifest = json.loads((tmp_path / "export" / "clip.mp4.manifest.json").read_text())
-    assert manifest["evidence_sha256"] == hashlib.sha256(payloads[0]).hexdigest()
-    assert [e["event"] for e in manifest["custody"]] == ["upload.started", "recording.ingested"]
-    assert manifest["export_entry"]["actor"] == "user:sgt-peeters"
+    summary = json.loads(result.stdout)
+    assert (out / summary["clip"]).read_bytes() == payloads[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    signed = manifest["manifest"]["recording"]
+    assert signed["evidence_sha256"] == hashlib.sha256(payloads[0]).hexdigest()
+    assert manifest["exported_by"] == "user:sgt-peeters"
+    trail = json.loads((out / "custody.json").read_text())
+    assert [e["event"] for e in trail["recording_entries"]] == [
+        "upload.started",
+        "recording.ingested",
+        "recording.exported",
+    ]
+    assert trail["recording_entries"][-1]["actor"] == "user:sgt-peeters"
+    assert run_cli("verify-package", str(out)).returncode == 0
     missing = run_cli(
         "export",
         "no-such-id",

@@ -158,7 +158,8 @@ def test_every_page_has_no_serious_accessibility_problem(site, chromium, camera,
         shot(admin, name)
 
     supervisor = log_in(chromium, box.url, "supervisor-1", PASSWORD)
-    for name, path in [("dashboard", "/"), ("recordings", "/recordings"), ("audit", "/audit")]:
+    pages = [("dashboard", "/"), ("recordings", "/recordings"), ("audit", "/audit")]
+    for name, path in [*pages, ("compliance", "/compliance")]:
         supervisor.goto(box.url + path)
         problems += accessibility_problems(supervisor, name)
         shot(supervisor, name)

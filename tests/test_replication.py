@@ -121,7 +121,8 @@ def check_restored(config_path: Path, clips: dict[str, bytes], out: Path) -> Non
         env={"EDGEBOX_REVIEW_SECRET": SECRET},
     )
     assert exported.returncode == 0, exported.stderr
-    assert out.read_bytes() == clips[recording_id]
+    assert (out / json.loads(exported.stdout)["clip"]).read_bytes() == clips[recording_id]
+    assert run_cli("verify-package", str(out)).returncode == 0
 
 
 def alive(pid: int) -> bool:

@@ -128,7 +128,7 @@ def test_tagging_and_holds_are_logged(world):
         headers={"X-CSRF-Token": token},
         json={
             "incident": "INC-2026-7",
-            "exemption": "large crowd",
+            "exemption": "large group",
             "notes": "<script>alert(1)</script>",
         },
     )

@@ -321,7 +321,9 @@ class CameraSim:
         """One protocol step (create, learn the offset, or send a chunk); the box's
         confirmation once the upload is complete."""
         if entry["upload_url"] is None:
-            self._create_upload(entry)
+            held = self._create_upload(entry)
+            if held:  # the box already holds this clip: _finish checks the hash
+                return held
             progress.offset = 0
         elif progress.offset is None:
             progress.offset, confirmation = self._tus.offset(entry["upload_url"], entry["size"])
@@ -354,10 +356,16 @@ class CameraSim:
             return "stopped"
         return None
 
-    def _create_upload(self, entry: dict) -> None:
-        upload_url = self._tus.create(self.box_url + TUS_PATH, entry["size"], entry["metadata"])
+    def _create_upload(self, entry: dict) -> dict | None:
+        upload_url, held = self._tus.create(
+            self.box_url + TUS_PATH, entry["size"], entry["metadata"]
+        )
         self._state.update_entry(entry, upload_url=upload_url)
-        self._log(f"[{self.serial}] {entry['file']}: upload created at {entry['upload_url']}")
+        if held:
+            self._log(f"[{self.serial}] {entry['file']}: the box already holds it at {upload_url}")
+        else:
+            self._log(f"[{self.serial}] {entry['file']}: upload created at {entry['upload_url']}")
+        return held
 
     def _finish(self, entry: dict, confirmation: dict, sent: int) -> UploadResult:
         evidence = confirmation["evidence_sha256"].lower()

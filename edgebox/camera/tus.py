@@ -114,8 +114,12 @@ class TusClient:
         self._connect, self._token, self._timeout = connect, token, timeout
         self._session: requests.Session | None = None
 
-    def create(self, endpoint: str, length: int, metadata: Mapping[str, object]) -> str:
-        """POST a new upload of `length` bytes to `endpoint`; the upload's absolute URL."""
+    def create(
+        self, endpoint: str, length: int, metadata: Mapping[str, object]
+    ) -> tuple[str, dict | None]:
+        """POST a new upload of `length` bytes to `endpoint`: the upload's absolute URL, and
+        the box's confirmation when it answered 200 because it already holds this clip (the
+        caller still compares the confirmed hash with its own before deleting anything)."""
         response = self._request(
             "POST",
             endpoint,
@@ -124,11 +128,12 @@ class TusClient:
                 "Upload-Metadata": encode_tus_metadata(metadata),
             },
         )
-        _raise_for_tus(response, expected=201)
+        _raise_for_tus(response, expected=200 if response.status_code == 200 else 201)
         location = response.headers.get("Location")
         if not location:
             raise UploadRejected("the box created an upload but sent no Location")
-        return urljoin(endpoint, location)
+        held = _confirmation(response) if response.status_code == 200 else None
+        return urljoin(endpoint, location), held
 
     def offset(self, upload_url: str, length: int) -> tuple[int, dict | None]:
         """HEAD the upload: the box's offset, and its confirmation once the upload is complete."""

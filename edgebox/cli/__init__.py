@@ -111,6 +111,8 @@ from edgebox.cli import (  # noqa: E402,F401 - registers commands
     admin,
     cameras,
     central,
+    packages,
+    reports,
     restore,
     running,
     users,  # noqa: E402,F401 - registers the users group

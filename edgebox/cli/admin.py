@@ -1,4 +1,4 @@
-"""Commands that set up and inspect a box: init, config, keys, recordings, verify, export."""
+"""Commands that set up and inspect a box: init, config, keys, recordings, verify, checkpoint."""
 
 from __future__ import annotations
 
@@ -259,35 +259,6 @@ def verify(deep, secret_file, checkpoint, config_file, as_json):
 
     emit(report.to_dict(), as_json, text)
     raise SystemExit(0 if report.ok else 1)
-
-
-@main.command()
-@click.argument("recording_id")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the decrypted clip (its manifest goes beside it).",
-)
-@click.option("--secret-file", type=click.Path(dir_okay=False), help="Supervisor review secret.")
-@click.option("--by", "actor", default="supervisor", help="Who exports (for the custody log).")
-@config_option
-@json_option
-@handle_errors
-def export(recording_id, out, secret_file, actor, config_file, as_json):
-    """Decrypt RECORDING_ID with a supervisor's secret and write it with a manifest."""
-    from edgebox.recordings import export_recording
-
-    with opened_box(config_file) as box:
-        review = box.keys.unlock_review(read_secret(secret_file))
-        result = export_recording(box, recording_id, review, out, f"user:{actor}")
-    emit(
-        result,
-        as_json,
-        lambda r: click.echo(
-            f"wrote {r['file']} (sha256 {r['evidence_sha256']}) and {r['manifest']}"
-        ),
-    )
 
 
 @main.command("checkpoint")

@@ -176,6 +176,7 @@ def export_central(recording_id, store, work, index_spec, key_file, out, box_id,
     """Write RECORDING_ID's evidence package: clip, vault copy, signed manifest, custody."""
     from edgebox.central.blobs import open_store
     from edgebox.central.export import export_package
+    from edgebox.cli.packages import describe_package
     from edgebox.keys import x25519_private_from_file
 
     private = x25519_private_from_file(key_file)
@@ -184,18 +185,7 @@ def export_central(recording_id, store, work, index_spec, key_file, out, box_id,
     result = export_package(
         folder, recording_id, private, out, box_id=box_id, blobs=blobs, index_spec=index_spec
     )
-
-    def text(r):
-        c = r["custody"]
-        click.echo(f"wrote {r['package']}: {', '.join(r['files'])}")
-        click.echo(f"clip {r['clip']} sha256 {r['evidence_sha256']}")
-        click.echo(
-            f"custody entries {c['first_seq']}..{c['last_seq']} of box {r['box_id']}, "
-            f"signed at entry {c['checkpoint_seq']}; check with "
-            f"`edgebox central verify-package {r['package']}`"
-        )
-
-    emit(result, as_json, text)
+    emit(result, as_json, describe_package)
 
 
 @central.command("verify-package")
@@ -203,20 +193,10 @@ def export_central(recording_id, store, work, index_spec, key_file, out, box_id,
 @json_option
 @handle_errors
 def verify_package_central(folder, as_json):
-    """Check an evidence package without any key; exit 0 only when every check passes."""
-    from edgebox.central.package import verify_package
+    """The same check as `edgebox verify-package FOLDER` (kept for central hosts' scripts)."""
+    from edgebox.cli.packages import verify_and_exit
 
-    report = verify_package(folder)
-
-    def text(r):
-        for check in r["checks"]:
-            click.echo(f"{'OK' if check['ok'] else 'FAIL':<4}  {check['check']}: {check['detail']}")
-        failed = sum(1 for c in r["checks"] if not c["ok"])
-        verdict = "VERIFIED" if r["ok"] else f"NOT VERIFIED ({failed} check(s) failed)"
-        click.echo(f"package {r['folder']}: {verdict}")
-
-    emit(report.to_dict(), as_json, text)
-    sys.exit(0 if report.ok else 1)
+    verify_and_exit(folder, as_json)
 
 
 @central.command("replica")

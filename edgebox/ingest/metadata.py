@@ -7,6 +7,7 @@ import binascii
 import math
 import re
 
+from edgebox import exemptions
 from edgebox.clock import parse_rfc3339
 from edgebox.errors import IngestError
 
@@ -136,7 +137,7 @@ def parse_recording_metadata(header: str | None, device_serial: str) -> tuple[di
         "gps": _gps(values),
         "category": _text(values, "category", 64),
         "warned": _warned(values),
-        "exemption": _text(values, "exemption", 500),
+        "exemption": exemptions.from_camera(_text(values, "exemption", 500)),
         "camera_sha256": sha.lower() if sha else None,
     }
     if (

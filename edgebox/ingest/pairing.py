@@ -34,9 +34,10 @@ def normalise_code(code: str) -> str:
 class Pairing:
     """Issues pairing codes, enrolls cameras, and authenticates their bearer tokens."""
 
-    def __init__(self, store: Store, code_minutes: int = 10):
+    def __init__(self, store: Store, code_minutes: int = 10, revoke_on_repair: bool = True):
         self.store = store
         self.code_minutes = code_minutes
+        self.revoke_on_repair = revoke_on_repair
         self._failures: list[tuple[float, str]] = []  # (when, client address)
         self._lock = threading.Lock()
         self._last_seen: dict[str, float] = {}
@@ -112,7 +113,32 @@ class Pairing:
                 device_id,
                 {"serial": serial, "model": model},
             )
-        return {"device_id": device_id, "token": token}
+            revoked = (
+                self._revoke_older(db, serial, device_id, now) if self.revoke_on_repair else []
+            )
+        return {"device_id": device_id, "token": token, "revoked": revoked}
+
+    def _revoke_older(self, db, serial: str, device_id: str, now: str) -> list[str]:
+        """Revoke the older pairings of a camera paired again (same serial), in the pairing's
+        transaction: a lost or stolen camera's old token stops working the moment it is
+        paired anew."""
+        older = [
+            row[0]
+            for row in db.execute(
+                "SELECT id FROM devices WHERE serial = ? AND id != ? AND revoked_at IS NULL",
+                [serial, device_id],
+            ).fetchall()
+        ]
+        for old in older:
+            db.execute("UPDATE devices SET revoked_at = ? WHERE id = ?", [now, old])
+            custody.append(
+                db,
+                "camera.revoked",
+                "box",
+                old,
+                {"reason": "re-paired", "serial": serial, "replaced_by": device_id},
+            )
+        return older
 
     def authenticate(self, authorization: str | None) -> dict:
         """The device row for an `Authorization: Bearer` header, or 401/403."""

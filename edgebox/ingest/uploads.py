@@ -29,6 +29,7 @@ from edgebox import custody, vault
 from edgebox.clock import iso, parse_rfc3339, utcnow
 from edgebox.db import Store
 from edgebox.errors import IngestError, NotFound, VaultError
+from edgebox.ingest.dedupe import held_recording
 from edgebox.ingest.metadata import parse_recording_metadata
 from edgebox.keys import HPKE_NAME, Keyring, wrap_key
 
@@ -63,6 +64,7 @@ class Progress:
     evidence_sha256: str | None = None
     finished: bool = False
     concat: str | None = None  # the Upload-Concat a HEAD reports (parts and final uploads)
+    duplicate: bool = False  # creation found the recording already held (edgebox.ingest.dedupe)
 
 
 class _Active:
@@ -130,9 +132,17 @@ class Uploads:
         row = self.store.one("SELECT * FROM uploads WHERE id = ?", (upload_id,))
         if row is None:
             raise NotFound(f"no upload {upload_id}")
-        if row["device_id"] != device["id"]:
+        if row["device_id"] != device["id"] and not self._same_camera_finished(row, device):
             raise IngestError("this upload belongs to another camera", status=403)
         return row
+
+    def _same_camera_finished(self, row: dict, device: dict) -> bool:
+        """A finished upload may be asked about by the same camera paired again (same
+        serial): it is where a duplicate upload's answer points (edgebox.ingest.dedupe)."""
+        if row["state"] != "finished":
+            return False
+        owner = self.store.one("SELECT serial FROM devices WHERE id = ?", (row["device_id"],))
+        return owner is not None and owner["serial"] == device["serial"]
 
     def _active_writer(self, row: dict) -> _Active:
         with self._registry:
@@ -238,6 +248,20 @@ class Uploads:
             )
         length = None if defer_header else self._length(length_header)
         columns, raw = parse_recording_metadata(metadata_header, device["serial"])
+        held = None if length is None or partial else held_recording(
+            self.store, device, length, columns
+        )
+        if held is not None:  # sent before: answered with that recording, not stored twice
+            return Progress(
+                held["upload_id"],
+                length,
+                length,
+                held["expires_at"],
+                held["id"],
+                held["evidence_sha256"],
+                finished=True,
+                duplicate=True,
+            )
         with self._creating:  # the space check and the new row, one creation at a time
             return self._create(device, length, columns, raw, PARTIAL if partial else None)
 
@@ -412,10 +436,10 @@ class Uploads:
             cap = self.settings.max_upload_bytes if row["length"] is None else row["length"]
             remaining = cap - writer.offset
             if content_length is not None and content_length > remaining:
-                _discard_body(stream, content_length)
+                discard_body(stream, content_length)
                 raise IngestError("chunk goes past Upload-Length", status=413)
             if checker is not None and (content_length or 0) > writer.hold_limit:
-                _discard_body(stream, content_length)
+                discard_body(stream, content_length)
                 raise IngestError(
                     f"a chunk with Upload-Checksum may carry at most {writer.hold_limit} bytes",
                     status=413,
@@ -807,7 +831,7 @@ class Uploads:
         return rows
 
 
-def _discard_body(stream, length: int) -> None:
+def discard_body(stream, length: int) -> None:
     """Read and drop a refused body (up to DRAIN_LIMIT) so the refusal reaches the client:
     cheroot closes the connection after a 413, and closing with unread bytes resets it, which
     loses the answer while the client is still sending. Nothing of it is kept."""

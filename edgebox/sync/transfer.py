@@ -42,6 +42,24 @@ MANIFEST_FIELDS = (
 )
 
 
+def recording_manifest(store, box_id: str, rec: dict) -> dict:
+    """The facts about a recording the box signs: its row's fields, the camera's metadata,
+    the vault file's stored hash and size, and its `recording.ingested` custody entry (sent
+    to central with the file, and put in evidence packages the box writes)."""
+    ingested = store.one(
+        "SELECT seq, hash FROM custody WHERE event = 'recording.ingested' AND subject = ?",
+        (rec["id"],),
+    )
+    return {
+        "box_id": box_id,
+        "recording": {k: rec[k] for k in MANIFEST_FIELDS},
+        "camera_metadata": json.loads(rec["metadata"]),
+        "stored_sha256": rec["stored_sha256"],
+        "stored_size": rec["stored_size"],
+        "custody": ingested,
+    }
+
+
 class SegmentedTransfer:
     """One file to central: init, segments by offset in a bounded window, fin, and central's
     end-to-end verdict. Subclasses say what the file is (`init_message`) and what central's
@@ -241,18 +259,7 @@ class FileTransfer(SegmentedTransfer):
 
     def manifest(self) -> dict:
         """The signed facts central checks the file against."""
-        ingested = self.uplink.store.one(
-            "SELECT seq, hash FROM custody WHERE event = 'recording.ingested' AND subject = ?",
-            (self.rec["id"],),
-        )
-        return {
-            "box_id": self.box_id,
-            "recording": {k: self.rec[k] for k in MANIFEST_FIELDS},
-            "camera_metadata": json.loads(self.rec["metadata"]),
-            "stored_sha256": self.sha256,
-            "stored_size": self.size,
-            "custody": ingested,
-        }
+        return recording_manifest(self.uplink.store, self.box_id, self.rec)
 
     def init_message(self) -> dict:
         """The recording's init: its id, file name and signed manifest."""

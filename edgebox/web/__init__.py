@@ -48,6 +48,7 @@ def create_app(box, testing: bool = False) -> Flask:
 
     from edgebox.web.api import api
     from edgebox.web.auth import auth, csrf_token
+    from edgebox.web.compliance import reports
     from edgebox.web.dashboard import duration
     from edgebox.web.media import media
     from edgebox.web.openapi import openapi
@@ -70,6 +71,7 @@ def create_app(box, testing: bool = False) -> Flask:
     app.register_blueprint(tus)
     app.register_blueprint(api)
     app.register_blueprint(ui)
+    app.register_blueprint(reports)
 
     @app.errorhandler(EdgeboxError)
     def _edgebox_error(exc: EdgeboxError):

@@ -42,7 +42,9 @@ def health():
 def recordings():
     """Recordings newest first, filtered (from, to, camera, user, category, incident, sync, gap,
     hold) and paged (limit, cursor)."""
-    return jsonify(catalog.search(_box().store, request.args.to_dict()))
+    box = _box()
+    minimum = box.config.compliance.min_pre_event_seconds
+    return jsonify(catalog.search(box.store, request.args.to_dict(), minimum))
 
 
 @api.get("/recordings/<recording_id>")

@@ -13,7 +13,8 @@ _PARAM = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 
 
 def describe(app) -> dict:
-    """Every /api and /tus route with its methods, summary and path parameters."""
+    """Every /api and /tus route with its methods, summary, path parameters, and the query
+    parameters a view lists in its `openapi_query` attribute ((name, description) pairs)."""
     paths: dict = {}
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith(("/api/", "/tus")) or rule.endpoint == "static":
@@ -31,11 +32,15 @@ def describe(app) -> dict:
                 },
             }
             names = _PARAM.findall(rule.rule)
-            if names:
-                operation["parameters"] = [
-                    {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                    for n in names
-                ]
+            parameters = [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                for n in names
+            ] + [
+                {"name": n, "in": "query", "description": d, "schema": {"type": "string"}}
+                for n, d in getattr(view, "openapi_query", ())
+            ]
+            if parameters:
+                operation["parameters"] = parameters
             paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, g, request
 from edgebox.clock import parse_rfc3339
 from edgebox.errors import EdgeboxError, IngestError
 from edgebox.ingest.concat import join, parse_concat
-from edgebox.ingest.uploads import CHECKSUMS, Progress
+from edgebox.ingest.uploads import CHECKSUMS, Progress, discard_body
 from edgebox.web import TUS_VERSION
 
 tus = Blueprint("tus", __name__, url_prefix="/tus")
@@ -133,7 +133,9 @@ def create():
         partial=concat is not None,
     )
     location = f"/tus/{progress.upload_id}"
-    if with_body and not progress.finished:
+    if with_body and progress.duplicate:  # nothing to take: read it so the answer arrives
+        discard_body(_body_stream(), request.content_length or 0)
+    elif with_body and not progress.finished:
         try:
             progress = uploads.append(
                 progress.upload_id,
@@ -146,8 +148,12 @@ def create():
         except EdgeboxError:
             g.tus_location = location  # the upload exists: the client may resume it
             raise
-    response = _progress_response(progress, 201)
+    # 200, not 201, when the camera sent this clip before: nothing new was created, and
+    # Location, Upload-Offset and the evidence headers describe the recording already held.
+    response = _progress_response(progress, 200 if progress.duplicate else 201)
     response.headers["Location"] = location
+    if progress.duplicate:
+        response.headers["EdgeBox-Duplicate"] = "true"
     return response
 
 

@@ -53,7 +53,8 @@ def recordings():
     """Recordings with filters and paging."""
     args = {k: v for k, v in request.args.items() if v}
     try:
-        page = catalog.search(_box().store, args)
+        box = _box()
+        page = catalog.search(box.store, args, box.config.compliance.min_pre_event_seconds)
         error = None
     except EdgeboxError as exc:
         page, error = {"items": [], "next": None}, exc.message
@@ -78,15 +79,22 @@ def recording(recording_id: str):
 def tag(recording_id: str):
     """Save the crew's tags from the form."""
     form = request.form
-    changes = {
-        k: form.get(k, "").strip() or None for k in ("incident", "category", "exemption", "notes")
-    }
+    changes = {k: form.get(k, "").strip() or None for k in ("incident", "category", "notes")}
+    changes["exemption"] = _exemption_from_form(form)
     changes["warned"] = {"yes": True, "no": False}.get(form.get("warned", ""))
     return _act(
         recording_id,
         lambda: catalog.tag(_box().store, recording_id, changes, _actor()),
         "tags saved",
     )
+
+
+def _exemption_from_form(form) -> str | None:
+    """The form's reason and note as one exemption text (`exemptions.parse` checks it)."""
+    reason = form.get("exemption_reason", "").strip()
+    if reason == "other":
+        return f"other: {form.get('exemption_note', '').strip()}"
+    return reason or form.get("exemption", "").strip() or None
 
 
 @ui.post("/recordings/<recording_id>/hold")

@@ -1,4 +1,4 @@
-"""Checking an evidence package with no key and no access to central (`verify-package`)."""
+"""Checking an evidence package with no key and neither box nor central (`verify-package`)."""
 
 from __future__ import annotations
 
