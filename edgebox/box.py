@@ -51,6 +51,9 @@ class Box:
                 segment_size=config.vault.segment_size,
             ),
         )
+        from edgebox.axis import AxisDestination
+
+        self.axis = AxisDestination(self)
         self._running: list = []
         self.uplink = None
         self.replicator = None

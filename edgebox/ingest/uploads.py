@@ -217,12 +217,23 @@ class Uploads:
         if not _is_count(length_header):
             raise IngestError("Upload-Length must be a non-negative integer", field="Upload-Length")
         length = int(length_header)
+        self._check_size(length)
+        columns, raw = parse_recording_metadata(metadata_header, device["serial"])
+        return self.open(device, length, columns, raw)
+
+    def _check_size(self, length: int) -> None:
         if length > self.settings.max_upload_bytes:
             raise IngestError(
                 f"recording of {length} bytes exceeds the maximum {self.settings.max_upload_bytes}",
                 status=413,
             )
-        columns, raw = parse_recording_metadata(metadata_header, device["serial"])
+
+    def open(self, device: dict, length: int, columns: dict, raw: dict) -> Progress:
+        """Start an upload of `length` bytes whose recording row will hold `columns` (already
+        validated: the recordings columns of `parse_recording_metadata`, plus any other
+        recordings column a source fills) and `raw` (the metadata as sent). Every source of
+        footage (tus, the Axis content destination) enters the vault through here."""
+        self._check_size(length)
         with self._creating:  # the space check and the new row, one creation at a time
             return self._create(device, length, columns, raw)
 
@@ -320,11 +331,13 @@ class Uploads:
         content_length: int | None,
         stream,
         checksum_header: str | None = None,
+        before_finish: Callable[[], None] | None = None,
     ) -> Progress:
         """Stream one PATCH body into the vault; a checksum mismatch undoes the whole chunk.
 
         `content_length` None means a chunked body: it is read to its end, and bytes
-        past Upload-Length undo the chunk (413).
+        past Upload-Length undo the chunk (413). `before_finish`, called once every byte is
+        in, may raise an IngestError to refuse the whole upload (it is then discarded).
         """
         row = self._open_row(upload_id, device)
         if offset_header is None or not _is_count(offset_header):
@@ -346,10 +359,10 @@ class Uploads:
                 )
             remaining = row["length"] - writer.offset
             if content_length is not None and content_length > remaining:
-                _discard_body(stream, content_length)
+                discard_body(stream, content_length)
                 raise IngestError("chunk goes past Upload-Length", status=413)
             if checker is not None and (content_length or 0) > writer.hold_limit:
-                _discard_body(stream, content_length)
+                discard_body(stream, content_length)
                 raise IngestError(
                     f"a chunk with Upload-Checksum may carry at most {writer.hold_limit} bytes",
                     status=413,
@@ -367,7 +380,7 @@ class Uploads:
                 {"upload_id": upload_id, "offset": writer.offset, "length": row["length"]},
             )
             if writer.offset == row["length"]:
-                return self._finish(row, active, device)
+                return self._finish(row, active, device, before_finish)
             return Progress(upload_id, writer.offset, row["length"], expires)
         finally:
             active.lock.release()
@@ -436,8 +449,16 @@ class Uploads:
             received += len(block)
         return received
 
-    def _finish(self, row: dict, active: _Active, device: dict) -> Progress:
+    def _finish(
+        self, row: dict, active: _Active, device: dict, before_finish: Callable | None = None
+    ) -> Progress:
         writer = active.writer
+        if before_finish is not None:
+            try:
+                before_finish()
+            except IngestError as exc:
+                self._fail(row, device, exc.message)
+                raise
         columns = json.loads(row["metadata"])["columns"]
         evidence = writer.plaintext_sha256()
         if columns["camera_sha256"] and columns["camera_sha256"] != evidence:
@@ -547,6 +568,13 @@ class Uploads:
     def _fail(self, row: dict, device: dict, reason: str) -> None:
         self._end(row, "failed", f"device:{device['id']}", "upload.failed", reason)
 
+    def abandon(self, upload_id: str, device: dict, reason: str) -> None:
+        """Discard an unfinished upload its source will never resume (an interrupted
+        all-or-nothing request); a finished or already ended one is left as it is."""
+        row = self._row(upload_id, device)
+        if row["state"] == "receiving":
+            self._fail(row, device, reason)
+
     def terminate(self, upload_id: str, device: dict) -> None:
         """tus termination: discard an unfinished upload; finished recordings are never deleted."""
         row = self._row(upload_id, device)
@@ -640,7 +668,7 @@ class Uploads:
         return rows
 
 
-def _discard_body(stream, length: int) -> None:
+def discard_body(stream, length: int) -> None:
     """Read and drop a refused body (up to DRAIN_LIMIT) so the refusal reaches the client:
     cheroot closes the connection after a 413, and closing with unread bytes resets it, which
     loses the answer while the client is still sending. Nothing of it is kept."""

@@ -130,13 +130,13 @@ def patch(upload_id: str):
         device,
         request.headers.get("Upload-Offset"),
         request.content_length,
-        _body_stream(),
+        request_body_stream(),
         request.headers.get("Upload-Checksum"),
     )
     return _progress_response(progress, 204)
 
 
-def _body_stream():
+def request_body_stream():
     """The request body as the server hands it over, already bounded by Content-Length or by
     the chunked encoding (cheroot's own readers, so each block is read once, not re-buffered
     and copied twice by werkzeug's generic wrapper)."""
