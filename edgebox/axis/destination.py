@@ -440,6 +440,27 @@ class AxisDestination:
             return documents.capabilities()
         return documents.categories(self.config.categories)
 
+    # -- reading back for people -------------------------------------------
+    def open_recordings(self) -> list[dict]:
+        """Axis recordings not (yet) Complete: kept, shown as incomplete, never dropped."""
+        return self.store.query(
+            "SELECT c.name, c.serial, c.user_uuid, c.status, c.created_at, c.updated_at, "
+            "(SELECT COUNT(*) FROM axis_objects o WHERE o.container = c.name) AS objects, "
+            "(SELECT id FROM recordings r WHERE r.axis_recording = c.name AND r.listed = 1) "
+            "AS recording_id FROM axis_containers c "
+            "WHERE c.kind = 'recording' AND c.status != ? ORDER BY c.created_at",
+            (COMPLETE,),
+        )
+
+    def overview(self) -> dict:
+        """Connected systems, Axis users and recordings still transferring (cameras page,
+        `edgebox axis status`)."""
+        return {
+            "systems": directory.systems(self.store),
+            "users": directory.known_users(self.store),
+            "open_recordings": self.open_recordings(),
+        }
+
     # -- closing a recording ------------------------------------------------
     def _complete(self, account: str, row: dict, merged: dict) -> None:
         """`Status: Complete`: the lead row takes the recording's metadata, every member its
@@ -516,3 +537,36 @@ def _note_controller(db, device_id: str, meta: dict) -> None:
         db.execute(
             "UPDATE devices SET controller_serial = ? WHERE id = ?", [controller[:64], device_id]
         )
+
+
+def recording_group(store, container: str) -> dict | None:
+    """One Axis recording as people see it: its status and metadata, and every vault file
+    in it (clips, key objects, bookmarks, GNSS track) with its evidence hash."""
+    row = store.one("SELECT * FROM axis_containers WHERE name = ?", (container,))
+    if row is None:
+        return None
+    members = store.query(
+        "SELECT o.name AS object, o.kind, o.etag AS md5, o.size, o.metadata, o.recording_id, "
+        "r.evidence_sha256, r.started_at, r.stopped_at, r.sync_state "
+        "FROM axis_objects o JOIN recordings r ON r.id = o.recording_id "
+        "WHERE o.container = ? ORDER BY o.kind = 'clip' DESC, o.name",
+        (container,),
+    )
+    for member in members:
+        member["metadata"] = json.loads(member["metadata"])
+    device = store.one(
+        "SELECT serial, name, model, source, controller_serial FROM devices WHERE id = ?",
+        (row["device_id"],),
+    )
+    return {
+        "container": container,
+        "status": row["status"],
+        "complete": row["status"] == COMPLETE,
+        "source": directory.SOURCE,
+        "camera": device,
+        "user": directory.axis_user(store, row["user_uuid"]),
+        "metadata": json.loads(row["metadata"]),
+        "created_at": row["created_at"],
+        "completed_at": row["completed_at"],
+        "members": members,
+    }

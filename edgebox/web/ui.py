@@ -130,7 +130,10 @@ def _act(recording_id: str, action, done: str):
 @require("supervisor", "admin")
 def cameras():
     """Paired cameras with last contact; admins pair and revoke."""
-    return render_template("cameras.html", cameras=_box().pairing.devices(), pairing=None)
+    box = _box()
+    return render_template(
+        "cameras.html", cameras=box.pairing.devices(), pairing=None, axis=box.axis.overview()
+    )
 
 
 @ui.post("/cameras/pair")
