@@ -73,7 +73,13 @@ def disable_account(username, config_file, as_json):
     multiple=True,
     help="Token URI(s) the controller authenticates at (default: the box's URL + /auth/v1.0).",
 )
-@click.option("--container-type", type=click.Choice(["mp4", "mkv"]), default="mp4")
+@click.option(
+    "--container-type",
+    type=click.Choice(["mp4", "mkv"]),
+    default="mp4",
+    show_default=True,
+    help="Clip format the controller uploads.",
+)
 @click.option(
     "--public-key",
     type=click.Path(exists=True, dir_okay=False),
