@@ -70,6 +70,7 @@ class Box:
         from edgebox.server import WebServer
 
         report = self.uploads.recover()
+        report["axis_dropped"] = self.axis.recover()
         self._record_config()
         custody.record(
             self.store,

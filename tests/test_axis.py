@@ -9,6 +9,9 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import socket
+import ssl
+import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -395,3 +398,76 @@ def test_every_error_code_and_nothing_changes(box, controller, clips):
     failed = box.store.query("SELECT state FROM uploads WHERE state != 'finished'")
     assert {r["state"] for r in failed} <= {"failed"}
     assert verify_box(box).ok
+
+
+def _cut_short_put(url: str, cert, token: str, path: str, declared: int, sent: bytes) -> None:
+    """A PUT that declares `declared` bytes, sends `sent`, and vanishes (a dropped link)."""
+    host, port = url.removeprefix("https://").split(":")
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with socket.create_connection((host, int(port))) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(
+            f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nX-Auth-Token: {token}\r\n"
+            f"Content-Length: {declared}\r\n\r\n".encode()
+            + sent
+        )
+        time.sleep(0.3)
+
+
+def _wait_for(condition, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_a_put_cut_short_leaves_nothing_and_can_be_sent_again(box, controller, clips):
+    conn = controller.conn
+    container = f"{USER_UUID}_{SERIAL}_{epoch(START)}"
+    conn.put_container(container)
+    url, token = conn.get_auth()
+    data = clips[0].path.read_bytes()
+    path = f"/v1/AUTH_depot/{container}/20261128_160000_1.mp4"
+    _cut_short_put(box.url, box.keys.tls_cert, token, path, len(data), data[: len(data) // 2])
+    failed = _wait_for(lambda: box.store.one("SELECT * FROM uploads WHERE state = 'failed'"))
+    assert "did not complete" in failed["error"]
+    assert list(box.uploads.partial_dir.iterdir()) == []
+    assert box.store.one("SELECT COUNT(*) AS n FROM recordings")["n"] == 0
+    conn.put_object(container, "20261128_160000_1.mp4", data)  # the controller sends it again
+    [member] = box.store.query("SELECT evidence_sha256 FROM recordings")
+    assert member["evidence_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_put_cut_by_kill9_is_dropped_at_restart(box_process, clips):
+    box_process.start()
+    made = run_cli("axis", "add-account", "depot", "--json", config=box_process.config)
+    account = json.loads(made.stdout)
+    conn = connect(box_process.url, "depot", account["key"], box_process.cert)
+    Controller(conn).register()
+    container = f"{USER_UUID}_{SERIAL}_{epoch(START)}"
+    conn.put_container(container)
+    url, token = conn.get_auth()
+    partial_dir = box_process.config.parent / "data" / "uploads"
+    data = clips[0].path.read_bytes()
+    host, port = box_process.url.removeprefix("https://").split(":")
+    context = ssl.create_default_context(cafile=str(box_process.cert))
+    context.check_hostname = False
+    with socket.create_connection((host, int(port))) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(
+            f"PUT /v1/AUTH_depot/{container}/a.mp4 HTTP/1.1\r\nHost: {host}\r\n"
+            f"X-Auth-Token: {token}\r\nContent-Length: {len(data) * 4}\r\n\r\n".encode()
+            + data
+        )
+        _wait_for(lambda: any(p.suffix == ".partial" for p in partial_dir.iterdir()))
+        box_process.kill9()
+    box_process.start()
+    assert not any(partial_dir.iterdir())
+    status = json.loads(run_cli("status", "--json", config=box_process.config).stdout)
+    assert status["uploads_in_progress"] == []
+    conn = connect(box_process.url, "depot", account["key"], box_process.cert)
+    conn.put_object(container, "a.mp4", data)
+    headers = conn.head_object(container, "a.mp4")
+    assert headers["etag"] == hashlib.md5(data, usedforsecurity=False).hexdigest()

@@ -440,6 +440,21 @@ class AxisDestination:
             return documents.capabilities()
         return documents.categories(self.config.categories)
 
+    def recover(self) -> list[str]:
+        """At start: an Axis PUT cut short by a crash can never resume (Swift has no offsets;
+        the controller sends the object again), so its unfinished upload is failed and its
+        files dropped now. Returns the upload ids."""
+        dropped = []
+        for row in self.store.query(
+            "SELECT id, device_id, metadata FROM uploads WHERE state = 'receiving'"
+        ):
+            if json.loads(row["metadata"])["columns"].get("axis_recording"):
+                self.box.uploads.abandon(
+                    row["id"], {"id": row["device_id"]}, "the Axis PUT was cut short by a restart"
+                )
+                dropped.append(row["id"])
+        return dropped
+
     # -- reading back for people -------------------------------------------
     def open_recordings(self) -> list[dict]:
         """Axis recordings not (yet) Complete: kept, shown as incomplete, never dropped."""
