@@ -201,7 +201,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="64 MiB, print only")
     add_output_args(parser, "raw samples as JSON")
-    args = parser.parse_args()
+    # bench/run hands every benchmark the same arguments; ignore the other benches' own.
+    args, unknown = parser.parse_known_args()
+    if unknown:
+        log(f"bench/axis.py: ignoring {' '.join(unknown)}")
     exit_on_sigterm()
     total = (64 if args.quick else args.total_mib) * MIB
     sizes = [total // args.clips] * args.clips

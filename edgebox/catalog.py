@@ -179,13 +179,14 @@ def tag(store, recording_id: str, changes: dict, actor: str) -> dict:
     ids = _group_ids(store, rec)
     with store.write() as db:
         for rid in ids:
+            old = rec if rid == recording_id else db["recordings"].get(rid)
             db["recordings"].update(rid, clean)
             custody.append(
                 db,
                 "recording.tagged",
                 actor,
                 rid,
-                {"changes": clean, "before": {k: rec[k] for k in clean}},
+                {"changes": clean, "before": {k: old[k] for k in clean}},
             )
     for rid in ids:
         queue_meta(store, {"type": "recording.tagged", "recording_id": rid, "changes": clean})

@@ -214,6 +214,11 @@ def test_a_recording_of_clips_becomes_one_recording(box, controller, clips):
         (sent.container,),
     )
     assert held["n"] == len(members)
+    catalog.tag(box.store, rec["id"], {"incident": "INC-2026-77"}, "user:crew")
+    tagged = box.store.query(
+        "SELECT DISTINCT incident FROM recordings WHERE axis_recording = ?", (sent.container,)
+    )
+    assert tagged == [{"incident": "INC-2026-77"}]
     # closed: nothing more goes into it
     with pytest.raises(ClientException) as closed:
         controller.conn.put_object(sent.container, "20261128_160010_9.mp4", b"late")
@@ -291,6 +296,9 @@ def test_half_uploaded_recording_is_kept_and_shown_incomplete(box, controller, c
     page = session.get(f"{box.url}/recordings/{listed['id']}").text
     assert "Axis BWS" in page and "incomplete" in page.lower()
     assert CONTROLLER in page
+    cameras = session.get(f"{box.url}/cameras").text
+    assert "Axis BWS" in cameras and CONTROLLER in cameras and "Depot Nord" in cameras
+    assert sent.container in cameras  # listed under "still transferring"
     # the rest arrives later and closes it
     controller.complete(sent.container, clips[1].stop)
     assert box.axis.open_recordings() == []
@@ -319,6 +327,10 @@ def test_every_error_code_and_nothing_changes(box, controller, clips):
             conn.put_container(container, headers=headers)
         assert refused.value.http_status == 400, container
     assert _put(conn, good, "empty.mp4", b"").http_status == 400  # a clip with no content
+    with pytest.raises(ClientException) as no_clip:  # Complete before any clip
+        conn.post_container(good, headers={"X-Container-Meta-Status": "Complete"})
+    assert no_clip.value.http_status == 400
+    assert box.axis.container(good)["status"] == "Transferring"
     assert _put(conn, good, "notes.txt").http_status == 400  # not an object the spec knows
     assert (
         _put(
@@ -442,7 +454,6 @@ def test_a_put_cut_short_leaves_nothing_and_can_be_sent_again(box, controller, c
 
 
 def test_a_put_cut_by_kill9_is_dropped_at_restart(box_process, clips):
-    box_process.start()
     made = run_cli("axis", "add-account", "depot", "--json", config=box_process.config)
     account = json.loads(made.stdout)
     conn = connect(box_process.url, "depot", account["key"], box_process.cert)

@@ -92,6 +92,8 @@ class AxisDestination:
         device_id = None
         if kind == "recording":
             device_id = self._check_recording(name, meta)["id"]
+            if meta_get(meta, "Status") == COMPLETE:
+                raise bad("a recording holds at least one clip; none was stored", "Status")
         parts = parse_recording_name(name) if kind == "recording" else None
         now = iso()
         with self.store.write() as db:
@@ -114,8 +116,6 @@ class AxisDestination:
             custody.append(
                 db, f"axis.{kind}_container_created", f"axis:{account}", name, {"metadata": meta}
             )
-        if parts and meta_get(meta, "Status") == COMPLETE:
-            self._complete(account, self.container(name), meta)
         return 201
 
     def post_container(self, account: str, name: str, meta: dict) -> None:
