@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from edgebox import custody
-from edgebox.axis.destination import recording_group
+from edgebox.axis.destination import group_summaries, recording_group
 from edgebox.clock import parse_rfc3339
 from edgebox.errors import EdgeboxError, NotFound
 from edgebox.sync.outbox import queue_meta
@@ -50,6 +50,9 @@ def search(store, args: dict) -> dict:
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = f"{rows[-1]['received_at']}~{rows[-1]['id']}" if more and rows else None
+    groups = group_summaries(store, [r["axis_recording"] for r in rows if r["axis_recording"]])
+    for row in rows:
+        row["axis"] = groups.get(row["axis_recording"]) if row["axis_recording"] else None
     return {"items": rows, "next": cursor}
 
 

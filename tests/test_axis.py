@@ -180,6 +180,7 @@ def test_a_recording_of_clips_becomes_one_recording(box, controller, clips):
 
     listed = catalog.search(box.store, {})["items"]
     assert len(listed) == 1
+    assert listed[0]["axis"]["complete"] and listed[0]["axis"]["clips"] == len(clips)
     rec = catalog.detail(box.store, listed[0]["id"])
     assert rec["axis"]["complete"] and rec["axis"]["container"] == sent.container
     assert rec["serial"] == SERIAL and rec["user_id"] == "BADGE-4711"
@@ -286,6 +287,12 @@ def test_end_to_end_encrypted_recording_opens_at_central(box, account, clips, tm
 def test_half_uploaded_recording_is_kept_and_shown_incomplete(box, controller, clips):
     sent = controller.recording(clips[:2], clips[0].start, clips[1].stop, complete=False)
     [listed] = catalog.search(box.store, {})["items"]
+    assert listed["axis"] == {
+        "status": "Transferring",
+        "complete": False,
+        "clips": 2,
+        "size": sum(len(d) for d in [*sent.clips.values(), *sent.others.values()]),
+    }
     rec = catalog.detail(box.store, listed["id"])
     assert rec["axis"]["status"] == "Transferring" and not rec["axis"]["complete"]
     assert len([m for m in rec["axis"]["members"] if m["kind"] == "clip"]) == 2
@@ -293,6 +300,7 @@ def test_half_uploaded_recording_is_kept_and_shown_incomplete(box, controller, c
     assert open_one["name"] == sent.container and open_one["recording_id"] == listed["id"]
     box.users.add("super-1", "supervisor", PASSWORD)
     session, _ = login(box, "super-1")
+    assert "incomplete" in session.get(f"{box.url}/recordings").text
     page = session.get(f"{box.url}/recordings/{listed['id']}").text
     assert "Axis BWS" in page and "incomplete" in page.lower()
     assert CONTROLLER in page

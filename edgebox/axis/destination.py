@@ -585,3 +585,26 @@ def recording_group(store, container: str) -> dict | None:
         "completed_at": row["completed_at"],
         "members": members,
     }
+
+
+def group_summaries(store, containers: list[str]) -> dict[str, dict]:
+    """For the recordings list: each Axis recording's status, clip count and bytes in all."""
+    if not containers:
+        return {}
+    marks = ",".join("?" * len(containers))
+    rows = store.query(
+        "SELECT c.name, c.status, "  # noqa: S608 - only placeholders are pasted
+        "COALESCE(SUM(o.kind = 'clip'), 0) AS clips, COALESCE(SUM(o.size), 0) AS size "
+        f"FROM axis_containers c LEFT JOIN axis_objects o ON o.container = c.name "
+        f"WHERE c.name IN ({marks}) GROUP BY c.name",
+        tuple(containers),
+    )
+    return {
+        r["name"]: {
+            "status": r["status"],
+            "complete": r["status"] == COMPLETE,
+            "clips": r["clips"],
+            "size": r["size"],
+        }
+        for r in rows
+    }
