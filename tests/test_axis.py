@@ -277,8 +277,7 @@ def test_end_to_end_encrypted_recording_opens_at_central(box, account, clips, tm
         key_object = _vault_plaintext(box, members[key_name]["recording_id"])
         assert key_object == sent.keys[key_name]
         plain = decrypt(stored, key_object, private)
-        original = next(c for c in clips if c.path.read_bytes() == plain)
-        assert plain[4:8] == b"ftyp" and original
+        assert plain[4:8] == b"ftyp" and plain in {c.path.read_bytes() for c in clips[:2]}
     assert verify_box(box).ok
     plain_needles = [_needle(c.path.read_bytes()) for c in clips[:2]]
     assert _plaintext_on_disk(box, plain_needles) == []
