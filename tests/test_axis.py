@@ -124,6 +124,12 @@ def test_auth_gives_a_token_and_refuses_bad_logins(box, account):
     events = [r["event"] for r in box.store.query("SELECT event FROM custody")]
     assert events.count("axis.login") == 1 and events.count("axis.login_failed") == 3
 
+    box.users.add("admin-1", "admin", PASSWORD)
+    session, _ = login(box, "admin-1")
+    paths = session.get(f"{box.url}/api/openapi.json").json()["paths"]
+    assert "get" in paths["/auth/v1.0"]
+    assert {"put", "post", "get"} <= set(paths["/v1/AUTH_{account}/{container}/{name}"])
+
     box.axis.accounts.token_seconds = -1  # every token is now past its lifetime
     with pytest.raises(ClientException) as expired:
         conn.get_object("System", "Capabilities.json")
