@@ -14,6 +14,7 @@ import ssl
 import time
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from swiftclient.exceptions import ClientException
@@ -261,6 +262,10 @@ def test_end_to_end_encrypted_recording_opens_at_central(box, account, clips, tm
     connection = json.loads(made.stdout)
     assert connection["WantEncryption"] is True and connection["PublicKeyId"] == "central-2026"
     assert base64.b64decode(connection["PublicKey"]) == public_pem
+    box_cert = x509.load_pem_x509_certificate(box.keys.tls_cert.read_bytes())
+    der = box_cert.public_bytes(serialization.Encoding.DER)
+    assert base64.b64decode(connection["HTTPSCertificate"][0]) == der
+    assert connection["ContainerType"] == "mp4" and connection["SiteName"] == "Test Van"
     ctl = Controller(
         connect(
             connection["AuthenticationTokenURI"][0].removesuffix("/auth/v1.0"),
@@ -312,9 +317,22 @@ def test_half_uploaded_recording_is_kept_and_shown_incomplete(box, controller, c
     cameras = session.get(f"{box.url}/cameras").text
     assert "Axis BWS" in cameras and CONTROLLER in cameras and "Depot Nord" in cameras
     assert sent.container in cameras  # listed under "still transferring"
+    # a bookmark re-described before the end (Swift POST replaces an object's metadata)
+    [bookmark] = [n for n in sent.others if n.startswith("bookmark_")]
+    controller.conn.post_object(
+        sent.container, bookmark, headers={"X-Object-Meta-Categoryname": "Traffic"}
+    )
+    assert (
+        controller.conn.head_object(sent.container, bookmark)["x-object-meta-categoryname"]
+        == "Traffic"
+    )
+    assert "x-object-meta-tags" not in controller.conn.head_object(sent.container, bookmark)
     # the rest arrives later and closes it
     controller.complete(sent.container, clips[1].stop)
     assert box.axis.open_recordings() == []
+    assert catalog.detail(box.store, listed["id"])["category"] == "Traffic"
+    events = [r["event"] for r in box.store.query("SELECT event FROM custody")]
+    assert "axis.object_metadata_changed" in events and "axis.recording_completed" in events
 
 
 def _put(conn, container, name, data=b"x", **kw):
