@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from edgebox import custody
-from edgebox.axis.destination import group_summaries, recording_group
+from edgebox.axis.groups import group_summaries, recording_group
 from edgebox.clock import parse_rfc3339
 from edgebox.errors import EdgeboxError, NotFound
 from edgebox.sync.outbox import queue_meta

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from swiftclient.exceptions import ClientException
 
 from edgebox import catalog, vault
+from edgebox.axis.groups import open_recordings
 from edgebox.clips import make_clip
 from edgebox.keys import x25519_private_from_file
 from edgebox.recordings import data_key_for
@@ -306,7 +307,7 @@ def test_half_uploaded_recording_is_kept_and_shown_incomplete(box, controller, c
     rec = catalog.detail(box.store, listed["id"])
     assert rec["axis"]["status"] == "Transferring" and not rec["axis"]["complete"]
     assert len([m for m in rec["axis"]["members"] if m["kind"] == "clip"]) == 2
-    [open_one] = box.axis.open_recordings()
+    [open_one] = open_recordings(box.store)
     assert open_one["name"] == sent.container and open_one["recording_id"] == listed["id"]
     box.users.add("super-1", "supervisor", PASSWORD)
     session, _ = login(box, "super-1")
@@ -329,7 +330,7 @@ def test_half_uploaded_recording_is_kept_and_shown_incomplete(box, controller, c
     assert "x-object-meta-tags" not in controller.conn.head_object(sent.container, bookmark)
     # the rest arrives later and closes it
     controller.complete(sent.container, clips[1].stop)
-    assert box.axis.open_recordings() == []
+    assert open_recordings(box.store) == []
     assert catalog.detail(box.store, listed["id"])["category"] == "Traffic"
     events = [r["event"] for r in box.store.query("SELECT event FROM custody")]
     assert "axis.object_metadata_changed" in events and "axis.recording_completed" in events

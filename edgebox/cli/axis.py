@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from edgebox.axis.documents import connection_file
+from edgebox.axis.groups import overview
 from edgebox.cli import config_option, emit, handle_errors, json_option, main, opened_box
 from edgebox.cli.cameras import box_url
 
@@ -127,7 +128,7 @@ def write_connection_file(
 def status(config_file, as_json):
     """Connected body worn systems, their users, and Axis recordings not yet Complete."""
     with opened_box(config_file) as box:
-        result = box.axis.overview()
+        result = overview(box.store)
 
     def text(r):
         for s in r["systems"]:
