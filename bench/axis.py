@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sqlite3
 import sys
 import tempfile
@@ -259,7 +260,8 @@ def _report(samples: dict, sizes: list[int], args) -> str:
             "",
             f"`python bench/axis.py` — {machine()}. One recording of {len(sizes)} clips, "
             f"{sum(sizes) / MIB:.0f} MiB in all, through each path, {args.reps} rounds "
-            "interleaved on one box (`edgebox run`, HTTPS). Evidence hashes checked.",
+            "interleaved on one box (`edgebox run`, HTTPS). Evidence hashes checked. "
+            f"Load average at the end: {os.getloadavg()[0]:.1f} (the machine is shared).",
             "",
             "| path | best MB/s | median MB/s | median seconds |",
             "| --- | --- | --- | --- |",

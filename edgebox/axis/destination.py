@@ -68,7 +68,7 @@ class AxisDestination:
         self.config = box.config.axis
         self.accounts = AxisAccounts(box.store, box.keys.web_secret(), self.config.token_minutes)
         self._busy = threading.BoundedSemaphore(self.config.max_parallel_uploads)
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
 
     # -- containers ---------------------------------------------------------
@@ -83,6 +83,10 @@ class AxisDestination:
 
     def put_container(self, account: str, name: str, meta: dict) -> int:
         """Swift PUT container: 201 created, 202 when it existed (its metadata merged)."""
+        with self._lock(name):  # one change of a container at a time, uploads included
+            return self._put_container(account, name, meta)
+
+    def _put_container(self, account: str, name: str, meta: dict) -> int:
         kind = container_kind(name)
         row = self.store.one("SELECT * FROM axis_containers WHERE name = ?", (name,))
         if row is not None:
@@ -118,12 +122,14 @@ class AxisDestination:
         return 201
 
     def post_container(self, account: str, name: str, meta: dict) -> None:
-        """Swift POST container: merge metadata; `Status: Complete` closes a recording."""
-        row = self.container(name)
-        if "account" not in row:  # a directory container not created yet: create it
-            self.put_container(account, name, meta)
-            return
-        self._update_container(account, row, meta)
+        """Swift POST container: merge metadata; `Status: Complete` closes a recording (after
+        any object upload into it still running)."""
+        with self._lock(name):
+            row = self.container(name)
+            if "account" not in row:  # a directory container not created yet: create it
+                self._put_container(account, name, meta)
+                return
+            self._update_container(account, row, meta)
 
     def _update_container(self, account: str, row: dict, meta: dict) -> None:
         if row["status"] == COMPLETE:
@@ -456,9 +462,9 @@ class AxisDestination:
         with self._locks_guard:
             self._locks.pop(row["name"], None)
 
-    def _lock(self, container: str) -> threading.Lock:
+    def _lock(self, container: str) -> threading.RLock:
         with self._locks_guard:
-            return self._locks.setdefault(container, threading.Lock())
+            return self._locks.setdefault(container, threading.RLock())
 
 
 def _note_controller(db, device_id: str, meta: dict) -> None:
