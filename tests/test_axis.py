@@ -400,6 +400,11 @@ def test_every_error_code_and_nothing_changes(box, controller, clips):
         conn.get_object(good, "20261128_160000_1.mp4")
     assert read_back.value.http_status == 403
     assert _put(conn, good, "20261128_160000_1.mp4", b"other").http_status == 403  # never replaced
+    camera = box.store.one("SELECT id FROM devices WHERE serial = ?", (SERIAL,))
+    box.pairing.revoke(camera["id"])  # an operator revoked the camera on the box
+    assert _put(conn, good, "20261128_160001_1.mp4", data).http_status == 403
+    with box.store.write() as db:  # (undone directly, for the codes that follow)
+        db.execute("UPDATE devices SET revoked_at = NULL WHERE id = ?", [camera["id"]])
     stored = _counts(box)
     # 404: unknown container or object
     assert _put(conn, "ffff_" + good, "a.mp4").http_status == 404

@@ -170,6 +170,7 @@ class AxisDestination:
         camera = directory.axis_camera(self.store, parts.serial)
         if camera is None:
             raise bad(f"camera {parts.serial} is not registered in Devices/", "BWCSerialNumber")
+        _not_revoked(camera)
         for key, expected in (("UserID", parts.user_uuid), ("BWCSerialNumber", parts.serial)):
             given = meta_get(meta, key)
             if given is not None and given != expected:
@@ -293,6 +294,7 @@ class AxisDestination:
             }
         }
         device = self.store.one("SELECT * FROM devices WHERE id = ?", (row["device_id"],))
+        _not_revoked(device)
         digest = hashlib.md5(usedforsecurity=False)
 
         def check_etag() -> None:
@@ -465,6 +467,15 @@ class AxisDestination:
     def _lock(self, container: str) -> threading.RLock:
         with self._locks_guard:
             return self._locks.setdefault(container, threading.RLock())
+
+
+def _not_revoked(camera: dict) -> None:
+    """403 for a camera an operator revoked on the box (`edgebox cameras revoke`)."""
+    if camera["revoked_at"]:
+        raise IngestError(
+            f"camera {camera['serial']} was revoked on this box at {camera['revoked_at']}",
+            status=403,
+        )
 
 
 def _note_controller(db, device_id: str, meta: dict) -> None:
