@@ -14,6 +14,7 @@ import ssl
 import time
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -364,6 +365,8 @@ def test_every_error_code_and_nothing_changes(box, controller, clips):
     assert no_clip.value.http_status == 400
     assert box.axis.container(good)["status"] == "Transferring"
     assert _put(conn, good, "notes.txt").http_status == 400  # not an object the spec knows
+    too_long = {"X-Object-Meta-Note": "x" * 300}  # past Swift's 256-character value
+    assert _put(conn, good, "20261128_160000_9.mp4", headers=too_long).http_status == 400
     assert (
         _put(
             conn,
@@ -377,8 +380,6 @@ def test_every_error_code_and_nothing_changes(box, controller, clips):
         == 400
     )
     # 401: no token
-    import requests
-
     assert (
         requests.put(
             f"{box.url}/v1/AUTH_depot/{good}/a.mp4", data=b"x", verify=box.keys.tls_cert
