@@ -53,6 +53,9 @@ class Box:
                 segment_size=config.vault.segment_size,
             ),
         )
+        from edgebox.axis import AxisDestination
+
+        self.axis = AxisDestination(self)
         self._running: list = []
         self.uplink = None
         self.replicator = None
@@ -69,6 +72,7 @@ class Box:
         from edgebox.server import WebServer
 
         report = self.uploads.recover()
+        report["axis_dropped"] = self.axis.recover()
         self._record_config()
         custody.record(
             self.store,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from edgebox import custody, exemptions
+from edgebox.axis.groups import group_summaries, recording_group
 from edgebox.clock import parse_rfc3339
 from edgebox.errors import EdgeboxError, NotFound
 from edgebox.sync.outbox import queue_meta
@@ -36,7 +37,8 @@ def _time(args: dict, name: str) -> str | None:
 
 _COLUMNS = (
     "id, serial, user_id, started_at, stopped_at, received_at, category, incident, warned, "
-    "exemption, pre_event_seconds, size, evidence_sha256, sync_state, sealed, legal_hold"
+    "exemption, pre_event_seconds, size, evidence_sha256, sync_state, sealed, legal_hold, "
+    "axis_recording"
 )
 _NEWEST_FIRST = " ORDER BY received_at DESC, id DESC LIMIT ?"
 
@@ -50,6 +52,9 @@ def search(store, args: dict, min_pre_event: float = REQUIRED_PRE_EVENT) -> dict
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = f"{rows[-1]['received_at']}~{rows[-1]['id']}" if more and rows else None
+    groups = group_summaries(store, [r["axis_recording"] for r in rows if r["axis_recording"]])
+    for row in rows:
+        row["axis"] = groups.get(row["axis_recording"]) if row["axis_recording"] else None
     return {"items": rows, "next": cursor}
 
 
@@ -84,8 +89,10 @@ def search_sql(args: dict, min_pre_event: float = REQUIRED_PRE_EVENT) -> tuple[s
 
 
 def _filters(args: dict, min_pre_event: float) -> tuple[list[str], list]:
-    """WHERE terms and their parameters for the filters in `args` (validated)."""
-    where, params = [], []
+    """WHERE terms and their parameters for the filters in `args` (validated). Only listed
+    rows: an Axis recording's clips other than its lead, and its key objects, bookmarks and
+    GNSS track, are shown inside the lead (`detail`), not as recordings of their own."""
+    where, params = ["listed = 1"], []
     for name, column, op in (("from", "started_at", ">="), ("to", "started_at", "<")):
         value = _time(args, name)
         if value:
@@ -136,7 +143,20 @@ def detail(store, recording_id: str) -> dict:
         "SELECT seq, ts, event, actor, details, hash FROM custody WHERE subject = ? ORDER BY seq",
         (recording_id,),
     )
+    rec["axis"] = recording_group(store, rec["axis_recording"]) if rec["axis_recording"] else None
     return rec
+
+
+def _group_ids(store, rec: dict) -> list[str]:
+    """The recording and, for an Axis recording's lead, every vault file of its group: a hold
+    or a tag on what people see as one recording applies to all of its parts."""
+    if not rec.get("axis_recording"):
+        return [rec["id"]]
+    rows = store.query(
+        "SELECT id FROM recordings WHERE axis_recording = ? ORDER BY listed DESC, id",
+        (rec["axis_recording"],),
+    )
+    return [r["id"] for r in rows]
 
 
 def tag(store, recording_id: str, changes: dict, actor: str) -> dict:
@@ -163,16 +183,20 @@ def tag(store, recording_id: str, changes: dict, actor: str) -> dict:
         raise _bad("exemption", "a warned subject needs no exemption; clear one of them")
     if not clean:
         raise _bad("changes", "nothing to change")
+    ids = _group_ids(store, rec)
     with store.write() as db:
-        db["recordings"].update(recording_id, clean)
-        custody.append(
-            db,
-            "recording.tagged",
-            actor,
-            recording_id,
-            {"changes": clean, "before": {k: rec[k] for k in clean}},
-        )
-    queue_meta(store, {"type": "recording.tagged", "recording_id": recording_id, "changes": clean})
+        for rid in ids:
+            old = rec if rid == recording_id else db["recordings"].get(rid)
+            db["recordings"].update(rid, clean)
+            custody.append(
+                db,
+                "recording.tagged",
+                actor,
+                rid,
+                {"changes": clean, "before": {k: old[k] for k in clean}},
+            )
+    for rid in ids:
+        queue_meta(store, {"type": "recording.tagged", "recording_id": rid, "changes": clean})
     return detail(store, recording_id)
 
 
@@ -184,8 +208,11 @@ def set_hold(store, recording_id: str, hold: bool, reason: str, actor: str) -> d
     if bool(rec["legal_hold"]) == hold:
         raise EdgeboxError(f"the hold is already {'on' if hold else 'off'}", status=409)
     event = "recording.hold_placed" if hold else "recording.hold_lifted"
+    ids = _group_ids(store, rec)
     with store.write() as db:
-        db["recordings"].update(recording_id, {"legal_hold": int(hold)})
-        custody.append(db, event, actor, recording_id, {"reason": reason})
-    queue_meta(store, {"type": event, "recording_id": recording_id, "reason": reason}, priority=50)
+        for rid in ids:
+            db["recordings"].update(rid, {"legal_hold": int(hold)})
+            custody.append(db, event, actor, rid, {"reason": reason})
+    for rid in ids:
+        queue_meta(store, {"type": event, "recording_id": rid, "reason": reason}, priority=50)
     return detail(store, recording_id)

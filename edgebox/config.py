@@ -133,6 +133,16 @@ class ComplianceSection:
 
 
 @dataclass(frozen=True)
+class AxisSection:
+    """The Axis body-worn content destination (Swift subset at /auth/v1.0 and /v1/)."""
+
+    enabled: bool = True
+    categories: str = "Incident,Patrol,Traffic,Medical,Other"
+    token_minutes: int = 60
+    max_parallel_uploads: int = 4
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole box configuration; `base_dir` anchors relative paths."""
 
@@ -146,6 +156,7 @@ class Config:
     retention: RetentionSection = field(default_factory=RetentionSection)
     storage: StorageSection = field(default_factory=StorageSection)
     compliance: ComplianceSection = field(default_factory=ComplianceSection)
+    axis: AxisSection = field(default_factory=AxisSection)
     base_dir: Path = Path(".")
     source: str = "<defaults>"
 
@@ -276,6 +287,8 @@ def _validate(config: Config) -> None:
         ("upstream.keepalive_seconds", 5),
         ("upstream.ack_timeout_seconds", 1),
         ("replication.ship_interval_seconds", 0),
+        ("axis.token_minutes", 1),
+        ("axis.max_parallel_uploads", 1),
     ):
         section, key = name.split(".")
         if getattr(getattr(config, section), key) < minimum:
@@ -312,6 +325,11 @@ def _validate(config: Config) -> None:
         raise ConfigError("upstream.chunk_size must be at most 16 MiB", field="upstream.chunk_size")
     if config.upstream.broker:
         parse_broker_url(config.upstream.broker)
+    if any(not 0 < len(n.strip()) <= 64 for n in config.axis.categories.split(",")):
+        raise ConfigError(
+            "axis.categories must be comma-separated names of 1-64 characters",
+            field="axis.categories",
+        )
     if bool(config.upstream.client_cert) != bool(config.upstream.client_key):
         raise ConfigError(
             "upstream.client_cert and upstream.client_key go together", field="upstream.client_cert"

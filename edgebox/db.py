@@ -351,3 +351,57 @@ def m116_compliance_indexes(db: sqlite_utils.Database) -> None:
         CREATE INDEX recordings_serial_evidence ON recordings(serial, evidence_sha256);
         """
     )
+
+
+@migrations()
+def m114_axis_content_destination(db: sqlite_utils.Database) -> None:
+    """The Axis body-worn content destination (docs/axis.md): its accounts, the Swift
+    containers and objects an Axis system controller created, cameras registered by it
+    (`devices.source`, `controller_serial`), and the grouping of one Axis recording's vault
+    files: each object is its own recording row, `axis_recording` names its container, and
+    only the lead clip is `listed` (the recordings list shows the group once)."""
+    db.executescript(
+        """
+        ALTER TABLE devices ADD COLUMN source TEXT;
+        ALTER TABLE devices ADD COLUMN controller_serial TEXT;
+        ALTER TABLE devices ADD COLUMN name TEXT;
+        ALTER TABLE recordings ADD COLUMN axis_recording TEXT;
+        ALTER TABLE recordings ADD COLUMN listed INTEGER NOT NULL DEFAULT 1;
+        CREATE INDEX recordings_axis ON recordings(axis_recording)
+            WHERE axis_recording IS NOT NULL;
+        CREATE TABLE axis_accounts (
+            username TEXT PRIMARY KEY,
+            key_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            disabled_at TEXT
+        );
+        CREATE TABLE axis_containers (
+            name TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('system', 'users', 'devices', 'recording')),
+            account TEXT NOT NULL,
+            user_uuid TEXT,
+            serial TEXT,
+            device_id TEXT REFERENCES devices(id),
+            status TEXT NOT NULL DEFAULT 'Transferring',
+            metadata TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            completed_at TEXT
+        );
+        CREATE INDEX axis_containers_kind ON axis_containers(kind, created_at);
+        CREATE TABLE axis_objects (
+            container TEXT NOT NULL REFERENCES axis_containers(name),
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN
+                ('system', 'user', 'device', 'clip', 'key', 'bookmark', 'gnss')),
+            recording_id TEXT REFERENCES recordings(id),
+            metadata TEXT NOT NULL DEFAULT '{}',
+            etag TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            body BLOB,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (container, name)
+        );
+        """
+    )

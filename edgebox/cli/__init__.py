@@ -109,6 +109,7 @@ def main() -> None:
 
 from edgebox.cli import (  # noqa: E402,F401 - registers commands
     admin,
+    axis,
     cameras,
     central,
     packages,

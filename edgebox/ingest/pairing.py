@@ -177,6 +177,7 @@ class Pairing:
     def devices(self) -> list[dict]:
         """Every paired camera, newest first, without token hashes."""
         return self.store.query(
-            "SELECT id, serial, model, paired_at, revoked_at, last_seen_at FROM devices "
+            "SELECT id, serial, model, paired_at, revoked_at, last_seen_at, source, "
+            "controller_serial FROM devices "
             "ORDER BY paired_at DESC"
         )

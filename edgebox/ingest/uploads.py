@@ -270,12 +270,25 @@ class Uploads:
         if not _is_count(header):
             raise IngestError("Upload-Length must be a non-negative integer", field="Upload-Length")
         length = int(header)
+        self._check_size(length)
+        return length
+
+    def _check_size(self, length: int) -> None:
+        """413 past the largest accepted recording."""
         if length > self.settings.max_upload_bytes:
             raise IngestError(
                 f"recording of {length} bytes exceeds the maximum {self.settings.max_upload_bytes}",
                 status=413,
             )
-        return length
+
+    def open(self, device: dict, length: int, columns: dict, raw: dict) -> Progress:
+        """Start an upload of `length` bytes whose recording row will hold `columns` (already
+        validated: the recordings columns of `parse_recording_metadata`, plus any other
+        recordings column a source fills) and `raw` (the metadata as sent). Every source of
+        footage (tus, the Axis content destination) enters the vault through here."""
+        self._check_size(length)
+        with self._creating:  # the space check and the new row, one creation at a time
+            return self._create(device, length, columns, raw)
 
     def _create(
         self,
@@ -404,12 +417,15 @@ class Uploads:
         stream,
         checksum_header: str | None = None,
         length_header: str | None = None,
+        before_finish: Callable[[], None] | None = None,
     ) -> Progress:
         """Stream one PATCH body into the vault; a checksum mismatch undoes the whole chunk.
 
         `content_length` None means a chunked body: it is read to its end, and bytes
         past Upload-Length undo the chunk (413). `length_header` declares the length of a
         deferred-length upload (again the same value later is accepted, another refused).
+        `before_finish`, called once every byte is in, may raise an IngestError to refuse the
+        whole upload (it is then discarded).
         """
         row = self._open_row(upload_id, device)
         if offset_header is None or not _is_count(offset_header):
@@ -457,7 +473,7 @@ class Uploads:
                 {"upload_id": upload_id, "offset": writer.offset, "length": row["length"]},
             )
             if writer.offset == row["length"]:
-                return self._complete(row, active, device)
+                return self._complete(row, active, device, before_finish)
             return Progress(upload_id, writer.offset, row["length"], expires)
         finally:
             active.lock.release()
@@ -574,12 +590,14 @@ class Uploads:
             received += len(block)
         return received
 
-    def _complete(self, row: dict, active: _Active, device: dict) -> Progress:
+    def _complete(
+        self, row: dict, active: _Active, device: dict, before_finish: Callable | None = None
+    ) -> Progress:
         """Every byte is in: a part is sealed and kept for its final upload, any other upload
         becomes a recording."""
         if row["concat"] == PARTIAL:
             return self._complete_part(row, active, device)
-        return self._finish(row, active, device)
+        return self._finish(row, active, device, before_finish)
 
     def _complete_part(self, row: dict, active: _Active, device: dict) -> Progress:
         """Seal a complete part where it is (its resume key stays: the final upload reads the
@@ -604,8 +622,16 @@ class Uploads:
             )
         return Progress(row["id"], row["length"], row["length"], row["expires_at"])
 
-    def _finish(self, row: dict, active: _Active, device: dict) -> Progress:
+    def _finish(
+        self, row: dict, active: _Active, device: dict, before_finish: Callable | None = None
+    ) -> Progress:
         writer = active.writer
+        if before_finish is not None:
+            try:
+                before_finish()
+            except IngestError as exc:
+                self._fail(row, device, exc.message)
+                raise
         columns = json.loads(row["metadata"])["columns"]
         evidence = writer.plaintext_sha256()
         if columns["camera_sha256"] and columns["camera_sha256"] != evidence:
@@ -727,6 +753,13 @@ class Uploads:
 
     def _fail(self, row: dict, device: dict, reason: str) -> None:
         self._end(row, "failed", f"device:{device['id']}", "upload.failed", reason)
+
+    def abandon(self, upload_id: str, device: dict, reason: str) -> None:
+        """Discard an unfinished upload its source will never resume (an interrupted
+        all-or-nothing request); a finished or already ended one is left as it is."""
+        row = self._row(upload_id, device)
+        if row["state"] == "receiving":
+            self._fail(row, device, reason)
 
     def terminate(self, upload_id: str, device: dict) -> None:
         """tus termination: discard an unfinished upload; finished recordings are never deleted."""

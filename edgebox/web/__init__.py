@@ -52,6 +52,7 @@ def create_app(box, testing: bool = False) -> Flask:
     from edgebox.web.dashboard import duration
     from edgebox.web.media import media
     from edgebox.web.openapi import openapi
+    from edgebox.web.swift import swift
     from edgebox.web.tus import tus
     from edgebox.web.ui import ui
 
@@ -69,6 +70,7 @@ def create_app(box, testing: bool = False) -> Flask:
     app.register_blueprint(media)
     app.register_blueprint(openapi)
     app.register_blueprint(tus)
+    app.register_blueprint(swift)
     app.register_blueprint(api)
     app.register_blueprint(ui)
     app.register_blueprint(reports)

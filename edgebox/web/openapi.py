@@ -13,11 +13,15 @@ _PARAM = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 
 
 def describe(app) -> dict:
-    """Every /api and /tus route with its methods, summary, path parameters, and the query
-    parameters a view lists in its `openapi_query` attribute ((name, description) pairs)."""
+    """Every /api, /tus and Axis Swift (/auth/v1.0, /v1/) route with its methods, summary,
+    path parameters, and the query parameters a view lists in its `openapi_query` attribute
+    ((name, description) pairs)."""
     paths: dict = {}
     for rule in app.url_map.iter_rules():
-        if not rule.rule.startswith(("/api/", "/tus")) or rule.endpoint == "static":
+        if (
+            not rule.rule.startswith(("/api/", "/tus", "/auth/", "/v1/"))
+            or rule.endpoint == "static"
+        ):
             continue
         path = _PARAM.sub(r"{\1}", rule.rule)
         view = app.view_functions[rule.endpoint]
@@ -49,6 +53,7 @@ def describe(app) -> dict:
             "securitySchemes": {
                 "session": {"type": "apiKey", "in": "cookie", "name": "edgebox_session"},
                 "device": {"type": "http", "scheme": "bearer"},
+                "swift": {"type": "apiKey", "in": "header", "name": "X-Auth-Token"},
             }
         },
         "paths": dict(sorted(paths.items())),

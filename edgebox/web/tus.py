@@ -134,7 +134,7 @@ def create():
     )
     location = f"/tus/{progress.upload_id}"
     if with_body and progress.duplicate:  # nothing to take: read it so the answer arrives
-        discard_body(_body_stream(), request.content_length or 0)
+        discard_body(request_body_stream(), request.content_length or 0)
     elif with_body and not progress.finished:
         try:
             progress = uploads.append(
@@ -142,7 +142,7 @@ def create():
                 device,
                 "0",
                 request.content_length,
-                _body_stream(),
+                request_body_stream(),
                 request.headers.get("Upload-Checksum"),
             )
         except EdgeboxError:
@@ -193,14 +193,14 @@ def patch(upload_id: str):
         device,
         request.headers.get("Upload-Offset"),
         request.content_length,
-        _body_stream(),
+        request_body_stream(),
         request.headers.get("Upload-Checksum"),
         request.headers.get("Upload-Length"),
     )
     return _progress_response(progress, 204)
 
 
-def _body_stream():
+def request_body_stream():
     """The request body as the server hands it over, already bounded by Content-Length or by
     the chunked encoding (cheroot's own readers, so each block is read once, not re-buffered
     and copied twice by werkzeug's generic wrapper)."""

@@ -8,6 +8,7 @@ import segno
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
 from edgebox import catalog
+from edgebox.axis.groups import overview
 from edgebox.errors import EdgeboxError
 from edgebox.keys import certificate_fingerprint
 from edgebox.web import dashboard as dashboard_data
@@ -138,7 +139,10 @@ def _act(recording_id: str, action, done: str):
 @require("supervisor", "admin")
 def cameras():
     """Paired cameras with last contact; admins pair and revoke."""
-    return render_template("cameras.html", cameras=_box().pairing.devices(), pairing=None)
+    box = _box()
+    return render_template(
+        "cameras.html", cameras=box.pairing.devices(), pairing=None, axis=overview(box.store)
+    )
 
 
 @ui.post("/cameras/pair")
