@@ -248,8 +248,10 @@ class Uploads:
             )
         length = None if defer_header else self._length(length_header)
         columns, raw = parse_recording_metadata(metadata_header, device["serial"])
-        held = None if length is None or partial else held_recording(
-            self.store, device, length, columns
+        held = (
+            None
+            if length is None or partial
+            else held_recording(self.store, device, length, columns)
         )
         if held is not None:  # sent before: answered with that recording, not stored twice
             return Progress(
