@@ -85,11 +85,13 @@ def csrf_token() -> str:
 def _cross_site() -> bool:
     """Whether a browser says this request comes from another site (Fetch Metadata, or an
     Origin that is not this box). Clients that send neither (scripts, curl) are not browsers
-    riding on someone's cookie, and still need the CSRF token."""
+    riding on someone's cookie, and still need the CSRF token. `Origin: null` alone decides
+    nothing: under the box's `Referrer-Policy: no-referrer` browsers send it for the box's
+    own forms too, and Sec-Fetch-Site then tells."""
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         return True
-    origin = request.headers.get("Origin")
-    return origin is not None and origin != request.host_url.rstrip("/")
+    origin = request.headers.get("Origin", "null")
+    return origin != "null" and origin != request.host_url.rstrip("/")
 
 
 @auth.before_app_request
