@@ -261,9 +261,17 @@ def test_failed_logins_brake_the_source_and_the_name(world):  # noqa: F811
     for n in range(BRAKE_FAILURES):  # one name from many sources: the name is braked
         assert _login_from(box, f"127.0.1.{n + 1}", "ghost", "guess") == 401
     assert _login_from(box, "127.0.2.1", "ghost", "guess") == 429
+    known, _ = login(box, "admin-1")  # this browser has logged in as admin-1 before
     for n in range(BRAKE_FAILURES):
         assert _login_from(box, f"127.0.3.{n + 1}", "admin-1", "guess") == 401
     assert _login_from(box, "127.0.4.1", "admin-1", "guess") == 429, "known names alike"
+    body = {"username": "admin-1", "password": PASSWORD}
+    assert browser(box).post(f"{box.url}/login", json=body).status_code == 429
+    again = known.post(f"{box.url}/login", json=body)
+    assert again.status_code == 200, "failures elsewhere cannot keep the owner out"
+    forged = browser(box)
+    forged.cookies.set("edgebox_device", known.cookies.get("edgebox_device") + "x")
+    assert forged.post(f"{box.url}/login", json=body).status_code == 429
 
 
 def test_failed_logins_write_a_bounded_number_of_custody_entries(box):
