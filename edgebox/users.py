@@ -164,12 +164,18 @@ class Users:
             _end_sessions(db, "id = ?", key)
         return key
 
-    def authenticate(self, username: str, password: str, source: str = "") -> dict:
+    def authenticate(
+        self, username: str, password: str, source: str = "", trusted: bool = False
+    ) -> dict:
         """Check a login. Unknown names, disabled accounts and wrong passwords get the same
         answer (401); failures brake the source address and the name alike (429), whether
-        the name exists or not, so nobody learns which accounts exist or can lock one."""
+        the name exists or not, so nobody learns which accounts exist. A `trusted` attempt
+        (from a browser this user logged in with before) is not held back by the name's
+        brake and does not feed it, so failing logins under a name cannot lock its owner out."""
         name = (username or "")[:64]
-        wait = max(self.source_brake.wait(source), self.name_brake.wait(name))
+        wait = self.source_brake.wait(source)
+        if not trusted:
+            wait = max(wait, self.name_brake.wait(name))
         if wait:
             self._failures.failed(name, source, "braked")
             raise AuthError(f"too many failed logins; try again in {wait} seconds", status=429)
@@ -177,7 +183,8 @@ class Users:
         verified = _verify(row["password_hash"] if row else _DUMMY, password or "")
         if row is None or row["disabled"] or not verified:
             self.source_brake.failed(source)
-            self.name_brake.failed(name)
+            if not trusted:
+                self.name_brake.failed(name)
             reason = (
                 "unknown user"
                 if row is None
@@ -187,7 +194,8 @@ class Users:
             )
             self._failures.failed(name, source, reason)
             raise AuthError("wrong user name or password")
-        self.name_brake.forget(name)
+        if not trusted:  # the owner's own browser leaves the brake on others' guesses
+            self.name_brake.forget(name)
         self._failures.flush()
         with self.store.write() as db:
             db.execute(

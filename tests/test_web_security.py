@@ -14,6 +14,7 @@ import pytest
 
 from edgebox.users import BRAKE_FAILURES, FailureLog
 from tests.conftest import SECRET
+from tests.test_browser import chromium  # noqa: F401 - the fixture
 from tests.test_web_api import world  # noqa: F401 - the fixture
 from tests.test_web_auth import PASSWORD, browser, login
 
@@ -218,7 +219,12 @@ def test_status_shows_paths_and_pids_to_admins_only(world):  # noqa: F811
 
 @pytest.mark.parametrize(
     "headers",
-    [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}],
+    [
+        {"Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+        {"Origin": "https://evil.example", "Sec-Fetch-Site": "same-site"},
+    ],
 )
 def test_login_refuses_cross_site_posts(world, headers):  # noqa: F811
     box, _, _ = world
@@ -228,6 +234,8 @@ def test_login_refuses_cross_site_posts(world, headers):  # noqa: F811
     assert refused.status_code == 403 and "edgebox_session" not in refused.cookies
     same = {"Origin": box.url, "Sec-Fetch-Site": "same-origin"}
     assert client.post(f"{box.url}/login", data=body, headers=same).status_code == 200
+    own_form = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}  # Chromium, no-referrer
+    assert client.post(f"{box.url}/login", data=body, headers=own_form).status_code == 200
 
 
 def _login_from(box, source: str, username: str, password: str) -> int:
@@ -253,9 +261,17 @@ def test_failed_logins_brake_the_source_and_the_name(world):  # noqa: F811
     for n in range(BRAKE_FAILURES):  # one name from many sources: the name is braked
         assert _login_from(box, f"127.0.1.{n + 1}", "ghost", "guess") == 401
     assert _login_from(box, "127.0.2.1", "ghost", "guess") == 429
+    known, _ = login(box, "admin-1")  # this browser has logged in as admin-1 before
     for n in range(BRAKE_FAILURES):
         assert _login_from(box, f"127.0.3.{n + 1}", "admin-1", "guess") == 401
     assert _login_from(box, "127.0.4.1", "admin-1", "guess") == 429, "known names alike"
+    body = {"username": "admin-1", "password": PASSWORD}
+    assert browser(box).post(f"{box.url}/login", json=body).status_code == 429
+    again = known.post(f"{box.url}/login", json=body)
+    assert again.status_code == 200, "failures elsewhere cannot keep the owner out"
+    forged = browser(box)
+    forged.cookies.set("edgebox_device", known.cookies.get("edgebox_device") + "x")
+    assert forged.post(f"{box.url}/login", json=body).status_code == 429
 
 
 def test_failed_logins_write_a_bounded_number_of_custody_entries(box):
@@ -272,3 +288,26 @@ def test_failed_logins_write_a_bounded_number_of_custody_entries(box):
     summary = json.loads(rows[-1]["details"])
     assert summary["reason"] == "aggregated" and summary["failures"] == 47
     assert sum(summary["sources"].values()) == 47
+
+
+def test_a_cross_site_form_cannot_log_in_through_a_real_browser(world, chromium):  # noqa: F811
+    """Chromium submits a login form from a page of another origin: refused, no session; the
+    box's own form in the same browser logs in (Origin null, Sec-Fetch-Site same-origin)."""
+    box, _, _ = world
+    context = chromium.new_context()
+    page = context.new_page()
+    page.set_content(
+        f'<form method="post" action="{box.url}/login">'
+        '<input name="username" value="crew-1">'
+        f'<input name="password" value="{PASSWORD}"><button>go</button></form>'
+    )
+    with page.expect_navigation():
+        page.click("button")
+    assert "cross-site requests are refused" in page.content()
+    assert not [c for c in context.cookies() if c["name"] == "edgebox_session"]
+    page.goto(f"{box.url}/login")
+    page.get_by_label("User name").fill("crew-1")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("button", name="Log out").wait_for()
+    context.close()

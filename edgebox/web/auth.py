@@ -18,6 +18,7 @@ import secrets
 from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, current_app, g, jsonify, redirect, render_template, request, session
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from edgebox.users import AuthError, Users
 
@@ -25,6 +26,8 @@ auth = Blueprint("auth", __name__)
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 CSRF_EXEMPT = ("/tus", "/api/v1/cameras/enroll")
 SESSION_HOURS = 12
+DEVICE_COOKIE = "edgebox_device"
+DEVICE_DAYS = 90
 
 
 def _users() -> Users:
@@ -85,11 +88,13 @@ def csrf_token() -> str:
 def _cross_site() -> bool:
     """Whether a browser says this request comes from another site (Fetch Metadata, or an
     Origin that is not this box). Clients that send neither (scripts, curl) are not browsers
-    riding on someone's cookie, and still need the CSRF token."""
+    riding on someone's cookie, and still need the CSRF token. `Origin: null` alone decides
+    nothing: under the box's `Referrer-Policy: no-referrer` browsers send it for the box's
+    own forms too, and Sec-Fetch-Site then tells."""
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         return True
-    origin = request.headers.get("Origin")
-    return origin is not None and origin != request.host_url.rstrip("/")
+    origin = request.headers.get("Origin", "null")
+    return origin != "null" and origin != request.host_url.rstrip("/")
 
 
 @auth.before_app_request
@@ -126,7 +131,9 @@ def login():
     username, password = (body or {}).get("username", ""), (body or {}).get("password", "")
     target = safe_next((body or {}).get("next", "/"))
     try:
-        user = _users().authenticate(str(username), str(password), _source())
+        user = _users().authenticate(
+            str(username), str(password), _source(), trusted=_known_device(str(username))
+        )
     except AuthError as exc:
         if request.is_json:
             raise
@@ -136,10 +143,41 @@ def login():
         sid=_users().start_session(user["id"], _source()), csrf=secrets.token_urlsafe(32)
     )
     if request.is_json:
-        return jsonify(
+        response = jsonify(
             {"username": user["username"], "role": user["role"], "csrf_token": session["csrf"]}
         )
-    return redirect(target)
+    else:
+        response = redirect(target)
+    _remember_device(response, user["username"])
+    return response
+
+
+def _device_signer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.secret_key, salt="edgebox-known-device")
+
+
+def _known_device(username: str) -> bool:
+    """Whether this browser logged in as `username` before (a signed cookie says so): its
+    logins are not held back by the brake on that name, so nobody can keep a user out by
+    failing logins under their name from elsewhere (the source brake still applies)."""
+    cookie = request.cookies.get(DEVICE_COOKIE)
+    if not cookie:
+        return False
+    try:
+        return _device_signer().loads(cookie, max_age=DEVICE_DAYS * 86400) == username
+    except BadSignature:
+        return False
+
+
+def _remember_device(response, username: str) -> None:
+    response.set_cookie(
+        DEVICE_COOKIE,
+        _device_signer().dumps(username),
+        max_age=DEVICE_DAYS * 86400,
+        secure=current_app.config["SESSION_COOKIE_SECURE"],
+        httponly=True,
+        samesite="Strict",
+    )
 
 
 @auth.post("/logout")
