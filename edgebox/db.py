@@ -294,3 +294,9 @@ def m005_awaiting_seal(db: sqlite_utils.Database) -> None:
             WHERE sync_state = 'synced' AND sealed = 0;
         """
     )
+
+
+@migrations()
+def m119_ui_user_language(db: sqlite_utils.Database) -> None:
+    """Each user's language for the web UI (NULL: follow the browser)."""
+    db["users"].add_column("language", str)

@@ -56,11 +56,13 @@ class ReviewKeys:
             entry = self._keys.get(user["id"])
         return max(0, int(entry[1] - time.monotonic())) if entry else 0
 
-    def viewed(self, user: dict, recording_id: str) -> None:
-        """Log a playback once per recording and unlock."""
+    def viewed(self, user: dict, recording_id: str, picture: str | None = None) -> None:
+        """Log a playback (or a look at its poster or thumbnail strip, named by `picture`)
+        once per recording, kind and unlock."""
         with self._lock:
             entry = self._keys.get(user["id"])
-            if entry is None or recording_id in entry[2]:
+            if entry is None or (recording_id, picture) in entry[2]:
                 return
-            entry[2].add(recording_id)
-        custody.record(self.box.store, "recording.viewed", user["username"], recording_id, {})
+            entry[2].add((recording_id, picture))
+        details = {"picture": picture} if picture else {}
+        custody.record(self.box.store, "recording.viewed", user["username"], recording_id, details)

@@ -116,6 +116,11 @@ class Users:
             db.execute("UPDATE users SET session_epoch = session_epoch + 1 WHERE id = ?", [user_id])
             custody.append(db, "user.logout_everywhere", actor, str(user_id), {})
 
+    def set_language(self, user_id: int, language: str | None) -> None:
+        """Remember the UI language a user chose (None: follow the browser again)."""
+        with self.store.write() as db:
+            db.execute("UPDATE users SET language = ? WHERE id = ?", [language, user_id])
+
     def authenticate(self, username: str, password: str, source: str = "") -> dict:
         """Check a login; failures are counted, logged, and lock the account after a few."""
         now = utcnow()

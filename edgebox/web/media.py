@@ -6,7 +6,7 @@ import re
 
 from flask import Blueprint, Response, current_app, request
 
-from edgebox import vault
+from edgebox import pictures, vault
 from edgebox.catalog import detail
 from edgebox.errors import EdgeboxError
 from edgebox.recordings import data_key_for
@@ -34,19 +34,52 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-@media.get("/recordings/<recording_id>/media")
-@require("supervisor")
-def play(recording_id: str):
-    """Stream the decrypted recording (or the asked byte range)."""
-    box = current_app.extensions["edgebox"]
-    user = current_user()
+def _open(box, user: dict, recording_id: str):
+    """The recording's row and a reader of its plaintext, for a user whose review is unlocked."""
     rec = detail(box.store, recording_id)
     if rec["sealed"]:
         raise EdgeboxError(
             "sealed after central confirmed its copy; review it at central", status=409
         )
     path = box.uploads.vault_path(recording_id)
-    reader = vault.Reader(path, data_key_for(path, box.review.key_for(user)))
+    return rec, vault.Reader(path, data_key_for(path, box.review.key_for(user)))
+
+
+def _cache(box) -> pictures.PictureCache:
+    return current_app.extensions.setdefault(
+        "edgebox.pictures", pictures.PictureCache(box.config.ui.picture_cache_mb * 1024 * 1024)
+    )
+
+
+@media.get("/recordings/<recording_id>/<any(poster, strip):kind>.jpg")
+@require("supervisor")
+def picture(recording_id: str, kind: str):
+    """The poster (the frame at the trigger) or the thumbnail strip of a recording, made in
+    memory from the encrypted footage; every first look per unlock is logged in custody."""
+    from edgebox.web.words import length_seconds
+
+    box, user = current_app.extensions["edgebox"], current_user()
+    rec, reader = _open(box, user, recording_id)
+    if kind == "poster":
+        made = _cache(box).get(
+            (recording_id, kind), lambda: pictures.poster(reader, rec["pre_event_seconds"] or 0)
+        )
+    else:
+        made = _cache(box).get(
+            (recording_id, kind), lambda: pictures.strip(reader, length_seconds(rec))
+        )
+    box.review.viewed(user, recording_id, kind)
+    response = Response(made, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+@media.get("/recordings/<recording_id>/media")
+@require("supervisor")
+def play(recording_id: str):
+    """Stream the decrypted recording (or the asked byte range)."""
+    box, user = current_app.extensions["edgebox"], current_user()
+    _, reader = _open(box, user, recording_id)
     size = reader.header.plaintext_size
     wanted = parse_range(request.headers.get("Range"), size)
     start, end = wanted or (0, size)
