@@ -10,7 +10,7 @@ import threading
 import time
 
 from edgebox import custody
-from edgebox.errors import KeyAccessError
+from edgebox.errors import N_, KeyAccessError
 
 
 class ReviewKeys:
@@ -47,7 +47,7 @@ class ReviewKeys:
             entry = self._keys.get(user["id"])
             if entry is None or entry[1] < time.monotonic():
                 self._keys.pop(user["id"], None)
-                raise KeyAccessError("review is locked: unlock it with your review secret")
+                raise KeyAccessError(N_("review is locked: unlock it with your review secret"))
             return entry[0]
 
     def remaining(self, user: dict) -> int:

@@ -15,7 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from edgebox import custody
 from edgebox.clock import iso, parse_rfc3339, utcnow
 from edgebox.db import Store
-from edgebox.errors import EdgeboxError, NotFound
+from edgebox.errors import N_, EdgeboxError, NotFound
 
 ROLES = ("crew", "supervisor", "admin")
 MAX_FAILURES = 5
@@ -134,7 +134,7 @@ class Users:
                 username[:64] if username else None,
                 {"reason": "unknown user", "source": source},
             )
-            raise AuthError("wrong user name or password")
+            raise AuthError(N_("wrong user name or password"))
         if row["locked_until"] and parse_rfc3339(row["locked_until"]) > now:
             custody.record(
                 self.store,
@@ -149,7 +149,7 @@ class Users:
                 status=423,
             )
         if row["disabled"]:
-            raise AuthError("this account is disabled", status=403)
+            raise AuthError(N_("this account is disabled"), status=403)
         if not _verify(row["password_hash"], password or ""):
             failures = row["failed_logins"] + 1
             locked = (
@@ -167,7 +167,7 @@ class Users:
                     row["username"],
                     {"reason": "wrong password", "source": source, "locked_until": locked},
                 )
-            raise AuthError("wrong user name or password")
+            raise AuthError(N_("wrong user name or password"))
         with self.store.write() as db:
             db.execute(
                 "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?", [row["id"]]

@@ -16,6 +16,7 @@ import time
 
 from flask import Blueprint, current_app, g, jsonify, redirect, render_template, request, session
 
+from edgebox.errors import N_
 from edgebox.users import AuthError, Users
 
 auth = Blueprint("auth", __name__)
@@ -51,7 +52,7 @@ def require(*roles: str):
             user = current_user()
             if user is None:
                 if request.path.startswith("/api/"):
-                    raise AuthError("log in first")
+                    raise AuthError(N_("log in first"))
                 return redirect(f"/login?next={request.full_path.rstrip('?')}")
             if roles and user["role"] not in roles:
                 raise AuthError(f"this needs the role {' or '.join(roles)}", status=403)
@@ -80,7 +81,7 @@ def _check_csrf():
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
     expected = session.get("csrf", "")
     if not expected or not hmac.compare_digest(sent, expected):
-        raise AuthError("missing or wrong CSRF token; reload the page", status=403)
+        raise AuthError(N_("missing or wrong CSRF token; reload the page"), status=403)
     return None
 
 

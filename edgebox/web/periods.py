@@ -50,8 +50,10 @@ def day_range(day: str, from_time: str, to_time: str, ui) -> tuple[str, str]:
             field="day",
         ) from None
     start = dt.datetime.combine(date, begin, zone)
-    stop = dt.datetime.combine(date, end, zone) if end else dt.datetime.combine(
-        date + dt.timedelta(days=1), dt.time(0, 0), zone
+    stop = (
+        dt.datetime.combine(date, end, zone)
+        if end
+        else dt.datetime.combine(date + dt.timedelta(days=1), dt.time(0, 0), zone)
     )
     if stop <= start:
         stop += dt.timedelta(days=1)  # a night shift: 19:00 to 07:00 runs into the next day

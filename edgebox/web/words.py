@@ -27,6 +27,8 @@ LINK_WORDS = {
     "refused": N_("refused by the broker"),
     "disabled": N_("no upstream configured"),
 }
+# Details the box itself gives for a link state (others are the broker's own words).
+LINK_DETAILS = (N_("never connected"),)
 ROLE_WORDS = {"crew": N_("crew"), "supervisor": N_("supervisor"), "admin": N_("admin")}
 # The exemption reasons the seed names; "other" carries a note: stored as "other: NOTE".
 EXEMPTIONS = {
