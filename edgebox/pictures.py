@@ -20,8 +20,9 @@ from edgebox.clips import ffmpeg_exe
 from edgebox.errors import N_, EdgeboxError
 
 POSTER_WIDTH = 480
-STRIP_TILES = 8
-STRIP_TILE_WIDTH = 160
+STRIP_COLUMNS, STRIP_ROWS = 4, 2
+STRIP_TILES = STRIP_COLUMNS * STRIP_ROWS
+STRIP_TILE_WIDTH = 240
 _KEYFRAMES_ONLY_AFTER = 120  # seconds: longer recordings are sampled on key frames only
 _TIMEOUT = 120
 
@@ -80,14 +81,15 @@ def poster(reader, at_seconds: float) -> bytes:
 
 
 def strip(reader, duration: float | None) -> bytes:
-    """One JPEG of STRIP_TILES frames spread evenly along the recording, side by side."""
+    """One JPEG of STRIP_TILES frames spread evenly along the recording, in a grid of
+    STRIP_COLUMNS x STRIP_ROWS read left to right, top to bottom (fits a phone and a desk)."""
     span = max(1.0, duration or 0.0) / STRIP_TILES
     skip = ["-skip_frame", "nokey"] if (duration or 0) > _KEYFRAMES_ONLY_AFTER else []
     picture = _ffmpeg_picture(
         reader,
         skip,
         f"select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,{span:.3f})',"
-        f"scale={STRIP_TILE_WIDTH}:-2,tile={STRIP_TILES}x1",
+        f"scale={STRIP_TILE_WIDTH}:-2,tile={STRIP_COLUMNS}x{STRIP_ROWS}",
     )
     if not picture:
         raise NoPicture(N_("no picture could be made of this recording"))

@@ -13,7 +13,7 @@ import datetime as dt
 
 from babel.units import format_unit
 from flask import Blueprint, current_app, redirect, request, session
-from flask_babel import Babel, format_datetime, format_decimal, get_locale, gettext
+from flask_babel import Babel, format_datetime, format_decimal, format_time, get_locale, gettext
 
 from edgebox.clock import parse_rfc3339
 from edgebox.config import UI_LANGUAGES
@@ -76,7 +76,7 @@ def when(value, form: str = "medium") -> str:
 def clock(value) -> str:
     """Only the time of day of a stored UTC time, localised."""
     moment = _moment(value)
-    return format_datetime(moment, "HH:mm:ss") if moment else ""
+    return format_time(moment, "medium") if moment else ""
 
 
 def number(value, digits: int = 0) -> str:

@@ -4,8 +4,6 @@ and the API; only their words are translated."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 from flask_babel import gettext
 
 from edgebox.catalog import REQUIRED_PRE_EVENT
@@ -100,8 +98,9 @@ def length_text(seconds: float | None) -> str:
     """A recording's length as m:ss or h:mm:ss."""
     if seconds is None:
         return gettext("not given")
-    text = str(dt.timedelta(seconds=round(seconds)))
-    return text[2:] if text.startswith("0:") else text
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def badges(rec: dict) -> list[tuple[str, str]]:

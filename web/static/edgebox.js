@@ -69,9 +69,15 @@ function seekFromStrip(strip) {
   const video = document.getElementById("player");
   const seconds = Number(strip.dataset.seconds);
   if (!video || !seconds) return;
-  strip.addEventListener("click", (event) => {
-    const box = strip.getBoundingClientRect();
-    video.currentTime = Math.max(0, Math.min(1, (event.clientX - box.left) / box.width)) * seconds;
+  const columns = Number(strip.dataset.columns) || 1;
+  const rows = Number(strip.dataset.rows) || 1;
+  const image = strip.querySelector("img");
+  image.addEventListener("click", (event) => {
+    // The strip is a grid of tiles read like text; a tap plays from the tile's moment.
+    const box = image.getBoundingClientRect();
+    const column = Math.min(columns - 1, Math.floor(((event.clientX - box.left) / box.width) * columns));
+    const row = Math.min(rows - 1, Math.floor(((event.clientY - box.top) / box.height) * rows));
+    video.currentTime = ((row * columns + column) / (columns * rows)) * seconds;
   });
 }
 
