@@ -106,7 +106,10 @@ def login():
         if request.is_json:
             raise
         return render_template("login.html", error=exc.message, next="/"), exc.status
-    session.clear()  # nothing from before the login survives (no session fixation)
+    language = session.get("lang")  # the language picked on the login page carries over
+    session.clear()  # nothing else from before the login survives (no session fixation)
+    if language:
+        session["lang"] = language
     session.update(
         uid=user["id"],
         epoch=user["session_epoch"],
