@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 from types import SimpleNamespace
 
 import pytest
 
-from edgebox import pictures
+from edgebox import catalog, pictures
 from edgebox.clips import ffmpeg_exe, make_clip
 from edgebox.web import periods
 from tests.conftest import SECRET
@@ -195,3 +196,26 @@ def test_a_file_without_its_index_first_gets_no_picture(tmp_path):
         else:
             with pytest.raises(pictures.NoPicture):
                 pictures.poster(reader, 1)
+
+
+def test_the_recordings_of_one_incident_side_by_side(box, camera):
+    box.users.add("crew-1", "crew", PASSWORD)
+    base = dt.datetime(2026, 12, 6, 20, 0, tzinfo=dt.UTC)
+    ids = []
+    for offset, length in ((0, 600), (300, 120), (None, None)):
+        meta = {} if offset is None else {
+            "started_at": (base + dt.timedelta(seconds=offset)).isoformat(),
+            "stopped_at": (base + dt.timedelta(seconds=offset + length)).isoformat()}  # fmt: skip
+        response, _ = upload_all(camera, os.urandom(50_000), metadata=meta)
+        ids.append(response.headers["EdgeBox-Recording-Id"])
+    crew = form_login(box, "crew-1")
+    alone = crew.get(f"{box.url}/recordings/{ids[0]}").text
+    assert 'class="timeline"' not in alone  # no incident yet
+    for rid in ids:
+        catalog.tag(box.store, rid, {"incident": "INC-5"}, "user:crew-1")
+    page = crew.get(f"{box.url}/recordings/{ids[1]}").text
+    assert 'class="timeline"' in page
+    bars = re.findall(r'class="bar" x="(\d+)" y="0" width="(\d+)"', page)
+    assert bars == [("0", "1000"), ("500", "200")]
+    assert page.count('aria-current="page"') == 2  # the nav link and this recording's lane
+    assert "1 recording without times is not shown" in page

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
+from edgebox import catalog
 from edgebox.clips import make_clip
 from tests.chromium import FLAGS, accessibility_problems, launch, shot, spki_pin
 from tests.conftest import SECRET
@@ -98,6 +99,8 @@ def _decoded(page, selector: str) -> bool:
 
 def test_every_page_at_three_sizes_and_in_the_dark(box, footage):
     rid = footage[0][0]
+    for other, _ in footage:  # one incident filmed by both: the page shows its timeline
+        catalog.tag(box.store, other, {"incident": "INC-2026-0042"}, "user:crew-1")
     problems = []
     with sync_playwright() as playwright:
         browser = launch(playwright, box.keys.tls_cert)

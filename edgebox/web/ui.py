@@ -14,7 +14,7 @@ from edgebox import catalog
 from edgebox.errors import N_, EdgeboxError
 from edgebox.keys import certificate_fingerprint
 from edgebox.web import dashboard as dashboard_data
-from edgebox.web import periods, words
+from edgebox.web import periods, timeline, words
 from edgebox.web.auth import current_user, require
 from edgebox.web.i18n import translated
 
@@ -142,6 +142,7 @@ def recording(recording_id: str):
         exemption_note=note,
         length=words.length_seconds(rec),
         retention=_box().config.retention,
+        timeline=timeline.incident(_box().store, rec["incident"], recording_id),
     )
 
 
