@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from babel.messages.pofile import read_po
 
+from edgebox import catalog as recordings_catalog
 from tests.conftest import SECRET
 from tests.test_ingest import upload_all
 from tests.test_web_auth import PASSWORD, browser
@@ -175,7 +176,11 @@ def _data_words(box) -> set:
 def site(box, camera):
     for role in ("crew", "supervisor", "admin"):
         box.users.add(f"{role}-1", role, PASSWORD)
-    response, _ = upload_all(camera, os.urandom(300_000))
+    times = {"started_at": "2026-12-06T20:00:00Z", "stopped_at": "2026-12-06T20:10:00Z"}
+    response, _ = upload_all(camera, os.urandom(300_000), metadata=times)
+    upload_all(camera, os.urandom(1000), metadata=times)
+    for row in box.store.query("SELECT id FROM recordings"):  # one incident: its timeline shows
+        recordings_catalog.tag(box.store, row["id"], {"incident": "INC-1"}, "user:crew-1")
     return box, response.headers["EdgeBox-Recording-Id"]
 
 
