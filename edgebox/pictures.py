@@ -23,7 +23,7 @@ POSTER_WIDTH = 480
 STRIP_COLUMNS, STRIP_ROWS = 4, 2
 STRIP_TILES = STRIP_COLUMNS * STRIP_ROWS
 STRIP_TILE_WIDTH = 240
-_KEYFRAMES_ONLY_AFTER = 120  # seconds: longer recordings are sampled on key frames only
+_KEYFRAMES_ONLY_AFTER = 20  # seconds: longer recordings are sampled on key frames only
 _TIMEOUT = 120
 
 

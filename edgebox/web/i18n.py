@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+from babel import dates, numbers
 from babel.units import format_unit
-from flask import Blueprint, current_app, redirect, request, session
-from flask_babel import Babel, format_datetime, format_decimal, format_time, get_locale, gettext
+from flask import Blueprint, current_app, g, redirect, request, session
+from flask_babel import Babel, get_locale, get_timezone, gettext
 
 from edgebox.clock import parse_rfc3339
 from edgebox.config import UI_LANGUAGES
@@ -67,22 +68,36 @@ def _moment(value) -> dt.datetime | None:
         return None
 
 
+def _locale_and_zone():
+    """This request's Babel locale and time zone, looked up once per request (a page of fifty
+    cards formats a hundred values; Flask-Babel's own helpers look both up on every call)."""
+    if "_babel_formats" not in g:
+        g._babel_formats = (get_locale(), get_timezone())
+    return g._babel_formats
+
+
 def when(value, form: str = "medium") -> str:
     """A stored UTC time as this language writes it, in the crews' time zone ("" if none)."""
     moment = _moment(value)
-    return format_datetime(moment, form) if moment else ""
+    if not moment:
+        return ""
+    locale, zone = _locale_and_zone()
+    return dates.format_datetime(moment, form, tzinfo=zone, locale=locale)
 
 
 def clock(value) -> str:
     """Only the time of day of a stored UTC time, localised."""
     moment = _moment(value)
-    return format_time(moment, "medium") if moment else ""
+    if not moment:
+        return ""
+    locale, zone = _locale_and_zone()
+    return dates.format_time(moment, "medium", tzinfo=zone, locale=locale)
 
 
 def number(value, digits: int = 0) -> str:
     """A number with this language's separators."""
     pattern = "#,##0" + ("." + "0" * digits if digits else "")
-    return format_decimal(value, format=pattern)
+    return numbers.format_decimal(value, format=pattern, locale=_locale_and_zone()[0])
 
 
 def size(value) -> str:
@@ -92,9 +107,9 @@ def size(value) -> str:
         if value >= scale:
             return format_unit(
                 value / scale, f"digital-{unit}", length="short", format="#,##0.0",
-                locale=current_language(),
+                locale=_locale_and_zone()[0],
             )  # fmt: skip
-    return format_unit(value, "digital-byte", length="short", locale=current_language())
+    return format_unit(value, "digital-byte", length="short", locale=_locale_and_zone()[0])
 
 
 def translated(exc: EdgeboxError) -> str:

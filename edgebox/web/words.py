@@ -4,6 +4,7 @@ and the API; only their words are translated."""
 
 from __future__ import annotations
 
+from flask import g
 from flask_babel import gettext
 
 from edgebox.catalog import REQUIRED_PRE_EVENT
@@ -103,19 +104,31 @@ def length_text(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+_BADGES = {
+    "hold": N_("legal hold"),
+    "unanswered": N_("warning not answered"),
+    "not_warned": N_("not warned"),
+    "short": N_("short pre-event"),
+    "upstream": N_("not yet at central"),
+}
+
+
 def badges(rec: dict) -> list[tuple[str, str]]:
     """(css class, words) of what a crew must notice about a recording."""
+    if "_badge_words" not in g:  # once per request: a list page asks for fifty cards
+        g._badge_words = {code: gettext(text) for code, text in _BADGES.items()}
+    say = g._badge_words
     found = []
     if rec.get("legal_hold"):
-        found.append(("hold", gettext("legal hold")))
+        found.append(("hold", say["hold"]))
     if rec.get("warned") is None and not rec.get("exemption"):
-        found.append(("warn", gettext("warning not answered")))
+        found.append(("warn", say["unanswered"]))
     elif rec.get("warned") == 0 and rec.get("exemption"):
-        found.append(("info", gettext("not warned")))
+        found.append(("info", say["not_warned"]))
     if (rec.get("pre_event_seconds") or 0) < REQUIRED_PRE_EVENT:
-        found.append(("warn", gettext("short pre-event")))
+        found.append(("warn", say["short"]))
     if rec.get("sync_state") != "synced" and not rec.get("sealed"):
-        found.append(("info", gettext("not yet at central")))
+        found.append(("info", say["upstream"]))
     return found
 
 
