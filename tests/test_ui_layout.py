@@ -97,45 +97,43 @@ def _decoded(page, selector: str) -> bool:
     return locator.evaluate("(img) => img.naturalWidth > 0 && img.naturalHeight > 0")
 
 
-def test_every_page_at_three_sizes_and_in_the_dark(box, footage):
+@pytest.mark.parametrize("label", [*VIEWPORTS, "dark"])
+def test_every_page_fits_is_touchable_and_accessible(box, footage, label):
+    """One size per run (and the tablet in the dark): every page, each role that sees it."""
+    size = VIEWPORTS.get(label, VIEWPORTS["tablet"])
+    scheme = "dark" if label == "dark" else "light"
     rid = footage[0][0]
     for other, _ in footage:  # one incident filmed by both: the page shows its timeline
         catalog.tag(box.store, other, {"incident": "INC-2026-0042"}, "user:crew-1")
     problems = []
     with sync_playwright() as playwright:
         browser = launch(playwright, box.keys.tls_cert)
-        for label, size in VIEWPORTS.items():
-            box.review.lock(box.users.get("supervisor-1"))  # each size starts locked
-            supervisor = _page(browser, box, "supervisor-1", size)
-            supervisor.goto(f"{box.url}/recordings")
-            problems += _check(supervisor, f"{label}-recordings-locked")
-            supervisor.get_by_label("Unlock review to see pictures").fill(SECRET)
-            supervisor.get_by_role("button", name="Unlock review").click()
-            assert _decoded(supervisor, "img.poster"), label
-            problems += _check(supervisor, f"{label}-recordings")
-            supervisor.goto(f"{box.url}/recordings/{rid}")
-            assert _decoded(supervisor, "#strip"), label
-            problems += _check(supervisor, f"{label}-recording-supervisor")
-            for path, name in (("/", "dashboard"), ("/cameras", "cameras"), ("/audit", "audit")):
-                supervisor.goto(box.url + path)
-                problems += _check(supervisor, f"{label}-{name}")
-            crew = _page(browser, box, "crew-1", size)
-            crew.goto(f"{box.url}/recordings/{rid}")
-            problems += _check(crew, f"{label}-recording-crew")
-            admin = _page(browser, box, "admin-1", size)
-            for path, name in (("/users", "users"), ("/settings", "settings")):
-                admin.goto(box.url + path)
-                problems += _check(admin, f"{label}-{name}")
-            anonymous = browser.new_context(viewport={"width": size[0], "height": size[1]})
-            login = anonymous.new_page()
-            login.goto(f"{box.url}/login")
-            problems += _check(login, f"{label}-login")
-        box.review.lock(box.users.get("supervisor-1"))
-        night = _page(browser, box, "supervisor-1", VIEWPORTS["tablet"], scheme="dark")
-        night.goto(f"{box.url}/recordings")
-        problems += _check(night, "tablet-dark-recordings-locked")
-        night.goto(f"{box.url}/recordings/{rid}")
-        problems += _check(night, "tablet-dark-recording-locked")
+        supervisor = _page(browser, box, "supervisor-1", size, scheme)
+        supervisor.goto(f"{box.url}/recordings")
+        problems += _check(supervisor, f"{label}-recordings-locked")
+        supervisor.get_by_label("Unlock review to see pictures").fill(SECRET)
+        supervisor.get_by_role("button", name="Unlock review").click()
+        assert _decoded(supervisor, "img.poster")
+        problems += _check(supervisor, f"{label}-recordings")
+        supervisor.goto(f"{box.url}/recordings/{rid}")
+        assert _decoded(supervisor, "#strip")
+        problems += _check(supervisor, f"{label}-recording-supervisor")
+        for path, name in (("/", "dashboard"), ("/cameras", "cameras"), ("/audit", "audit")):
+            supervisor.goto(box.url + path)
+            problems += _check(supervisor, f"{label}-{name}")
+        crew = _page(browser, box, "crew-1", size, scheme)
+        crew.goto(f"{box.url}/recordings/{rid}")
+        problems += _check(crew, f"{label}-recording-crew")
+        admin = _page(browser, box, "admin-1", size, scheme)
+        for path, name in (("/users", "users"), ("/settings", "settings")):
+            admin.goto(box.url + path)
+            problems += _check(admin, f"{label}-{name}")
+        anonymous = browser.new_context(
+            viewport={"width": size[0], "height": size[1]}, color_scheme=scheme
+        )
+        login = anonymous.new_page()
+        login.goto(f"{box.url}/login")
+        problems += _check(login, f"{label}-login")
         browser.close()
     assert problems == [], "\n".join(problems)
     looks = box.store.query(
@@ -196,3 +194,29 @@ def test_the_overflow_check_sees_a_wide_page(box):
         browser.close()
     assert any("scrolls sideways" in p for p in problems), problems
     assert any("px <button" in p for p in problems), problems
+
+
+def test_the_keyboard_reaches_every_control_in_order(box, footage):
+    """Tab from the top of the recordings page: the skip link first, then the menu, the
+    ranges, the cards and the bulk form, each with a visible focus ring."""
+    with sync_playwright() as playwright:
+        browser = launch(playwright, box.keys.tls_cert)
+        page = _page(browser, box, "supervisor-1", VIEWPORTS["tablet"])
+        page.goto(f"{box.url}/recordings")
+        seen = []
+        for _ in range(40):
+            page.keyboard.press("Tab")
+            seen.append(page.evaluate(
+                """() => { const e = document.activeElement;
+                     if (e === document.body) return ['(page)', 'n/a'];
+                     return [e.textContent.trim() || e.name || e.id,
+                             getComputedStyle(e).outlineStyle]; }"""
+            ))  # fmt: skip
+        browser.close()
+    names = [name for name, _ in seen]
+    assert names[0] == "Skip to content"
+    for wanted in ("Recordings", "Switch", "Log out", "This shift", "Unlock review",
+                   "recording", "Apply to each"):  # fmt: skip
+        assert wanted in names, (wanted, names)
+    assert names.index("This shift") < names.index("recording") < names.index("Apply to each")
+    assert [s for s in seen if s[1] == "none"] == []
