@@ -74,6 +74,9 @@ def test_pictures_only_for_an_unlocked_supervisor_each_look_logged_once(site):
     assert _looks(box, noise) == []
     assert supervisor.get(f"{box.url}/api/v1/recordings/nope/poster.jpg").status_code == 404
     assert supervisor.get(f"{box.url}/api/v1/recordings/{rid}/frame.jpg").status_code == 404
+    spec = supervisor.get(f"{box.url}/api/openapi.json").json()["paths"]
+    for kind in ("poster", "strip"):
+        assert "get" in spec[f"/api/v1/recordings/{{recording_id}}/{kind}.jpg"]
 
 
 def test_bulk_actions_change_and_log_each_recording(site):

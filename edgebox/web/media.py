@@ -51,23 +51,32 @@ def _cache(box) -> pictures.PictureCache:
     )
 
 
-@media.get("/recordings/<recording_id>/<any(poster, strip):kind>.jpg")
+@media.get("/recordings/<recording_id>/poster.jpg")
 @require("supervisor")
-def picture(recording_id: str, kind: str):
-    """The poster (the frame at the trigger) or the thumbnail strip of a recording, made in
-    memory from the encrypted footage; every first look per unlock is logged in custody."""
+def poster(recording_id: str):
+    """The recording's poster: the frame at the trigger, as JPEG (review unlocked)."""
+    return _picture(recording_id, "poster")
+
+
+@media.get("/recordings/<recording_id>/strip.jpg")
+@require("supervisor")
+def strip(recording_id: str):
+    """Thumbnails along the recording in one JPEG, 4 across and 2 down (review unlocked)."""
+    return _picture(recording_id, "strip")
+
+
+def _picture(recording_id: str, kind: str):
+    """Made in memory from the encrypted footage, or held from an earlier look; every first
+    look per unlock is logged in custody."""
     from edgebox.web.words import length_seconds
 
     box, user = current_app.extensions["edgebox"], current_user()
     rec, reader = _open(box, user, recording_id)
     if kind == "poster":
-        made = _cache(box).get(
-            (recording_id, kind), lambda: pictures.poster(reader, rec["pre_event_seconds"] or 0)
-        )
+        make = lambda: pictures.poster(reader, rec["pre_event_seconds"] or 0)  # noqa: E731
     else:
-        made = _cache(box).get(
-            (recording_id, kind), lambda: pictures.strip(reader, length_seconds(rec))
-        )
+        make = lambda: pictures.strip(reader, length_seconds(rec))  # noqa: E731
+    made = _cache(box).get((recording_id, kind), make)
     box.review.viewed(user, recording_id, kind)
     response = Response(made, mimetype="image/jpeg")
     response.headers["Cache-Control"] = "private, no-store"
