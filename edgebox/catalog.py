@@ -11,7 +11,7 @@ import re
 from edgebox import custody, exemptions
 from edgebox.axis.groups import group_summaries, recording_group
 from edgebox.clock import parse_rfc3339
-from edgebox.errors import EdgeboxError, NotFound
+from edgebox.errors import N_, EdgeboxError, NotFound
 from edgebox.sync.outbox import queue_meta
 
 PAGE_MAX = 500
@@ -128,7 +128,7 @@ def _filters(args: dict, min_pre_event: float) -> tuple[list[str], list]:
     if args.get("cursor"):
         match = _CURSOR.match(str(args["cursor"]))
         if not match:
-            raise _bad("cursor", "cursor is not one this box handed out")
+            raise _bad("cursor", N_("cursor is not one this box handed out"))
         where.append("(received_at, id) < (?, ?)")
         params.extend(match.groups())
     return where, params
@@ -180,9 +180,9 @@ def tag(store, recording_id: str, changes: dict, actor: str) -> dict:
     rec = detail(store, recording_id)
     merged = {k: clean.get(k, rec[k]) for k in (*_TEXT_LIMITS, "warned")}
     if merged["warned"] == 1 and merged["exemption"]:
-        raise _bad("exemption", "a warned subject needs no exemption; clear one of them")
+        raise _bad("exemption", N_("a warned subject needs no exemption; clear one of them"))
     if not clean:
-        raise _bad("changes", "nothing to change")
+        raise _bad("changes", N_("nothing to change"))
     ids = _group_ids(store, rec)
     with store.write() as db:
         for rid in ids:
@@ -203,7 +203,7 @@ def tag(store, recording_id: str, changes: dict, actor: str) -> dict:
 def set_hold(store, recording_id: str, hold: bool, reason: str, actor: str) -> dict:
     """Place or lift a legal hold (a hold stops every deletion)."""
     if not isinstance(reason, str) or not 3 <= len(reason) <= 500:
-        raise _bad("reason", "give a reason of 3 to 500 characters")
+        raise _bad("reason", N_("give a reason of 3 to 500 characters"))
     rec = detail(store, recording_id)
     if bool(rec["legal_hold"]) == hold:
         raise EdgeboxError(f"the hold is already {'on' if hold else 'off'}", status=409)

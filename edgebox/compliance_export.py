@@ -126,14 +126,26 @@ def _cell(value) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+def _translate(text: str, **values) -> str:
+    """A string of the printable report in this request's language (an export from the web
+    UI), or in English (an export from the command line, which has no request)."""
+    from flask import has_request_context
+
+    if has_request_context():
+        from flask_babel import gettext
+
+        return gettext(text, **values)
+    return text % values if values else text
+
+
 def render_html(report: dict) -> bytes:
     """The report as one self-contained printable HTML page (styles inline, no script)."""
-    from edgebox.web import assets_dir, untranslated
+    from edgebox.web import assets_dir
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(assets_dir() / "templates")),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.globals["_"] = untranslated
+    env.globals["_"] = _translate
     return env.get_template("compliance_print.html").render(report=report).encode("utf-8")

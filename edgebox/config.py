@@ -143,6 +143,18 @@ class AxisSection:
 
 
 @dataclass(frozen=True)
+class UiSection:
+    """The local web UI: the crews' time zone and shift, the language before anyone chose one,
+    and the memory the posters and thumbnails may take."""
+
+    timezone: str = "Europe/Brussels"
+    shift_start: str = "07:00"
+    shift_hours: int = 12
+    default_language: str = "en"
+    picture_cache_mb: int = 64
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole box configuration; `base_dir` anchors relative paths."""
 
@@ -157,6 +169,7 @@ class Config:
     storage: StorageSection = field(default_factory=StorageSection)
     compliance: ComplianceSection = field(default_factory=ComplianceSection)
     axis: AxisSection = field(default_factory=AxisSection)
+    ui: UiSection = field(default_factory=UiSection)
     base_dir: Path = Path(".")
     source: str = "<defaults>"
 
@@ -289,6 +302,8 @@ def _validate(config: Config) -> None:
         ("replication.ship_interval_seconds", 0),
         ("axis.token_minutes", 1),
         ("axis.max_parallel_uploads", 1),
+        ("ui.shift_hours", 1),
+        ("ui.picture_cache_mb", 1),
     ):
         section, key = name.split(".")
         if getattr(getattr(config, section), key) < minimum:
@@ -309,6 +324,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             "retention.keep_synced_days must be 0 or more", field="retention.keep_synced_days"
         )
+    _validate_ui(config.ui)
     low, high = config.storage.low_watermark, config.storage.high_watermark
     if not 0 < low < high < 1:
         raise ConfigError(
@@ -358,6 +374,28 @@ def _validate_compliance(config: Config) -> None:
         raise ConfigError(
             f"compliance.organisation_type must be one of {', '.join(ORGANISATION_TYPES)}",
             field="compliance.organisation_type",
+        )
+
+
+UI_LANGUAGES = ("en", "nl", "fr", "de")
+
+
+def _validate_ui(ui: UiSection) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(ui.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"ui.timezone {ui.timezone!r} is not a known time zone (e.g. Europe/Brussels)",
+            field="ui.timezone",
+        ) from None
+    if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", ui.shift_start):
+        raise ConfigError("ui.shift_start must be HH:MM, e.g. 07:00", field="ui.shift_start")
+    if ui.default_language not in UI_LANGUAGES:
+        raise ConfigError(
+            f"ui.default_language must be one of {', '.join(UI_LANGUAGES)}",
+            field="ui.default_language",
         )
 
 

@@ -405,3 +405,9 @@ def m114_axis_content_destination(db: sqlite_utils.Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m119_ui_user_language(db: sqlite_utils.Database) -> None:
+    """Each user's language for the web UI (NULL: follow the browser)."""
+    db["users"].add_column("language", str)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def N_(text: str) -> str:  # noqa: N802 - the usual name of gettext's no-op marker
+    """Mark an English message for the UI's catalogs without translating it here: the English
+    text is the message's stable key, and the web layer shows it in the reader's language."""
+    return text
+
+
 class EdgeboxError(Exception):
     """Base of every error the box raises on purpose; `status` is the HTTP status it maps to."""
 

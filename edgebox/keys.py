@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
-from edgebox.errors import KeyAccessError, NotFound
+from edgebox.errors import N_, KeyAccessError, NotFound
 from edgebox.lowlevel.durable import atomic_write, write_private
 
 HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -324,4 +324,4 @@ class Keyring:
             except InvalidTag:
                 continue
             return slot_name, X25519PrivateKey.from_private_bytes(raw)
-        raise KeyAccessError("wrong review secret")
+        raise KeyAccessError(N_("wrong review secret"))

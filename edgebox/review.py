@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from edgebox import custody
 from edgebox.brake import Brake
-from edgebox.errors import KeyAccessError
+from edgebox.errors import N_, KeyAccessError
 
 GUESSES = 5
 GUESS_MINUTES = 15
@@ -100,7 +100,7 @@ class ReviewKeys:
         with self._lock:
             entry = self._entry(user)
         if entry is None:
-            raise KeyAccessError("review is locked: unlock it with your review secret")
+            raise KeyAccessError(N_("review is locked: unlock it with your review secret"))
         return entry.key
 
     def remaining(self, user: dict) -> int:
@@ -109,11 +109,13 @@ class ReviewKeys:
             entry = self._entry(user)
         return max(0, int(entry.expires - time.monotonic())) if entry else 0
 
-    def viewed(self, user: dict, recording_id: str) -> None:
-        """Log a playback once per recording and unlock."""
+    def viewed(self, user: dict, recording_id: str, picture: str | None = None) -> None:
+        """Log a playback (or a look at its poster or thumbnail strip, named by `picture`)
+        once per recording, kind and unlock."""
         with self._lock:
             entry = self._entry(user)
-            if entry is None or recording_id in entry.viewed:
+            if entry is None or (recording_id, picture) in entry.viewed:
                 return
-            entry.viewed.add(recording_id)
-        custody.record(self.box.store, "recording.viewed", user["username"], recording_id, {})
+            entry.viewed.add((recording_id, picture))
+        details = {"picture": picture} if picture else {}
+        custody.record(self.box.store, "recording.viewed", user["username"], recording_id, details)

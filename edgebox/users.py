@@ -22,7 +22,7 @@ from edgebox import custody
 from edgebox.brake import Brake
 from edgebox.clock import iso, utcnow
 from edgebox.db import Store
-from edgebox.errors import EdgeboxError, NotFound
+from edgebox.errors import N_, EdgeboxError, NotFound
 
 ROLES = ("crew", "supervisor", "admin")
 BRAKE_FAILURES = 10
@@ -129,6 +129,11 @@ class Users:
             _end_sessions(db, "user_id = ?", user_id)
             custody.append(db, "user.logout_everywhere", actor, str(user_id), {})
 
+    def set_language(self, user_id: int, language: str | None) -> None:
+        """Remember the UI language a user chose (None: follow the browser again)."""
+        with self.store.write() as db:
+            db.execute("UPDATE users SET language = ? WHERE id = ?", [language, user_id])
+
     def start_session(self, user_id: int, source: str = "") -> str:
         """A new web session for a user who just logged in; returns its id (for the cookie)."""
         token = secrets.token_urlsafe(32)
@@ -193,7 +198,7 @@ class Users:
                 else ("wrong password")
             )
             self._failures.failed(name, source, reason)
-            raise AuthError("wrong user name or password")
+            raise AuthError(N_("wrong user name or password"))
         if not trusted:  # the owner's own browser leaves the brake on others' guesses
             self.name_brake.forget(name)
         self._failures.flush()

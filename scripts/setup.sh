@@ -47,3 +47,5 @@ fi
   | grep -v "^WARNING: Location" >&2 || true
 "$VENV/bin/python" -c "import edgebox, flask, cryptography, paho.mqtt" \
   || { echo "setup: the venv is incomplete" >&2; exit 1; }
+# The UI message catalogs, compiled for the editable install (the wheel build compiles its own).
+PYBABEL="$VENV/bin/pybabel" bash scripts/translations.sh compile

@@ -4,15 +4,17 @@ screenshots into test-artifacts/ui/, and run axe-core over a page."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from pathlib import Path
 
 from axe_playwright_python.sync_playwright import Axe
+from babel.messages.pofile import read_po
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ARTIFACTS / "ui"
@@ -50,15 +52,32 @@ def launch(playwright, box_cert: Path):
     )
 
 
-def log_in(browser, url: str, username: str, password: str):
-    """A fresh browser context (own cookies) logged in through the login form; returns its page."""
+@functools.cache
+def _catalog(language: str) -> dict:
+    path = ROOT / "web" / "translations" / language / "LC_MESSAGES" / "messages.po"
+    with path.open("rb") as handle:
+        return {m.id: m.string for m in read_po(handle) if m.id and isinstance(m.id, str)}
+
+
+def words(language: str, text: str) -> str:
+    """`text` as the UI writes it in `language` (from the committed catalog)."""
+    return _catalog(language).get(text) or text if language != "en" else text
+
+
+def log_in(browser, url: str, username: str, password: str, language: str = "en"):
+    """A fresh browser context (own cookies) logged in through the login form, after picking
+    `language` with the page's language switch; returns its page."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.goto(f"{url}/login")
-    page.get_by_label("User name").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-    page.get_by_role("button", name="Log out").wait_for()
+    if language != "en":
+        page.get_by_label("Language").select_option(language)
+        page.get_by_role("button", name="Switch").click()
+        page.wait_for_selector(f'html[lang="{language}"]')
+    page.get_by_label(words(language, "User name")).fill(username)
+    page.get_by_label(words(language, "Password"), exact=True).fill(password)
+    page.get_by_role("button", name=words(language, "Log in")).click()
+    page.get_by_role("button", name=words(language, "Log out")).wait_for()
     return page
 
 

@@ -5,6 +5,7 @@ is screenshotted into test-artifacts/ui/ and checked with axe-core."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from edgebox.clips import make_clip
-from tests.chromium import accessibility_problems, launch, log_in, shot
+from tests.chromium import accessibility_problems, launch, log_in, shot, words
 from tests.conftest import SECRET
 from tests.test_ingest import upload_all
 from tests.test_web_auth import PASSWORD
@@ -66,19 +67,23 @@ def play_and_seek(page) -> dict:
     )
 
 
-def test_pair_watch_tag_play_and_revoke(site, chromium, tmp_path):
+def test_pair_watch_tag_play_and_revoke_in_dutch(site, chromium, tmp_path):
+    """The whole journey with the UI switched to Dutch on the login page."""
     box = site
-    admin = log_in(chromium, box.url, "admin-1", PASSWORD)
+    t = functools.partial(words, "nl")
+    admin = log_in(chromium, box.url, "admin-1", PASSWORD, "nl")
     admin.goto(f"{box.url}/cameras")
-    admin.get_by_role("button", name="Pair a camera").click()
+    admin.get_by_role("button", name=t("Pair a camera")).click()
     code = admin.locator("#pairing-code").inner_text().strip()
     fingerprint = admin.locator("#pairing-cert").inner_text().strip()
-    qr = admin.get_by_alt_text("QR code with the pairing code and the box certificate fingerprint")
+    qr = admin.get_by_alt_text(
+        t("QR code with the pairing code and the box certificate fingerprint")
+    )
     assert qr.evaluate("img => img.complete && img.naturalWidth > 0")
     shot(admin, "cameras-pairing")
 
-    crew = log_in(chromium, box.url, "crew-1", PASSWORD)
-    expect(crew.locator("#latest ~ p")).to_have_text("None yet.")
+    crew = log_in(chromium, box.url, "crew-1", PASSWORD, "nl")
+    expect(crew.locator("#latest ~ p")).to_have_text(t("None yet."))
     camera = subprocess.Popen(
         [
             sys.executable, "-m", "edgebox", "camera-sim", "--state", str(tmp_path / "cam"),
@@ -101,22 +106,25 @@ def test_pair_watch_tag_play_and_revoke(site, chromium, tmp_path):
     rid = arrived.get_attribute("href").rsplit("/", 1)[1]
 
     arrived.click()
-    crew.get_by_label("Incident number").fill("INC-2026-0042")
-    crew.get_by_label("yes").check()
-    crew.get_by_label("Notes").fill('Stopped vehicle on A1. <script>alert("x")</script>')
-    crew.get_by_role("button", name="Save tags").click()
-    expect(crew.get_by_role("status")).to_contain_text("tags saved")
+    crew.get_by_label(t("Incident number")).fill("INC-2026-0042")
+    crew.get_by_label(t("yes"), exact=True).check()
+    crew.get_by_label(t("Notes"), exact=True).fill(
+        'Stopped vehicle on A1. <script>alert("x")</script>'
+    )
+    crew.get_by_role("button", name=t("Save tags")).click()
+    expect(crew.get_by_role("status")).to_contain_text(t("tags saved"))
     expect(crew.locator(".notes")).to_have_text(
         'Stopped vehicle on A1. <script>alert("x")</script>'
     )
-    shot(crew, "recording-tagged")
+    expect(crew.locator("html")).to_have_attribute("lang", "nl")
+    shot(crew, "recording-tagged-nl")
     row = box.store.one("SELECT incident, warned FROM recordings WHERE id = ?", (rid,))
     assert (row["incident"], row["warned"]) == ("INC-2026-0042", 1)
 
-    supervisor = log_in(chromium, box.url, "supervisor-1", PASSWORD)
+    supervisor = log_in(chromium, box.url, "supervisor-1", PASSWORD, "nl")
     supervisor.goto(f"{box.url}/recordings/{rid}")
-    supervisor.get_by_label("Your review secret").fill(SECRET)
-    supervisor.get_by_role("button", name="Unlock review").click()
+    supervisor.get_by_label(t("Your review secret")).fill(SECRET)
+    supervisor.get_by_role("button", name=t("Unlock review")).click()
     state = play_and_seek(supervisor)
     assert state["error"] is None and 32 <= state["duration"] <= 34, state
     assert abs(state["at"] - state["target"]) < 1.5, state
@@ -127,8 +135,10 @@ def test_pair_watch_tag_play_and_revoke(site, chromium, tmp_path):
     assert [r["actor"] for r in viewed][:1] == ["supervisor-1"]
 
     admin.goto(f"{box.url}/cameras")
-    admin.get_by_role("button", name="Revoke").click()
-    expect(admin.locator("tbody")).to_contain_text("revoked")
+    admin.get_by_role(
+        "button", name=t("Revoke %(serial)s").replace("%(serial)s", "").strip()
+    ).click()
+    expect(admin.locator("tbody")).to_contain_text(t("revoked"))
     shot(admin, "cameras-revoked")
     assert box.store.one("SELECT COUNT(*) AS n FROM devices WHERE revoked_at IS NULL")["n"] == 0
 

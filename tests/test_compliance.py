@@ -301,7 +301,7 @@ def test_exemption_answers_are_validated(world):
     # the page's form: a reason and a note
     form = client.post(
         f"{box.url}/recordings/{ids['not-warned']}/tags",
-        data={"csrf_token": token, "warned": "no", "exemption_reason": "severity"},
+        data={"csrf_token": token, "warned": "no", "exemption": "severity"},
     )
     assert form.status_code == 200
     row = box.store.one(

@@ -17,6 +17,8 @@ def test_wheel_carries_web_assets_and_runs(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "edgebox/_web/templates/recordings.html" in names
     assert "edgebox/_web/static/edgebox.css" in names
+    for language in ("en", "nl", "fr", "de"):  # compiled at build by scripts/hatch_translations.py
+        assert f"edgebox/_web/translations/{language}/LC_MESSAGES/messages.mo" in names
     assert any(name.endswith("entry_points.txt") for name in names)
     target = tmp_path / "site"
     installed = subprocess.run(

@@ -21,12 +21,6 @@ def assets_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "web"
 
 
-def untranslated(text: str, **values) -> str:
-    """The English text of a UI string, with its `%(name)s` values filled in (the templates
-    mark every string with `_()`, ready for the message catalogs)."""
-    return text % values if values else text
-
-
 def create_app(box, testing: bool = False) -> Flask:
     """Build the Flask app around a running `Box` (its services live in app.extensions)."""
     web = assets_dir()
@@ -50,6 +44,8 @@ def create_app(box, testing: bool = False) -> Flask:
     from edgebox.web.auth import auth, csrf_token
     from edgebox.web.compliance import reports
     from edgebox.web.dashboard import duration
+    from edgebox.web.i18n import init_app as init_languages
+    from edgebox.web.i18n import translated
     from edgebox.web.media import media
     from edgebox.web.openapi import openapi
     from edgebox.web.swift import swift
@@ -57,8 +53,11 @@ def create_app(box, testing: bool = False) -> Flask:
     from edgebox.web.ui import ui
 
     app.jinja_env.globals["csrf_token"] = csrf_token
-    app.jinja_env.globals["_"] = untranslated
     app.jinja_env.filters["duration"] = duration
+    init_languages(app, box)
+    from edgebox.web import words
+
+    words.install(app)
 
     @app.context_processor
     def _page_context():
@@ -77,7 +76,8 @@ def create_app(box, testing: bool = False) -> Flask:
 
     @app.errorhandler(EdgeboxError)
     def _edgebox_error(exc: EdgeboxError):
-        response = jsonify(exc.to_dict())
+        # The `error` code stays stable; the message is in the caller's language when known.
+        response = jsonify({**exc.to_dict(), "message": translated(exc)})
         response.status = _status_line(exc.status)
         if request.path.startswith("/tus"):
             response.headers["Tus-Resumable"] = TUS_VERSION

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 from flask import Blueprint, current_app, g, jsonify, redirect, render_template, request, session
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from edgebox.errors import N_
 from edgebox.users import AuthError, Users
 
 auth = Blueprint("auth", __name__)
@@ -66,7 +67,7 @@ def require(*roles: str):
             user = current_user()
             if user is None:
                 if request.path.startswith("/api/"):
-                    raise AuthError("log in first")
+                    raise AuthError(N_("log in first"))
                 wanted = quote(request.full_path.rstrip("?"), safe="/")
                 return redirect(f"/login?next={wanted}")
             if roles and user["role"] not in roles:
@@ -110,7 +111,7 @@ def _check_csrf():
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
     expected = session.get("csrf", "")
     if not expected or not hmac.compare_digest(sent, expected):
-        raise AuthError("missing or wrong CSRF token; reload the page", status=403)
+        raise AuthError(N_("missing or wrong CSRF token; reload the page"), status=403)
     return None
 
 
@@ -138,7 +139,10 @@ def login():
         if request.is_json:
             raise
         return render_template("login.html", error=exc.message, next=target), exc.status
-    session.clear()  # nothing from before the login survives (no session fixation)
+    language = session.get("lang")  # the language picked on the login page carries over
+    session.clear()  # nothing else from before the login survives (no session fixation)
+    if language:
+        session["lang"] = language
     session.update(
         sid=_users().start_session(user["id"], _source()), csrf=secrets.token_urlsafe(32)
     )

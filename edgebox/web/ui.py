@@ -4,15 +4,20 @@ the one script (static/edgebox.js) only refreshes the dashboard in place."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import segno
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext
 
 from edgebox import catalog
 from edgebox.axis.groups import overview
-from edgebox.errors import EdgeboxError
+from edgebox.errors import N_, EdgeboxError
 from edgebox.keys import certificate_fingerprint
 from edgebox.web import dashboard as dashboard_data
+from edgebox.web import periods, timeline, words
 from edgebox.web.auth import current_user, require
+from edgebox.web.i18n import translated
 
 ui = Blueprint("ui", __name__)
 
@@ -48,31 +53,98 @@ def dashboard_live():
     return response
 
 
+def _categories(current: str | None = None) -> list[tuple[str, int]]:
+    """(category, retention days) from the configuration, plus a recording's own category
+    when the configuration no longer names it."""
+    retention = _box().config.retention
+    chosen = sorted(retention.category_days.items())
+    if current and current not in retention.category_days:
+        chosen.append((current, retention.default_days))
+    return chosen
+
+
+def _review_left() -> int:
+    user = current_user()
+    return _box().review.remaining(user) if user["role"] == "supervisor" else 0
+
+
 @ui.get("/recordings")
 @require()
 def recordings():
-    """Recordings with filters and paging."""
+    """Recordings as cards (poster, camera, who, when, length, badges), filters and paging."""
+    box = _box()
     args = {k: v for k, v in request.args.items() if v}
     try:
-        box = _box()
-        page = catalog.search(box.store, args, box.config.compliance.min_pre_event_seconds)
+        wanted = periods.filters(args, box.config.ui, dt.datetime.now(dt.UTC))
+        page = catalog.search(box.store, wanted, box.config.compliance.min_pre_event_seconds)
         error = None
     except EdgeboxError as exc:
         page, error = {"items": [], "next": None}, exc.message
     return render_template(
-        "recordings.html", page=page, args=args, error=error, sync_states=catalog.SYNC_STATES
+        "recordings.html",
+        page=page,
+        args=args,
+        error=error,
+        sync_states=catalog.SYNC_STATES,
+        presets=periods.PRESETS,
+        categories=_categories(),
+        cameras=box.pairing.devices(),
+        unlocked=_review_left(),
     )
+
+
+@ui.post("/recordings/bulk")
+@require("supervisor")
+def bulk():
+    """Tag several recordings with one incident, or place or lift a hold on several: each
+    recording is changed and logged in custody on its own."""
+    form = request.form
+    chosen = form.getlist("recording")
+    action = form.get("action", "")
+    if not chosen or action not in ("incident", "place", "lift"):
+        flash(gettext("choose recordings and an action"), "error")
+        return redirect(url_for("ui.recordings"))
+    done, failed = 0, []
+    for recording_id in chosen:
+        try:
+            if action == "incident":
+                catalog.tag(
+                    _box().store, recording_id, {"incident": form.get("incident", "").strip()},
+                    _actor(),
+                )  # fmt: skip
+            else:
+                catalog.set_hold(
+                    _box().store, recording_id, action == "place", form.get("reason", ""),
+                    _actor(),
+                )  # fmt: skip
+            done += 1
+        except EdgeboxError as exc:
+            failed.append(f"{recording_id[:8]}: {translated(exc)}")
+    flash(gettext("%(done)s of %(total)s recordings changed", done=done, total=len(chosen)),
+          "ok" if not failed else "error")  # fmt: skip
+    for problem in failed:
+        flash(problem, "error")
+    return redirect(request.form.get("next") or url_for("ui.recordings"))
 
 
 @ui.get("/recordings/<recording_id>")
 @require()
 def recording(recording_id: str):
-    """One recording: metadata, evidence hash, custody trail, tags, hold, playback."""
-    box = _box()
-    rec = catalog.detail(box.store, recording_id)
-    user = current_user()
-    unlocked = box.review.remaining(user) if user["role"] == "supervisor" else 0
-    return render_template("recording.html", rec=rec, unlocked=unlocked)
+    """One recording: the video first, then what it is, then the tagging form."""
+    rec = catalog.detail(_box().store, recording_id)
+    exemption, note = words.split_exemption(rec["exemption"])
+    return render_template(
+        "recording.html",
+        rec=rec,
+        unlocked=_review_left(),
+        categories=_categories(rec["category"]),
+        exemptions=words.EXEMPTIONS,
+        exemption=exemption,
+        exemption_note=note,
+        length=words.length_seconds(rec),
+        retention=_box().config.retention,
+        timeline=timeline.incident(_box().store, rec["incident"], recording_id),
+    )
 
 
 @ui.post("/recordings/<recording_id>/tags")
@@ -81,21 +153,18 @@ def tag(recording_id: str):
     """Save the crew's tags from the form."""
     form = request.form
     changes = {k: form.get(k, "").strip() or None for k in ("incident", "category", "notes")}
-    changes["exemption"] = _exemption_from_form(form)
     changes["warned"] = {"yes": True, "no": False}.get(form.get("warned", ""))
-    return _act(
-        recording_id,
-        lambda: catalog.tag(_box().store, recording_id, changes, _actor()),
-        "tags saved",
-    )
+    reason, note = form.get("exemption", ""), form.get("exemption_note", "").strip()
 
+    def save():
+        if reason and reason not in words.EXEMPTIONS:
+            raise EdgeboxError(N_("choose a reason from the list"), status=400, field="exemption")
+        if reason == "other" and not note:
+            raise EdgeboxError(N_("say why in a note"), status=400, field="exemption_note")
+        changes["exemption"] = words.join_exemption(reason, note) if not changes["warned"] else None
+        catalog.tag(_box().store, recording_id, changes, _actor())
 
-def _exemption_from_form(form) -> str | None:
-    """The form's reason and note as one exemption text (`exemptions.parse` checks it)."""
-    reason = form.get("exemption_reason", "").strip()
-    if reason == "other":
-        return f"other: {form.get('exemption_note', '').strip()}"
-    return reason or form.get("exemption", "").strip() or None
+    return _act(recording_id, save, N_("tags saved"))
 
 
 @ui.post("/recordings/<recording_id>/hold")
@@ -108,7 +177,7 @@ def hold(recording_id: str):
         lambda: catalog.set_hold(
             _box().store, recording_id, place, request.form.get("reason", ""), _actor()
         ),
-        "legal hold placed" if place else "legal hold lifted",
+        N_("legal hold placed") if place else N_("legal hold lifted"),
     )
 
 
@@ -117,19 +186,23 @@ def hold(recording_id: str):
 def unlock():
     """Unlock local review with the supervisor's secret."""
     target = request.form.get("recording", "")
+    if not target and request.form.get("next", "").startswith("/recordings"):
+        _act("", lambda: _box().review.unlock(current_user(), request.form.get("secret", "")),
+             N_("review unlocked"))  # fmt: skip
+        return redirect(request.form["next"])
     return _act(
         target,
         lambda: _box().review.unlock(current_user(), request.form.get("secret", "")),
-        "review unlocked",
+        N_("review unlocked"),
     )
 
 
 def _act(recording_id: str, action, done: str):
     try:
         action()
-        flash(done, "ok")
+        flash(gettext(done), "ok")
     except EdgeboxError as exc:
-        flash(exc.message, "error")
+        flash(translated(exc), "error")
     if recording_id:
         return redirect(url_for("ui.recording", recording_id=recording_id))
     return redirect(url_for("ui.recordings"))
@@ -169,9 +242,9 @@ def revoke(device_id: str):
     """Revoke a camera."""
     try:
         _box().pairing.revoke(device_id, _actor())
-        flash("camera revoked", "ok")
+        flash(gettext("camera revoked"), "ok")
     except EdgeboxError as exc:
-        flash(exc.message, "error")
+        flash(translated(exc), "error")
     return redirect(url_for("ui.cameras"))
 
 
@@ -209,9 +282,9 @@ def users():
                 request.form.get("password", ""),
                 actor=_actor(),
             )
-            flash("user added", "ok")
+            flash(gettext("user added"), "ok")
         except EdgeboxError as exc:
-            flash(exc.message, "error")
+            flash(translated(exc), "error")
         return redirect(url_for("ui.users"))
     return render_template("users.html", users=box.users.list())
 

@@ -1,10 +1,12 @@
 // EdgeBox's only script: regions marked data-live="URL" are re-fetched every data-every seconds
-// and swapped in place, so a dashboard left open in a cab stays current. Every page works
-// without it; the server renders the same HTML for the first load and for each refresh.
+// and swapped in place, so a dashboard left open in a cab stays current; a tap on a recording's
+// thumbnail strip seeks its video there. Every page works without it; the server renders the
+// same HTML for the first load and for each refresh, and the words come from the page (in the
+// reader's language).
 "use strict";
 
 function clock(date) {
-  return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return date.toLocaleTimeString(document.documentElement.lang || [], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
 function keepLive(region) {
@@ -13,6 +15,10 @@ function keepLive(region) {
   const note = document.getElementById(`${region.id}-note`);
   let lastGood = new Date();
   let stopped = false;
+
+  function words(name, fallback, time = "") {
+    return ((note && note.dataset[name]) || fallback).replace("{time}", time);
+  }
 
   function say(text) {
     if (note) {
@@ -32,7 +38,7 @@ function keepLive(region) {
       });
       if (response.redirected || response.status === 401 || response.status === 403) {
         stopped = true;
-        say("Your session has ended: reload the page to log in again.");
+        say(words("ended", "Your session has ended: reload the page to log in again."));
         return;
       }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
@@ -42,9 +48,9 @@ function keepLive(region) {
       region.removeAttribute("aria-busy");
       lastGood = new Date();
       region.dataset.refreshed = String(Number(region.dataset.refreshed || 0) + 1);
-      say(`Live: updated ${clock(lastGood)}.`);
+      say(words("updated", "Live: updated {time}.", clock(lastGood)));
     } catch (error) {
-      say(`Not updated since ${clock(lastGood)}: the box did not answer (${error.message}).`);
+      say(`${words("stale", "Not updated since {time}: the box did not answer.", clock(lastGood))} (${error.message})`);
     }
   }
 
@@ -55,8 +61,25 @@ function keepLive(region) {
     }
   }
 
-  say(`Live: updated ${clock(lastGood)}.`);
+  say(words("updated", "Live: updated {time}.", clock(lastGood)));
   loop();
 }
 
+function seekFromStrip(strip) {
+  const video = document.getElementById("player");
+  const seconds = Number(strip.dataset.seconds);
+  if (!video || !seconds) return;
+  const columns = Number(strip.dataset.columns) || 1;
+  const rows = Number(strip.dataset.rows) || 1;
+  const image = strip.querySelector("img");
+  image.addEventListener("click", (event) => {
+    // The strip is a grid of tiles read like text; a tap plays from the tile's moment.
+    const box = image.getBoundingClientRect();
+    const column = Math.min(columns - 1, Math.floor(((event.clientX - box.left) / box.width) * columns));
+    const row = Math.min(rows - 1, Math.floor(((event.clientY - box.top) / box.height) * rows));
+    video.currentTime = ((row * columns + column) / (columns * rows)) * seconds;
+  });
+}
+
 document.querySelectorAll("[data-live]").forEach(keepLive);
+document.querySelectorAll(".strip[data-seconds]").forEach(seekFromStrip);
