@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 
 from edgebox import storage
 from edgebox.clock import iso, parse_rfc3339, utcnow
-from edgebox.errors import EdgeboxError
+from edgebox.errors import N_, EdgeboxError
 
 CHECKS = ("pre_event", "warning", "at_risk", "legal_hold", "silent_camera")
 RECORDING_CHECKS = CHECKS[:4]
@@ -273,7 +273,7 @@ def _section(store, check, predicate, params, filters, rules, now) -> tuple[dict
         (*params, *values, -1 if filters.limit is None else filters.limit),
     )
     for row in rows:
-        row["finding"] = _finding(store, check, row, rules, now)
+        row.update(_finding(store, check, row, rules, now))
     count = sum(g["n"] for g in groups)
     return {"count": count, "items": rows, "truncated": len(rows) < count}, groups
 
@@ -285,42 +285,60 @@ def _grouped(groups: list[dict], column: str) -> dict:
     return dict(sorted(counts.items()))
 
 
-def _finding(store, check: str, row: dict, rules: Rules, now: dt.datetime) -> str:
-    """One line saying what is wrong with the row under `check`."""
+def said(message: str, **values) -> dict:
+    """A finding as English text (`finding`, for the API and CSV) and as its message id and
+    values (`finding_msg`, `finding_values`), which the page shows in the reader's language."""
+    return {"finding": message % values, "finding_msg": message, "finding_values": values}
+
+
+def _finding(store, check: str, row: dict, rules: Rules, now: dt.datetime) -> dict:
+    """What is wrong with the row under `check` (see `said`)."""
     if check == "pre_event":
         seconds = row["pre_event_seconds"]
         if seconds is None:
-            return "the camera reported no pre-event length"
-        return f"pre-event {seconds:g} s, below the required {rules.min_pre_event_seconds:g} s"
-    if check == "warning":
-        return (
-            "not answered" if row["warned"] is None else "not warned, and no exemption reason given"
+            return said(N_("the camera reported no pre-event length"))
+        return said(
+            N_("pre-event %(seconds)s s, below the required %(minimum)s s"),
+            seconds=f"{seconds:g}",
+            minimum=f"{rules.min_pre_event_seconds:g}",
         )
+    if check == "warning":
+        if row["warned"] is None:
+            return said(N_("not answered"))
+        return said(N_("not warned, and no exemption reason given"))
     if check == "legal_hold":
         return _hold_reason(store, row["id"])
     return _risk(row, rules, now)
 
 
-def _risk(row: dict, rules: Rules, now: dt.datetime) -> str:
+def _risk(row: dict, rules: Rules, now: dt.datetime) -> dict:
     if row["sync_state"] in ("rejected", "damaged"):
-        return f"not confirmed by central: sync {row['sync_state']}"
+        return said(N_("not confirmed by central: sync %(state)s"), state=row["sync_state"])
     start = parse_rfc3339(row["started_at"] or row["received_at"])
     floor = start + dt.timedelta(days=rules.floor_days)
     if floor - now <= dt.timedelta(days=rules.at_risk_days):
-        return f"not yet confirmed by central; the retention floor is reached at {iso(floor)}"
-    return "not yet confirmed by central while the data disk is near full"
+        return said(
+            N_("not yet confirmed by central; the retention floor is reached at %(floor)s"),
+            floor=iso(floor),
+        )
+    return said(N_("not yet confirmed by central while the data disk is near full"))
 
 
-def _hold_reason(store, recording_id: str) -> str:
+def _hold_reason(store, recording_id: str) -> dict:
     entry = store.one(
         "SELECT ts, actor, details FROM custody WHERE subject = ? "
         "AND event = 'recording.hold_placed' ORDER BY seq DESC LIMIT 1",
         (recording_id,),
     )
     if entry is None:
-        return "on hold (no hold entry in the custody log)"
+        return said(N_("on hold (no hold entry in the custody log)"))
     reason = json.loads(entry["details"]).get("reason", "")
-    return f"placed by {entry['actor']} at {entry['ts']}: {reason}"
+    return said(
+        N_("placed by %(actor)s at %(time)s: %(reason)s"),
+        actor=entry["actor"],
+        time=entry["ts"],
+        reason=reason,
+    )
 
 
 def _silent_cameras(store, filters: Filters, rules: Rules, now: dt.datetime) -> dict:
@@ -341,9 +359,13 @@ def _silent_cameras(store, filters: Filters, rules: Rules, now: dt.datetime) -> 
     )
     for row in rows:
         since = row["last_seen_at"] or row["paired_at"]
-        row["finding"] = (
-            f"no contact since {since} (over {rules.silent_camera_hours} h)"
+        row.update(
+            said(
+                N_("no contact since %(since)s (over %(hours)s h)"),
+                since=since,
+                hours=rules.silent_camera_hours,
+            )
             if row["last_seen_at"]
-            else f"paired at {since}, never heard from since"
+            else said(N_("paired at %(since)s, never heard from since"), since=since)
         )
     return {"count": count, "items": rows, "truncated": len(rows) < count}

@@ -198,7 +198,15 @@ def _pages(box, rid: str, language: str) -> dict[str, str]:
     pages = {"login": _client(box, None, language).get(f"{box.url}/login").text}
     admin = _client(box, "admin-1", language)
     # The audit page lists the custody log, which every login here lengthens: one event only.
-    for path in ("/", "/recordings", "/cameras", "/users", "/settings", "/audit?event=user.added"):
+    for path in (
+        "/",
+        "/recordings",
+        "/cameras",
+        "/users",
+        "/settings",
+        "/audit?event=user.added",
+        "/compliance",
+    ):
         pages[f"admin {path}"] = admin.get(f"{box.url}{path}").text
     crew = _client(box, "crew-1", language)
     pages["crew recording"] = crew.get(f"{box.url}/recordings/{rid}").text
