@@ -238,6 +238,10 @@ class S3Blobs:
             return None
         return Stat(answer["ContentLength"], answer["Metadata"].get(META_SHA))
 
+    def exists(self, key: str) -> bool:
+        """Whether the object is there (one HEAD)."""
+        return self._head(key) is not None
+
     def get(self, key: str) -> bytes:
         """The object's bytes."""
         try:
