@@ -38,6 +38,8 @@ def test_parts_commit_head_get_list_delete(blobs, tmp_path):
     stat = upload.commit()
     assert (stat.size, stat.sha256) == (len(data), sha(data))
     assert blobs.head("boxes/van-1/recordings/r1.ebv").sha256 == sha(data)
+    assert blobs.exists("boxes/van-1/recordings/r1.ebv")
+    assert not blobs.exists("boxes/van-1/recordings/r2.ebv")
     assert blobs.get("boxes/van-1/recordings/r1.ebv") == data
     blobs.put("boxes/van-1/recordings/r1.manifest.json", b'{"a": 1}')
     blobs.put("boxes/van-2/recordings/r9.ebv", b"x")

@@ -165,3 +165,16 @@ def test_central_run_refuses_clear_passwords_and_an_s3_store_without_work(tmp_pa
     )
     assert no_work.returncode == 2 and "--work" in no_work.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_stale_index_row_raises_an_alarm_and_the_file_is_taken_again(central, box, tmp_path):
+    rec = box.make_recording(100_000, X25519PrivateKey.generate().public_key())
+    assert central.transfer(box, rec)["status"] == "complete"
+    stored = tmp_path / "central" / "boxes" / "van-3" / "recordings" / f"{rec.id}.ebv"
+    stored.unlink()  # lost from the store behind the index's back
+    assert central.send(box.fin(rec))["status"] == "unknown"  # not "complete": nothing held
+    assert central.transfer(box, rec)["status"] == "complete"
+    assert stored.read_bytes() == rec.path.read_bytes()
+    assert len(central.index.query("SELECT * FROM recordings")) == 1
+    alarms = [r["message"] for r in central.index.query("SELECT message FROM alarms")]
+    assert any(a.startswith(f"stale index row: recording {rec.id}") for a in alarms)

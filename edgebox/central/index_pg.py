@@ -71,7 +71,12 @@ class PgIndex:
     """Per-thread psycopg connections to one PostgreSQL database."""
 
     def __init__(self, url: str):
-        import psycopg  # noqa: F401 - fail at start, not at the first message
+        try:
+            import psycopg  # noqa: F401 - fail at start, not at the first message
+        except ImportError:
+            raise ConfigError(
+                "a PostgreSQL index needs psycopg: pip install 'edgebox[central]'"
+            ) from None
 
         from edgebox.central.index import migrations
 

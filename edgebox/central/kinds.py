@@ -87,6 +87,8 @@ class RecordingFiles:
         if held is None:
             return None
         if held["stored_sha256"] == message["sha256"]:
+            if not self._in_store(box, held):
+                return None
             return {"status": "complete", "sha256": held["stored_sha256"], "size": held["size"]}
         self.index.alarm(box, f"recording {message['recording_id']} sent again with other bytes")
         return {
@@ -97,9 +99,25 @@ class RecordingFiles:
     def held(self, box: str, tid: str) -> dict | None:
         """Hash and size of the complete file of this transfer, if central holds it."""
         row = self.index.one(
-            "SELECT stored_sha256, size FROM recordings WHERE box_id = ? AND tid = ?", (box, tid)
+            "SELECT recording_id, file, stored_sha256, size FROM recordings "
+            "WHERE box_id = ? AND tid = ?",
+            (box, tid),
         )
-        return {"sha256": row["stored_sha256"], "size": row["size"]} if row else None
+        if row is None or not self._in_store(box, row):
+            return None
+        return {"sha256": row["stored_sha256"], "size": row["size"]}
+
+    def _in_store(self, box: str, row: dict) -> bool:
+        """Whether the file an index row names is in the blob store; a stale row (the file
+        gone) raises an alarm and is treated as not held, so the box's copy is taken again."""
+        if self.blobs.exists(row["file"]):
+            return True
+        self.index.alarm(
+            box,
+            f"stale index row: recording {row['recording_id']} is indexed but "
+            f"{row['file']} is missing from {self.blobs.url}; taking the box's copy again",
+        )
+        return False
 
     def store(self, box: str, tid: str, transfer: Transfer, init: dict) -> None:
         """Move the checked file into the box's recordings and index it."""

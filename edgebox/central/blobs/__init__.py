@@ -9,7 +9,7 @@
 
 Every store answers the same calls: `begin(key, sha256)` → `Upload` (`part(bytes)` as many
 times as needed, then `commit()` or `abort()`), `keep(key, path, sha256, size)` (take a
-complete, already checked local file in), `put`, `get`, `head`, `delete`, `list`. A store
+complete, already checked local file in), `put`, `get`, `head`, `exists`, `delete`, `list`. A store
 that cannot be reached raises `StoreUnavailable`; one that holds other bytes than were sent
 raises `StoreMismatch`: central raises an alarm and answers nothing, so the box sends again.
 """
@@ -81,6 +81,9 @@ class BlobStore(Protocol):
 
     def head(self, key: str) -> Stat | None:
         """Size and SHA-256 of the object under `key`, or None."""
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is under `key` (cheap: no hashing)."""
 
     def delete(self, key: str) -> None:
         """Remove the object under `key` (no error when there is none)."""

@@ -100,6 +100,10 @@ class LocalBlobs:
             return None
         return Stat(target.stat().st_size, file_sha256(target))
 
+    def exists(self, key: str) -> bool:
+        """Whether the file is there."""
+        return self.path(key).is_file()
+
     def delete(self, key: str) -> None:
         """Remove the file."""
         with contextlib.suppress(FileNotFoundError):

@@ -30,8 +30,11 @@ def _b64(digest: bytes) -> str:
 
 
 def _client():
-    import boto3
-    from botocore.config import Config
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise ConfigError("an s3:// store needs boto3: pip install 'edgebox[central]'") from None
 
     config = Config(
         retries={"mode": "standard", "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "5"))},
@@ -237,6 +240,10 @@ class S3Blobs:
         if answer is None:
             return None
         return Stat(answer["ContentLength"], answer["Metadata"].get(META_SHA))
+
+    def exists(self, key: str) -> bool:
+        """Whether the object is there (one HEAD)."""
+        return self._head(key) is not None
 
     def get(self, key: str) -> bytes:
         """The object's bytes."""
