@@ -52,6 +52,7 @@ class Box:
             ),
         )
         self._running: list = []
+        self.recorder = None
         self.uplink = None
         self.replicator = None
         self.stop_event = threading.Event()
@@ -82,6 +83,10 @@ class Box:
         server = WebServer(self, listen or self.config.listen_address).start()
         self._running.append(server)
         self._running.append(start_scheduler(self))
+        from edgebox.recorder.service import Recorder
+
+        self.recorder = Recorder(self).start()
+        self._running.append(self.recorder)
         if self.config.upstream.broker:
             from edgebox.sync.uplink import Uplink
 

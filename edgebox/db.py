@@ -294,3 +294,30 @@ def m005_awaiting_seal(db: sqlite_utils.Database) -> None:
             WHERE sync_state = 'synced' AND sealed = 0;
         """
     )
+
+
+@migrations()
+def m115_rtsp_cameras(db: sqlite_utils.Database) -> None:
+    """Cameras the box pulls from over RTSP (edgebox/recorder): one row per camera, tied to
+    its `devices` row (so its recordings name a device like uploaded ones). The credentials
+    are sealed (AES-GCM under a key derived from the box's ingest key), the URL holds none.
+    `state`, `state_since` and `error` are the puller's live state, written on each change."""
+    db.executescript(
+        """
+        CREATE TABLE rtsp_cameras (
+            device_id TEXT PRIMARY KEY REFERENCES devices(id),
+            name TEXT NOT NULL UNIQUE,
+            url TEXT NOT NULL,
+            credentials TEXT,
+            pre_event_seconds REAL NOT NULL,
+            post_event_seconds REAL NOT NULL,
+            added_at TEXT NOT NULL,
+            added_by TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'starting',
+            state_since TEXT,
+            streaming_since TEXT,
+            offline_since TEXT,
+            error TEXT
+        );
+        """
+    )

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from edgebox.cli import config_option, emit, handle_errors, json_option, main, opened_box
+from edgebox.cli import (
+    config_option,
+    emit,
+    handle_errors,
+    json_option,
+    main,
+    opened_box,
+    read_secret,
+)
 from edgebox.keys import certificate_fingerprint
 
 
@@ -49,9 +57,13 @@ def pair(config_file, as_json):
 @json_option
 @handle_errors
 def list_cameras(config_file, as_json):
-    """Paired cameras, newest first."""
+    """Paired cameras, newest first; RTSP cameras carry their live state under `rtsp`."""
     with opened_box(config_file) as box:
         rows = box.pairing.devices()
+        pulled = {r["id"]: r for r in _registry(box).list()}
+    for row in rows:
+        if row["id"] in pulled:
+            row["rtsp"] = pulled[row["id"]]
 
     def text(rows):
         for r in rows:
@@ -60,6 +72,11 @@ def list_cameras(config_file, as_json):
                 if r["revoked_at"]
                 else f"last seen {r['last_seen_at']}"
             )
+            if "rtsp" in r and not r["revoked_at"]:
+                live = r["rtsp"]
+                state = f"{live['state']} since {live['state_since']}"
+                if live["error"]:
+                    state += f" ({live['error']})"
             click.echo(f"{r['id']}  {r['serial']:<16} {r['model']:<16} {state}")
 
     emit(rows, as_json, text)
@@ -75,3 +92,43 @@ def revoke(device_id, config_file, as_json):
     with opened_box(config_file) as box:
         row = box.pairing.revoke(device_id)
     emit(row, as_json, lambda r: click.echo(f"camera {r['id']} ({r['serial']}) revoked"))
+
+
+def _registry(box):
+    from edgebox.recorder.cameras import CameraRegistry
+
+    return CameraRegistry(box.store, box.keys)
+
+
+@cameras.command("add-rtsp")
+@click.argument("name")
+@click.argument("url")
+@click.option("--username", help="User name on the camera (or put it in the URL).")
+@click.option(
+    "--password-file",
+    metavar="FILE",
+    help="File holding the camera's password (else $EDGEBOX_CAMERA_PASSWORD, or a prompt).",
+)
+@click.option("--pre-event", type=float, help="Seconds kept before a trigger (at least 30).")
+@click.option("--post-event", type=float, help="Seconds recorded after a stop (default 10).")
+@config_option
+@json_option
+@handle_errors
+def add_rtsp(name, url, username, password_file, pre_event, post_event, config_file, as_json):
+    """Add a camera the box pulls from over RTSP (URL rtsp://HOST[:PORT]/PATH); its
+    credentials are stored sealed, never in clear. The running box starts pulling it within
+    seconds."""
+    password = None
+    if username:
+        password = read_secret(password_file, "Camera password", env="EDGEBOX_CAMERA_PASSWORD")
+    with opened_box(config_file) as box:
+        row = _registry(box).add(
+            name,
+            url,
+            "operator",
+            username=username,
+            password=password,
+            pre_event_seconds=pre_event,
+            post_event_seconds=post_event,
+        )
+    emit(row, as_json, lambda r: click.echo(f"camera {r['name']} added as {r['id']} ({r['url']})"))

@@ -51,6 +51,7 @@ def create_app(box, testing: bool = False) -> Flask:
     from edgebox.web.dashboard import duration
     from edgebox.web.media import media
     from edgebox.web.openapi import openapi
+    from edgebox.web.recorder import recorder_api, recorder_ui
     from edgebox.web.tus import tus
     from edgebox.web.ui import ui
 
@@ -70,6 +71,8 @@ def create_app(box, testing: bool = False) -> Flask:
     app.register_blueprint(tus)
     app.register_blueprint(api)
     app.register_blueprint(ui)
+    app.register_blueprint(recorder_api)
+    app.register_blueprint(recorder_ui)
 
     @app.errorhandler(EdgeboxError)
     def _edgebox_error(exc: EdgeboxError):

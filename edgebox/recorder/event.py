@@ -1,0 +1,129 @@
+"""One camera's recording in progress: its triggers, its spooled footage, its gaps.
+
+An event begins with the pre-event pieces of the ring and takes every new piece until the
+latest of its triggers' ends (a trigger without an end lasts until it is stopped, at most
+`max_seconds`). A trigger that arrives while the event runs extends it: overlapping
+triggers make one recording. When the stream drops, the gap is noted (from the last piece
+before it to the first after it) and the recording goes on with what comes next.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgebox.clock import iso_at as iso_of
+from edgebox.recorder.pieces import Piece
+from edgebox.recorder.spool import Spool
+
+
+@dataclass
+class Trigger:
+    """Who asked for a recording, why, from where, and until when (None: until stopped)."""
+
+    id: str
+    at: float
+    who: str
+    why: str
+    source: str
+    where: str | None = None
+    incident: str | None = None
+    until: float | None = None
+
+    def public(self) -> dict:
+        """The trigger as recorded in metadata and custody."""
+        return {
+            "id": self.id,
+            "at": iso_of(self.at),
+            "who": self.who,
+            "why": self.why,
+            "source": self.source,
+            "where": self.where,
+            "incident": self.incident,
+            "until": iso_of(self.until) if self.until is not None else None,
+        }
+
+
+@dataclass
+class Event:
+    """The footage of one camera for one or more overlapping triggers."""
+
+    event_id: str
+    camera_id: str
+    camera_name: str
+    spool: Spool
+    pre_event_seconds: float
+    max_seconds: float
+    triggers: list[Trigger] = field(default_factory=list)
+    gaps: list[dict] = field(default_factory=list)
+    first_wall: float | None = None
+    last_wall: float | None = None
+    closed_at: float | None = None  # when the first piece past the end began
+    session: int | None = None
+    pieces: int = 0
+    ended: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def started(self) -> float:
+        """When the first trigger came."""
+        return self.triggers[0].at
+
+    def end_at(self) -> float | None:
+        """When the event ends: the latest trigger end, or None while one runs until stopped
+        (then the cap `max_seconds` after the first trigger applies)."""
+        if any(t.until is None for t in self.triggers):
+            return None
+        return max(t.until for t in self.triggers)
+
+    def due(self, now: float) -> bool:
+        """Whether the event has reached its end (or its cap)."""
+        end = self.end_at()
+        cap = self.started + self.max_seconds
+        return now >= min(end, cap) if end is not None else now >= cap
+
+    def take(self, piece: Piece, plaintext: bytes | None = None) -> bool:
+        """Spool a piece (already decrypted from the ring, or fresh); False once past the end."""
+        end = self.end_at()
+        cap = self.started + self.max_seconds
+        if (end is not None and piece.wall >= end) or piece.wall >= cap:
+            self.closed_at = self.closed_at or piece.wall
+            return False
+        with self.lock:
+            if self.ended:
+                return False
+            if self.session != piece.session:
+                if self.session is not None:
+                    self._close_gap(piece.wall)
+                self.spool.append(piece.psi)  # each session's tables first
+                self.session = piece.session
+            self.spool.append(piece.data if plaintext is None else plaintext)
+            self.first_wall = piece.wall if self.first_wall is None else self.first_wall
+            self.last_wall = piece.wall
+            self.pieces += 1
+        return True
+
+    def open_gap(self, when: float, reason: str) -> dict:
+        """The stream dropped: note a gap from the last piece received."""
+        with self.lock:
+            gap = {"from": iso_of(self.last_wall or when), "to": None, "reason": reason}
+            self.gaps.append(gap)
+            return gap
+
+    def _close_gap(self, when: float) -> None:
+        if self.gaps and self.gaps[-1]["to"] is None:
+            self.gaps[-1]["to"] = iso_of(when)
+        elif self.last_wall is not None:  # a new session without a noted drop
+            self.gaps.append({"from": iso_of(self.last_wall), "to": iso_of(when), "reason": ""})
+
+    def finish(self) -> None:
+        """Take no more pieces; an open gap stays open to the end."""
+        with self.lock:
+            self.ended = True
+            self.spool.sync()
+            self.spool.close()
+
+    def path(self) -> Path:
+        """The spool file."""
+        return self.spool.path

@@ -1,0 +1,373 @@
+"""The recorder: pulls every RTSP camera, keeps their pre-event rings, records on triggers.
+
+Owned by the box process (`Box.start`). A reconcile loop starts a puller for each camera
+in the database (cameras added by the CLI while the box runs are picked up within
+RECONCILE_SECONDS) and stops those removed or revoked; it also ends events that are due
+and hands them to the finisher, which remuxes and ingests them one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+
+from edgebox import catalog, custody
+from edgebox.clock import iso_at
+from edgebox.errors import EdgeboxError, NotFound
+from edgebox.recorder import assemble
+from edgebox.recorder.cameras import CameraRegistry, CameraSpec
+from edgebox.recorder.event import Event, Trigger
+from edgebox.recorder.pieces import Piece
+from edgebox.recorder.puller import Puller
+from edgebox.recorder.ring import Ring
+from edgebox.recorder.spool import Spool
+
+log = logging.getLogger("edgebox.recorder")
+
+RECONCILE_SECONDS = 2.0
+MAX_EVENT_SECONDS = 3600.0
+_TEXT = {"why": 500, "who": 128, "where": 128, "incident": 64}
+
+
+def _text(body: dict, name: str, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise EdgeboxError(f"{name} is required", status=400, field=name)
+        return None
+    if not isinstance(value, str) or len(value) > _TEXT[name] or any(ord(c) < 32 for c in value):
+        raise EdgeboxError(
+            f"{name} must be printable text of at most {_TEXT[name]} characters",
+            status=400,
+            field=name,
+        )
+    return value
+
+
+class Recorder:
+    """Every RTSP camera's puller and ring, the events in progress, and the finisher."""
+
+    def __init__(self, box, max_event_seconds: float = MAX_EVENT_SECONDS):
+        self.box = box
+        self.store = box.store
+        self.registry = CameraRegistry(box.store, box.keys)
+        self.spool_dir = box.data_dir / "recorder"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.max_event_seconds = max_event_seconds
+        self.epoch = time.time()
+        self.pullers: dict[str, Puller] = {}
+        self.rings: dict[str, Ring] = {}
+        self.events: dict[str, Event] = {}
+        self.finished: list[dict] = []  # what the finisher did, newest last (for status)
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._due: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> Recorder:
+        """Start the reconcile loop and the finisher."""
+        for target, name in ((self._reconcile_loop, "recorder"), (self._finisher, "finisher")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """End every event now (recorded with what it holds), then stop the pullers."""
+        with self._lock:
+            for camera_id in list(self.events):
+                self._end_event(camera_id, "the box stopped")
+        self._stop.set()
+        self._due.put(None)
+        for thread in self._threads:
+            thread.join(timeout=120)
+        with self._lock:
+            pullers = list(self.pullers.values())
+            self.pullers.clear()
+        for puller in pullers:
+            puller.stop()
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.reconcile()
+            except Exception:  # noqa: BLE001 - keep recording whatever failed once
+                log.exception("recorder reconcile failed")
+            self._stop.wait(min(RECONCILE_SECONDS, 0.5))
+
+    def reconcile(self) -> None:
+        """Match pullers to the cameras in the database; end events that are due."""
+        now = time.time()
+        with self._lock:
+            for camera_id, event in list(self.events.items()):
+                if event.due(now):
+                    self._end_event(camera_id, "")
+        if getattr(self, "_next_sync", 0) > now:
+            return
+        self._next_sync = now + RECONCILE_SECONDS
+        wanted = {spec.device_id: spec for spec in self.registry.active_specs()}
+        with self._lock:
+            for camera_id, puller in list(self.pullers.items()):
+                if wanted.get(camera_id) != puller.spec:
+                    self.pullers.pop(camera_id)
+                    if camera_id in self.events:
+                        self._end_event(camera_id, "the camera was removed or changed")
+                    threading.Thread(target=puller.stop, daemon=True).start()
+            for camera_id, spec in wanted.items():
+                if camera_id not in self.pullers:
+                    self._start_puller(spec)
+
+    def _start_puller(self, spec: CameraSpec) -> None:
+        ring = self.rings.get(spec.device_id)
+        if ring is None or ring.seconds != spec.pre_event_seconds:
+            ring = self.rings[spec.device_id] = Ring(spec.pre_event_seconds + 2)
+        self.pullers[spec.device_id] = Puller(
+            spec, self.epoch, self._piece, self.registry.set_state, self._session_end
+        ).start()
+
+    # -- pieces from the pullers -------------------------------------------
+    def _piece(self, camera_id: str, piece: Piece) -> None:
+        self.rings[camera_id].add(piece)
+        event = self.events.get(camera_id)
+        if event is not None and not event.take(piece):
+            with self._lock:
+                if self.events.get(camera_id) is event:
+                    self._end_event(camera_id, "")
+
+    def _session_end(self, camera_id: str, session: int, reason: str) -> None:
+        event = self.events.get(camera_id)
+        if event is None:
+            return
+        gap = event.open_gap(time.time(), reason)
+        custody.record(
+            self.store,
+            "recorder.stream_lost",
+            "recorder",
+            camera_id,
+            {"event": event.event_id, "gap_from": gap["from"], "reason": reason},
+        )
+
+    # -- triggers -----------------------------------------------------------
+    def trigger(self, body: dict, who: str, source: str) -> dict:
+        """Start (or extend) recordings on the given cameras (all when none are named).
+
+        `body`: why (required), cameras (ids or names), where, incident, post_event_seconds
+        (the recording ends that long after the trigger; omitted: the camera's post-event
+        time after a stop, or `until_stopped: true` to wait for a stop).
+        """
+        why = _text(body, "why", required=True)
+        where, incident = _text(body, "where"), _text(body, "incident")
+        cameras = self._cameras(body.get("cameras"))
+        post = body.get("post_event_seconds")
+        until_stopped = body.get("until_stopped", post is None)
+        if post is not None and (
+            isinstance(post, bool) or not isinstance(post, int | float) or not 0 <= post <= 3600
+        ):
+            raise EdgeboxError(
+                "post_event_seconds must be 0 to 3600", status=400, field="post_event_seconds"
+            )
+        if not isinstance(until_stopped, bool):
+            raise EdgeboxError("until_stopped must be true or false", status=400)
+        now = time.time()
+        trigger = Trigger(
+            uuid.uuid4().hex,
+            now,
+            who,
+            why,
+            source,
+            where,
+            incident,
+            None if until_stopped else now + float(post or 0),
+        )
+        custody.record(
+            self.store,
+            "recorder.triggered",
+            who,
+            trigger.id,
+            {**trigger.public(), "cameras": [c["name"] for c in cameras]},
+        )
+        started = []
+        with self._lock:
+            for camera in cameras:
+                started.append(self._attach(camera, trigger))
+        return {"trigger_id": trigger.id, "at": iso_at(now), "cameras": started}
+
+    def _cameras(self, names) -> list[dict]:
+        if names is None:
+            rows = [c for c in self.registry.list() if not c["revoked_at"]]
+            if not rows:
+                raise EdgeboxError("no RTSP camera to record", status=409)
+            return rows
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise EdgeboxError("cameras must be a list of camera ids or names", status=400)
+        rows = [self.registry.get(name) for name in names]
+        revoked = [r["name"] for r in rows if r["revoked_at"]]
+        if revoked:
+            raise EdgeboxError(f"camera {revoked[0]} is revoked", status=409, field="cameras")
+        return rows
+
+    def _attach(self, camera: dict, trigger: Trigger) -> dict:
+        event = self.events.get(camera["id"])
+        if event is not None and not event.ended:
+            event.triggers.append(trigger)
+            return {"camera": camera["name"], "event": event.event_id, "extended": True}
+        event_id = uuid.uuid4().hex
+        ts_path, _ = assemble.spool_paths(self.spool_dir, event_id)
+        event = Event(
+            event_id,
+            camera["id"],
+            camera["name"],
+            Spool.create(ts_path, self.box.keys.ingest_key()),
+            camera["pre_event_seconds"],
+            self.max_event_seconds,
+            [trigger],
+        )
+        ring = self.rings.get(camera["id"])
+        if ring is not None:
+            for sealed, plaintext in ring.since(trigger.at - camera["pre_event_seconds"]):
+                event.take(
+                    Piece(b"", sealed.wall, None, sealed.keyframe, sealed.session, sealed.psi),
+                    plaintext,
+                )
+        self.events[camera["id"]] = event
+        return {"camera": camera["name"], "event": event_id, "extended": False}
+
+    def stop_trigger(self, trigger_id: str, who: str) -> dict:
+        """End a trigger now; its events end once no other trigger keeps them going (plus
+        each camera's post-event time)."""
+        now = time.time()
+        stopped = []
+        with self._lock:
+            for event in self.events.values():
+                for trigger in event.triggers:
+                    if trigger.id == trigger_id and trigger.until is None:
+                        post = self._post_event(event.camera_id)
+                        trigger.until = now + post
+                        stopped.append(event.camera_name)
+        if not stopped:
+            raise NotFound(f"no running trigger {trigger_id}")
+        custody.record(
+            self.store, "recorder.stopped", who, trigger_id, {"cameras": sorted(set(stopped))}
+        )
+        return {"trigger_id": trigger_id, "stopped": sorted(set(stopped)), "at": iso_at(now)}
+
+    def _post_event(self, camera_id: str) -> float:
+        puller = self.pullers.get(camera_id)
+        return puller.spec.post_event_seconds if puller is not None else 0.0
+
+    # -- finishing ----------------------------------------------------------
+    def _end_event(self, camera_id: str, reason: str) -> None:
+        event = self.events.pop(camera_id, None)
+        if event is None:
+            return
+        event.finish()
+        self._due.put((event, reason))
+
+    def _finisher(self) -> None:
+        while True:
+            item = self._due.get()
+            if item is None:
+                if self._stop.is_set() and self._due.empty():
+                    return
+                continue
+            event, reason = item
+            try:
+                result = self._record(event, reason)
+            except Exception as exc:  # noqa: BLE001 - kept on disk (encrypted), reported
+                log.exception("event %s could not be recorded", event.event_id)
+                message = getattr(exc, "message", str(exc))
+                custody.record(
+                    self.store,
+                    "recorder.failed",
+                    "recorder",
+                    event.camera_id,
+                    {"event": event.event_id, "error": message},
+                )
+                result = {"event": event.event_id, "camera": event.camera_name, "error": message}
+            with self._lock:
+                self.finished.append(result)
+                del self.finished[:-50]
+
+    def _record(self, event: Event, reason: str) -> dict:
+        """Remux the event, ingest it, log it; the spools go once the recording is in."""
+        if event.pieces == 0:
+            event.spool.discard()
+            custody.record(
+                self.store,
+                "recorder.nothing_recorded",
+                "recorder",
+                event.camera_id,
+                {"event": event.event_id, "triggers": [t.id for t in event.triggers]},
+            )
+            return {"event": event.event_id, "camera": event.camera_name, "error": "no footage"}
+        _, mp4_path = assemble.spool_paths(self.spool_dir, event.event_id)
+        mp4 = Spool.create(mp4_path, self.box.keys.ingest_key())
+        try:
+            size, sha256 = assemble.remux(event.spool, mp4)
+            device = self.store.one("SELECT * FROM devices WHERE id = ?", (event.camera_id,))
+            recording_id = assemble.ingest(
+                self.box.uploads, device, mp4, size, self._metadata(event, sha256, reason)
+            )
+        finally:
+            mp4.discard()
+        event.spool.discard()
+        first = event.triggers[0]
+        custody.record(
+            self.store,
+            "recorder.recorded",
+            first.who,
+            recording_id,
+            {
+                "camera": event.camera_name,
+                "event": event.event_id,
+                "triggers": [t.public() for t in event.triggers],
+                "pre_event_seconds": round(first.at - event.first_wall, 3),
+                "gaps": event.gaps,
+                "ended": reason or "trigger ended",
+            },
+        )
+        incident = next((t.incident for t in event.triggers if t.incident), None)
+        if incident:
+            catalog.tag(self.store, recording_id, {"incident": incident}, first.who)
+        return {"event": event.event_id, "camera": event.camera_name, "recording": recording_id}
+
+    def _metadata(self, event: Event, sha256: str, reason: str) -> dict:
+        first = event.triggers[0]
+        stamp = iso_at(event.first_wall).replace("-", "").replace(":", "")[:15]
+        return {
+            "serial": event.camera_name,
+            "filename": f"{event.camera_name}-{stamp}Z.mp4",
+            "user_id": first.who[:128],
+            "started_at": iso_at(event.first_wall),
+            "stopped_at": iso_at(event.closed_at or event.last_wall),
+            "trigger_on": first.why[:128],
+            "trigger_off": (reason or "trigger ended")[:128],
+            "pre_event_seconds": f"{first.at - event.first_wall:.3f}",
+            "sha256": sha256,
+            "source": "rtsp",
+            "trigger_ids": ",".join(t.id for t in event.triggers),
+            "trigger_where": first.where,
+            "trigger_source": first.source,
+            "gaps": assemble.json_text(event.gaps),
+        }
+
+    # -- status -------------------------------------------------------------
+    def cameras(self) -> list[dict]:
+        """Every RTSP camera with its live state, ring and event in progress."""
+        now = time.time()
+        rows = self.registry.list()
+        with self._lock:
+            for row in rows:
+                ring = self.rings.get(row["id"])
+                event = self.events.get(row["id"])
+                row["buffered_seconds"] = round(ring.held_seconds(now), 1) if ring else 0.0
+                row["recording"] = (
+                    {"event": event.event_id, "triggers": [t.id for t in event.triggers]}
+                    if event
+                    else None
+                )
+        return rows
