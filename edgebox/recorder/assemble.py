@@ -84,6 +84,8 @@ def remux(source: Spool, target: Spool) -> tuple[int, str]:
     proc.wait()
     feeder.join()
     drain.join()
+    proc.stdout.close()
+    proc.stderr.close()
     target.sync()
     if failure:
         raise failure[0]

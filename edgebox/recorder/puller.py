@@ -7,7 +7,7 @@ started, so the pieces of successive sessions (after a reconnect) keep rising an
 stays a gap in the recording's timeline.
 
 States, written to the database on every change: `connecting`, `streaming`, `reconnecting`
-(a stream that was up dropped), `offline` (it never came up, or keeps failing), and
+(a stream that was up dropped; the box keeps trying), `offline` (it never came up), and
 `unauthorized` (the camera refused the credentials: retried only every AUTH_BACKOFF seconds,
 so a wrong password never becomes a retry storm that locks the camera's account).
 """
@@ -97,6 +97,7 @@ class Puller:
         self.error: str | None = None
         self.session = 0
         self.sessions_started = 0
+        self.ever_streamed = False
         self._proc: subprocess.Popen | None = None
         self._thread = threading.Thread(target=self._run, name=f"pull-{spec.name}", daemon=True)
 
@@ -147,7 +148,10 @@ class Puller:
                 backoff = BACKOFF_START
                 wait = backoff
             else:
-                self._set("offline", f"no stream: {reason}")
+                if self.ever_streamed:  # still trying to get a lost stream back
+                    self._set("reconnecting", f"stream lost, no answer yet: {reason}")
+                else:
+                    self._set("offline", f"no stream: {reason}")
                 wait = backoff
                 backoff = min(BACKOFF_MAX, backoff * 2)
             self.stop_event.wait(wait)
@@ -185,7 +189,7 @@ class Puller:
                 last_data = time.monotonic()
                 for piece in cutter.feed(data):
                     if not streamed:
-                        streamed = True
+                        streamed = self.ever_streamed = True
                         self._set("streaming", None)
                     self._on_piece(self.spec.device_id, piece)
         finally:

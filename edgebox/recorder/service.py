@@ -316,6 +316,9 @@ class Recorder:
             mp4.discard()
         event.spool.discard()
         first = event.triggers[0]
+        incident = next((t.incident for t in event.triggers if t.incident), None)
+        if incident:
+            catalog.tag(self.store, recording_id, {"incident": incident}, first.who)
         custody.record(
             self.store,
             "recorder.recorded",
@@ -330,9 +333,6 @@ class Recorder:
                 "ended": reason or "trigger ended",
             },
         )
-        incident = next((t.incident for t in event.triggers if t.incident), None)
-        if incident:
-            catalog.tag(self.store, recording_id, {"incident": incident}, first.who)
         return {"event": event.event_id, "camera": event.camera_name, "recording": recording_id}
 
     def _metadata(self, event: Event, sha256: str, reason: str) -> dict:
