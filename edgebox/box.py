@@ -83,10 +83,11 @@ class Box:
         server = WebServer(self, listen or self.config.listen_address).start()
         self._running.append(server)
         self._running.append(start_scheduler(self))
-        from edgebox.recorder.service import Recorder
+        if self.config.recorder.enabled:
+            from edgebox.recorder.service import Recorder
 
-        self.recorder = Recorder(self).start()
-        self._running.append(self.recorder)
+            self.recorder = Recorder(self).start()
+            self._running.append(self.recorder)
         if self.config.upstream.broker:
             from edgebox.sync.uplink import Uplink
 

@@ -117,6 +117,16 @@ class StorageSection:
 
 
 @dataclass(frozen=True)
+class RecorderSection:
+    """RTSP cameras the box pulls from (edgebox/recorder): defaults for new cameras."""
+
+    enabled: bool = True
+    pre_event_seconds: float = 30.0
+    post_event_seconds: float = 10.0
+    max_event_seconds: int = 3600
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole box configuration; `base_dir` anchors relative paths."""
 
@@ -129,6 +139,7 @@ class Config:
     replication: ReplicationSection = field(default_factory=ReplicationSection)
     retention: RetentionSection = field(default_factory=RetentionSection)
     storage: StorageSection = field(default_factory=StorageSection)
+    recorder: RecorderSection = field(default_factory=RecorderSection)
     base_dir: Path = Path(".")
     source: str = "<defaults>"
 
@@ -259,6 +270,9 @@ def _validate(config: Config) -> None:
         ("upstream.keepalive_seconds", 5),
         ("upstream.ack_timeout_seconds", 1),
         ("replication.ship_interval_seconds", 0),
+        ("recorder.pre_event_seconds", 30),  # the police-function floor
+        ("recorder.post_event_seconds", 0),
+        ("recorder.max_event_seconds", 60),
     ):
         section, key = name.split(".")
         if getattr(getattr(config, section), key) < minimum:

@@ -21,11 +21,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 from edgebox.recordings import export_recording
 from edgebox.sync import protocol
 from tests.brokers import Mosquitto, TestPKI, cert_client, close_client
-from tests.conftest import SECRET, free_port, run_cli
+from tests.conftest import SECRET, BoxProcess, free_port, make_box, run_cli
 from tests.rtsp_fixtures import (
     RtspCamera,
     clock_of_frame,
@@ -431,3 +432,59 @@ def test_camera_killed_mid_event_keeps_what_came_and_records_the_gap(rig, tmp_pa
     assert back - killed - 3 <= max(jumps) <= back - killed + 3, "the gap shows in the footage"
     assert seconds_between(clocks[-1], time.time()) < 10, "footage after the restart is kept"
     assert float(probe(clip)["format"]["duration"]) >= PRE + 5
+
+
+def test_a_box_killed_mid_event_records_what_it_spooled_at_restart(rig, tmp_path):
+    station = rig["station"]
+    config = make_box(tmp_path / "crashing")
+    secret = tmp_path / "pw"
+    secret.write_text(USER_PASSWORD)
+    run_cli("users", "add", "ann", "--role", "crew", "--password-file", str(secret), config=config)
+    added = run_cli(
+        "cameras",
+        "add-rtsp",
+        "front",
+        station.url("/front"),
+        "--username",
+        "officer",
+        config=config,
+        env={"EDGEBOX_CAMERA_PASSWORD": PASSWORD},
+    )
+    assert added.returncode == 0, added.stderr
+    process = BoxProcess(config).start()
+    try:
+        session = requests.Session()
+        session.verify, session.trust_env = str(process.cert), False
+        logged = session.post(
+            f"{process.url}/login", json={"username": "ann", "password": USER_PASSWORD}
+        )
+        headers = {"X-CSRF-Token": logged.json()["csrf_token"]}
+
+        def streaming():
+            listed = run_cli("cameras", "list", "--json", config=config)
+            return json.loads(listed.stdout)[0]["rtsp"]["state"] == "streaming"
+
+        wait_until(streaming, 30, "the camera to stream", interval=1)
+        time.sleep(3)
+        answer = session.post(
+            f"{process.url}/api/v1/rtsp/triggers",
+            json={"why": "assault", "until_stopped": True},
+            headers=headers,
+        )
+        trigger = answer.json()["trigger_id"]
+        time.sleep(4)
+        process.kill9()
+        spools = list((tmp_path / "crashing" / "data" / "recorder").glob("*.ts.spool"))
+        assert len(spools) == 1
+        process.start()
+
+        def recorded():
+            listed = run_cli("recordings", "list", "--json", config=config)
+            rows = json.loads(listed.stdout) if listed.returncode == 0 else []
+            return [r for r in rows if trigger in (r.get("metadata") or "")]
+
+        (row,) = wait_until(recorded, 60, "the recovered recording", interval=1)
+        assert "recovered at restart" in row["trigger_off"]
+        assert json.loads(json.loads(row["metadata"])["gaps"])[0]["reason"]
+    finally:
+        process.stop()

@@ -95,9 +95,9 @@ def revoke(device_id, config_file, as_json):
 
 
 def _registry(box):
-    from edgebox.recorder.cameras import CameraRegistry
+    from edgebox.recorder.service import registry_of
 
-    return CameraRegistry(box.store, box.keys)
+    return registry_of(box)
 
 
 @cameras.command("add-rtsp")
@@ -109,8 +109,10 @@ def _registry(box):
     metavar="FILE",
     help="File holding the camera's password (else $EDGEBOX_CAMERA_PASSWORD, or a prompt).",
 )
-@click.option("--pre-event", type=float, help="Seconds kept before a trigger (at least 30).")
-@click.option("--post-event", type=float, help="Seconds recorded after a stop (default 10).")
+@click.option(
+    "--pre-event", type=float, help="Seconds kept before a trigger (at least 30; default: config)."
+)
+@click.option("--post-event", type=float, help="Seconds recorded after a stop (default: config).")
 @config_option
 @json_option
 @handle_errors

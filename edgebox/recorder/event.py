@@ -9,8 +9,10 @@ before it to the first after it) and the recording goes on with what comes next.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgebox.clock import iso_at as iso_of
@@ -124,6 +126,45 @@ class Event:
             self.spool.sync()
             self.spool.close()
 
-    def path(self) -> Path:
-        """The spool file."""
-        return self.spool.path
+    def save_manifest(self) -> None:
+        """Write what a restart needs to finish this event after a crash (its camera, triggers
+        and times: no footage) beside the spool, replacing the previous one atomically."""
+        body = {
+            "event_id": self.event_id,
+            "camera_id": self.camera_id,
+            "camera_name": self.camera_name,
+            "pre_event_seconds": self.pre_event_seconds,
+            "first_wall": self.first_wall,
+            "triggers": [asdict(t) for t in self.triggers],
+        }
+        path = manifest_path(self.spool.path)
+        temporary = path.with_name(path.name + ".new")
+        temporary.write_text(json.dumps(body))
+        os.replace(temporary, path)
+
+    @classmethod
+    def from_manifest(cls, spool: Spool, max_seconds: float) -> Event:
+        """An event cut short by a crash, rebuilt from its manifest and its spool."""
+        body = json.loads(manifest_path(spool.path).read_text())
+        event = cls(
+            body["event_id"],
+            body["camera_id"],
+            body["camera_name"],
+            spool,
+            body["pre_event_seconds"],
+            max_seconds,
+            [Trigger(**t) for t in body["triggers"]],
+            first_wall=body["first_wall"] or body["triggers"][0]["at"],
+            last_wall=spool.path.stat().st_mtime,
+            pieces=1,
+            ended=True,
+        )
+        event.gaps.append(
+            {"from": iso_of(event.last_wall), "to": None, "reason": "the box stopped unexpectedly"}
+        )
+        return event
+
+
+def manifest_path(spool_path: Path) -> Path:
+    """Where an event's manifest lives beside its spool."""
+    return spool_path.with_name(spool_path.name + ".json")

@@ -28,7 +28,6 @@ from edgebox.recorder.spool import Spool
 log = logging.getLogger("edgebox.recorder")
 
 RECONCILE_SECONDS = 2.0
-MAX_EVENT_SECONDS = 3600.0
 _TEXT = {"why": 500, "who": 128, "where": 128, "incident": 64}
 
 
@@ -47,16 +46,24 @@ def _text(body: dict, name: str, required: bool = False) -> str | None:
     return value
 
 
+def registry_of(box) -> CameraRegistry:
+    """The box's RTSP camera registry, with the config's defaults for new cameras."""
+    settings = box.config.recorder
+    return CameraRegistry(
+        box.store, box.keys, settings.pre_event_seconds, settings.post_event_seconds
+    )
+
+
 class Recorder:
     """Every RTSP camera's puller and ring, the events in progress, and the finisher."""
 
-    def __init__(self, box, max_event_seconds: float = MAX_EVENT_SECONDS):
+    def __init__(self, box):
         self.box = box
         self.store = box.store
-        self.registry = CameraRegistry(box.store, box.keys)
+        self.registry = registry_of(box)
         self.spool_dir = box.data_dir / "recorder"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self.max_event_seconds = max_event_seconds
+        self.max_event_seconds = float(box.config.recorder.max_event_seconds)
         self.epoch = time.time()
         self.pullers: dict[str, Puller] = {}
         self.rings: dict[str, Ring] = {}
@@ -69,7 +76,8 @@ class Recorder:
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> Recorder:
-        """Start the reconcile loop and the finisher."""
+        """Queue the events a crash cut short, then start the reconcile loop and the finisher."""
+        self._recover()
         for target, name in ((self._reconcile_loop, "recorder"), (self._finisher, "finisher")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -90,6 +98,27 @@ class Recorder:
             self.pullers.clear()
         for puller in pullers:
             puller.stop()
+
+    def _recover(self) -> None:
+        """Events whose spool outlived the process (kill -9, power cut) are recorded with what
+        they hold, their end noted as a gap; a half-made MP4 spool is made again."""
+        for leftover in self.spool_dir.glob("*.mp4.spool"):
+            Spool(leftover, b"\0" * 32).discard()
+        for path in sorted(self.spool_dir.glob("*.ts.spool")):
+            try:
+                spool = Spool.open(path, self.box.keys.ingest_key())
+                event = Event.from_manifest(spool, self.max_event_seconds)
+            except (OSError, ValueError, KeyError, EdgeboxError) as exc:
+                log.error("spool %s cannot be recovered: %s", path.name, exc)
+                continue
+            custody.record(
+                self.store,
+                "recorder.recovered",
+                "box",
+                event.camera_id,
+                {"event": event.event_id, "triggers": [t.id for t in event.triggers]},
+            )
+            self._due.put((event, "the box stopped unexpectedly; recovered at restart"))
 
     def _reconcile_loop(self) -> None:
         while not self._stop.is_set():
@@ -214,6 +243,7 @@ class Recorder:
         event = self.events.get(camera["id"])
         if event is not None and not event.ended:
             event.triggers.append(trigger)
+            event.save_manifest()
             return {"camera": camera["name"], "event": event.event_id, "extended": True}
         event_id = uuid.uuid4().hex
         ts_path, _ = assemble.spool_paths(self.spool_dir, event_id)
@@ -233,6 +263,7 @@ class Recorder:
                     Piece(b"", sealed.wall, None, sealed.keyframe, sealed.session, sealed.psi),
                     plaintext,
                 )
+        event.save_manifest()
         self.events[camera["id"]] = event
         return {"camera": camera["name"], "event": event_id, "extended": False}
 

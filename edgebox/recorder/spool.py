@@ -96,10 +96,12 @@ class Spool:
                 index += 1
 
     def discard(self) -> None:
-        """Remove the spool and its key."""
+        """Remove the spool, its key and anything else named after it (a manifest)."""
         self.close()
         self.path.unlink(missing_ok=True)
         _key_path(self.path).unlink(missing_ok=True)
+        for extra in self.path.parent.glob(self.path.name + ".*"):
+            extra.unlink(missing_ok=True)
 
 
 def _key_path(path: Path) -> Path:
