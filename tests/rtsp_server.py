@@ -9,7 +9,8 @@ Two kinds of picture:
 - `clock` (default): small grey frames whose eight vertical bars spell the wall clock in
   half seconds modulo 256 (bar i is white when bit 7-i is set), so a test can read when a
   frame was made from the decoded picture itself, independently of the box's own clock;
-- `file:PATH`: an H.264 stream from a file (MPEG-TS), looped, for benchmarks at 1080p.
+- `file:PATH`: an H.264 stream from an MPEG-TS file, played once in real time from its
+  start for each new session of a mount (make it as long as the run), for benchmarks.
 
 It prints `ready` on standard output once it listens.
 """
@@ -69,10 +70,11 @@ class ClockFactory(GstRtspServer.RTSPMediaFactory):
 
 
 def file_factory(path: str) -> GstRtspServer.RTSPMediaFactory:
-    """A mount that plays an MPEG-TS H.264 file in real time, looping."""
+    """A mount that plays an MPEG-TS H.264 file in real time (filesrc: the PLAY request's
+    seek needs a seekable source)."""
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
-        f'( multifilesrc location="{path}" loop=true ! tsdemux ! h264parse '
+        f'( filesrc location="{path}" ! tsdemux ! h264parse '
         "! rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
     factory.set_shared(True)
