@@ -42,7 +42,6 @@ from bench.common import (  # noqa: E402
     machine,
     publish,
     run_cli,
-    tree_cpu,
 )
 from bench.tus import DemoBox, plain_session  # noqa: E402
 from tests.rtsp_fixtures import RtspCamera  # noqa: E402
@@ -63,14 +62,30 @@ def make_clip(folder: Path, seconds: int, size: str, bitrate: str) -> Path:
     return clip
 
 
-def rss(pid: int, children: bool = True) -> int:
-    """Resident bytes of a process (and its children)."""
-    total = 0
+def recorder_processes(pid: int) -> list[psutil.Process]:
+    """The box process and its ffmpeg children (not Litestream, which it also supervises)."""
     with contextlib.suppress(psutil.Error):
         main = psutil.Process(pid)
-        for proc in [main, *(main.children(recursive=True) if children else [])]:
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
+        return [main, *(c for c in main.children() if c.name() == "ffmpeg")]
+    return []
+
+
+def cpu_of(processes: list[psutil.Process]) -> float:
+    """user+sys seconds of these processes."""
+    total = 0.0
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def rss_of(processes: list[psutil.Process]) -> int:
+    """Resident bytes of these processes."""
+    total = 0
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
     return total
 
 
@@ -156,23 +171,25 @@ class Bench:
         time.sleep(self.args.settle)
         pid = self.box.proc.pid
         for window in range(self.args.reps):
-            box0, python0 = tree_cpu(pid), psutil.Process(pid).cpu_times()
-            peer0 = sum(p.cpu() for p in self.peers)
+            box = recorder_processes(pid)
+            peers = [psutil.Process(p.pid) for p in self.peers]
+            box0, python0, peer0 = cpu_of(box), cpu_of(box[:1]), cpu_of(peers)
             start = time.monotonic()
             time.sleep(self.args.window)
             elapsed = time.monotonic() - start
-            python1 = psutil.Process(pid).cpu_times()
             row = {
                 "cameras": count,
                 "window": window,
-                "box_cpu": (tree_cpu(pid) - box0) / elapsed,
-                "box_python_cpu": (python1.user + python1.system - python0.user - python0.system)
-                / elapsed,
-                "peer_cpu": (sum(p.cpu() for p in self.peers) - peer0) / elapsed,
-                "box_rss": rss(pid),
-                "box_python_rss": rss(pid, children=False),
-                "peer_rss": sum(rss(p.pid) for p in self.peers),
+                "box_cpu": (cpu_of(box) - box0) / elapsed,
+                "box_python_cpu": (cpu_of(box[:1]) - python0) / elapsed,
+                "peer_cpu": (cpu_of(peers) - peer0) / elapsed,
+                "box_rss": rss_of(box),
+                "box_python_rss": rss_of(box[:1]),
+                "peer_rss": rss_of(peers),
+                "ffmpegs": len(box) - 1,
             }
+            if row["ffmpegs"] != count:
+                raise RuntimeError(f"{row['ffmpegs']} ffmpeg children for {count} cameras")
             self.rows.append(row)
             log(
                 f"bench: {count} cameras: box {row['box_cpu'] * 100:.1f}% "
@@ -247,10 +264,11 @@ def report(bench: Bench) -> str:
             values = [r[key] * 100 for r in rows]
             return f"{statistics.median(values):.1f}% ({min(values):.1f}–{max(values):.1f})"
 
-        ratio = med("box_cpu") / med("peer_cpu") if med("peer_cpu") else float("nan")
+        ratio = f"{med('box_cpu') / med('peer_cpu'):.2f}" if count else "–"
+        per_camera = f"{med('box_cpu') * 100 / count:.2f}%" if count else "–"
         lines.append(
             f"| {count} | {span('box_cpu')} | {span('box_python_cpu')} | {span('peer_cpu')} "
-            f"| {ratio:.2f} | {med('box_cpu') * 100 / count:.1f}% "
+            f"| {ratio} | {per_camera} "
             f"| {med('box_python_rss') / MIB:.0f} MiB; {med('box_rss') / MIB:.0f} MiB "
             f"| {med('peer_rss') / MIB:.0f} MiB |"
         )
@@ -277,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=2, help="measurement windows per row")
     parser.add_argument("--window", type=float, default=15.0, help="seconds per window")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before measuring")
-    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--cameras", type=int, nargs="+", default=[0, 1, 4, 8])
     parser.add_argument("--size", default="1920x1080")
     parser.add_argument("--bitrate", default="4M")
     parser.add_argument("--clip-seconds", type=int, default=300)
@@ -288,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         log(f"bench/rtsp.py: ignoring {' '.join(unknown)}")
     if args.quick:
-        args.cameras, args.window, args.reps, args.trigger_reps = [1, 2], 5.0, 2, 1
+        args.cameras, args.window, args.reps, args.trigger_reps = [0, 1, 2], 5.0, 2, 1
     args.command = "python bench/rtsp.py " + " ".join(argv)
     exit_on_sigterm()
     root = Path(tempfile.mkdtemp(prefix="bench-rtsp-", dir=args.workdir))

@@ -412,6 +412,7 @@ def test_camera_killed_mid_event_keeps_what_came_and_records_the_gap(rig, tmp_pa
     assert rear["state"] == "reconnecting" and rear["offline_since"]
     time.sleep(2)
     van.start()
+    restarted = time.time()
     wait_until(lambda: camera(box, "rear")["state"] == "streaming", 30, "rear back")
     back = time.time()
     time.sleep(3)
@@ -429,7 +430,8 @@ def test_camera_killed_mid_event_keeps_what_came_and_records_the_gap(rig, tmp_pa
     clocks = [clock_of_frame(f) for f in frames]
     assert seconds_between(clocks[0], killed) >= PRE + 3
     jumps = [((b - a) % 256) / 2 for a, b in zip(clocks, clocks[1:], strict=False)]
-    assert back - killed - 3 <= max(jumps) <= back - killed + 3, "the gap shows in the footage"
+    gap = max(jumps)  # the camera was down from `killed` to `restarted`; the box saw it by `back`
+    assert restarted - killed - 1 <= gap <= back - killed + 2, (gap, killed, restarted, back)
     assert seconds_between(clocks[-1], time.time()) < 10, "footage after the restart is kept"
     assert float(probe(clip)["format"]["duration"]) >= PRE + 5
 

@@ -126,6 +126,7 @@ class CameraRegistry:
         self.keys = keys
         self.default_pre = max(PRE_EVENT_FLOOR, default_pre)
         self.default_post = default_post
+        self._opened: dict[tuple[str, str], tuple[str, str]] = {}
 
     def add(
         self,
@@ -221,9 +222,12 @@ class CameraRegistry:
         for row in rows:
             username = password = None
             if row["credentials"]:
-                username, password = open_credentials(
-                    self.keys.ingest_key(), row["device_id"], row["credentials"]
-                )
+                key = (row["device_id"], row["credentials"])
+                if key not in self._opened:  # opened once, not on every reconcile
+                    self._opened[key] = open_credentials(
+                        self.keys.ingest_key(), row["device_id"], row["credentials"]
+                    )
+                username, password = self._opened[key]
             specs.append(
                 CameraSpec(
                     row["device_id"],

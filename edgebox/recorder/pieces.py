@@ -18,6 +18,7 @@ VIDEO_PID = 0x100
 MAX_PIECE = 2.0
 PTS_HZ = 90_000
 _WRAP = 1 << 33
+_START_FLAG = bytes(1 if b & 0x40 else 0 for b in range(256))  # payload_unit_start_indicator
 
 
 @dataclass
@@ -72,26 +73,39 @@ class Cutter:
         view = memoryview(buffer)
         start = 0  # where the bytes not yet added to self._piece begin
         now = self._clock()
-        for offset in range(0, usable, PACKET):
-            b1 = buffer[offset + 1]
-            pid = (b1 & 0x1F) << 8 | buffer[offset + 2]
-            if not b1 & 0x40:  # not the start of a PES or section: just data
-                continue
+        for offset, pid in self._unit_starts(buffer, usable):
+            packet = view[offset : offset + PACKET]
             if pid == VIDEO_PID:
-                if self._video_start(view[offset : offset + PACKET], now):
+                if self._video_start(packet, now):
                     self._piece += view[start:offset]
                     start = offset
                     piece = self._close()
                     if piece is not None:
                         done.append(piece)
-                    self._begin(view[offset : offset + PACKET], now)
+                    self._begin(packet, now)
             elif pid == 0:
-                self._pat = bytes(view[offset : offset + PACKET])
+                self._pat = bytes(packet)
                 self._pmt_pid = _pat_program(self._pat)
-            elif pid == self._pmt_pid:
-                self._pmt = bytes(view[offset : offset + PACKET])
+            else:
+                self._pmt = bytes(packet)
         self._piece += view[start:usable]
         return done
+
+    def _unit_starts(self, buffer: bytes, usable: int) -> list[tuple[int, int]]:
+        """(offset, pid) of the packets in buffer[:usable] that start a video PES, a PAT or
+        the PMT, in order. Only a few dozen packets a second start a unit while thousands
+        carry data, so the headers are read in C: a strided slice takes byte 1 of every
+        packet, `translate` keeps its start flag, and `find` jumps between the flags."""
+        flags = buffer[1:usable:PACKET].translate(_START_FLAG)
+        found = []
+        index = flags.find(1)
+        while index >= 0:
+            offset = index * PACKET
+            pid = (buffer[offset + 1] & 0x1F) << 8 | buffer[offset + 2]
+            if pid in (VIDEO_PID, 0, self._pmt_pid):
+                found.append((offset, pid))
+            index = flags.find(1, index + 1)
+        return found
 
     def _video_start(self, packet, now: float) -> bool:
         """True where a new piece begins at this video PES start."""
