@@ -66,6 +66,8 @@ class Event:
     pieces: int = 0
     ended: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _backfill: threading.Thread | None = None
+    _waiting: list = field(default_factory=list)
 
     @property
     def started(self) -> float:
@@ -85,8 +87,9 @@ class Event:
         cap = self.started + self.max_seconds
         return now >= min(end, cap) if end is not None else now >= cap
 
-    def take(self, piece: Piece, plaintext: bytes | None = None) -> bool:
-        """Spool a piece (already decrypted from the ring, or fresh); False once past the end."""
+    def take(self, piece: Piece) -> bool:
+        """Spool a new piece (held in memory while the pre-event is still being spooled);
+        False once past the end."""
         end = self.end_at()
         cap = self.started + self.max_seconds
         if (end is not None and piece.wall >= end) or piece.wall >= cap:
@@ -95,16 +98,45 @@ class Event:
         with self.lock:
             if self.ended:
                 return False
-            if self.session != piece.session:
-                if self.session is not None:
-                    self._close_gap(piece.wall)
-                self.spool.append(piece.psi)  # each session's tables first
-                self.session = piece.session
-            self.spool.append(piece.data if plaintext is None else plaintext)
-            self.first_wall = piece.wall if self.first_wall is None else self.first_wall
-            self.last_wall = piece.wall
-            self.pieces += 1
+            if self._backfill is not None:
+                self._waiting.append(piece)
+            else:
+                self._write(piece.wall, piece.session, piece.psi, piece.data)
         return True
+
+    def start_backfill(self, items: list, opener) -> None:
+        """Spool the pre-event (ring items, opened by `opener`) in a thread of its own, so a
+        trigger is answered at once; new pieces wait in memory until it is done."""
+        if not items:
+            return
+        self.first_wall = items[0].wall
+        self._backfill = threading.Thread(
+            target=self._fill, args=(items, opener), name=f"backfill-{self.camera_name}"
+        )
+        self._backfill.start()
+
+    def _fill(self, items: list, opener) -> None:
+        for item in items:
+            plaintext = opener(item)
+            with self.lock:
+                self._write(item.wall, item.session, item.psi, plaintext)
+        with self.lock:
+            for piece in self._waiting:
+                self._write(piece.wall, piece.session, piece.psi, piece.data)
+            self._waiting.clear()
+            self._backfill = None
+
+    def _write(self, wall: float, session: int, psi: bytes, data: bytes) -> None:
+        """Append one piece to the spool (the lock is held)."""
+        if self.session != session:
+            if self.session is not None:
+                self._close_gap(wall)
+            self.spool.append(psi)  # each session's tables first
+            self.session = session
+        self.spool.append(data)
+        self.first_wall = wall if self.first_wall is None else self.first_wall
+        self.last_wall = wall
+        self.pieces += 1
 
     def open_gap(self, when: float, reason: str) -> dict:
         """The stream dropped: note a gap from the last piece received."""
@@ -120,7 +152,10 @@ class Event:
             self.gaps.append({"from": iso_of(self.last_wall), "to": iso_of(when), "reason": ""})
 
     def finish(self) -> None:
-        """Take no more pieces; an open gap stays open to the end."""
+        """Take no more pieces (once the pre-event is spooled); an open gap stays open."""
+        filling = self._backfill
+        if filling is not None:
+            filling.join()
         with self.lock:
             self.ended = True
             self.spool.sync()

@@ -64,9 +64,9 @@ class Ring:
         for _ in range(keep_from):
             self.bytes -= len(self._pieces.popleft().blob)
 
-    def since(self, moment: float) -> list[tuple[Sealed, bytes]]:
-        """(piece, plaintext) from the newest keyframe piece that began at or before `moment`
-        (or the oldest keyframe piece held, if none did) to the newest piece."""
+    def since(self, moment: float) -> list[Sealed]:
+        """The pieces from the newest keyframe piece that began at or before `moment` (or the
+        oldest keyframe piece held, if none did) to the newest piece, still sealed."""
         with self._lock:
             items = list(self._pieces)
         start = None
@@ -75,9 +75,11 @@ class Ring:
                 start = index
             if item.wall > moment and start is not None:
                 break
-        if start is None:
-            return []
-        return [(item, self._aead.decrypt(item.nonce, item.blob, None)) for item in items[start:]]
+        return [] if start is None else items[start:]
+
+    def open(self, item: Sealed) -> bytes:
+        """A piece's plaintext."""
+        return self._aead.decrypt(item.nonce, item.blob, None)
 
     def held_seconds(self, now: float) -> float:
         """How far back the ring reaches."""

@@ -28,6 +28,7 @@ from edgebox.recorder.spool import Spool
 log = logging.getLogger("edgebox.recorder")
 
 RECONCILE_SECONDS = 2.0
+RING_MARGIN = 2.0  # seconds the ring keeps beyond the pre-event (a piece is at most 2 s)
 _TEXT = {"why": 500, "who": 128, "where": 128, "incident": 64}
 
 
@@ -152,8 +153,8 @@ class Recorder:
 
     def _start_puller(self, spec: CameraSpec) -> None:
         ring = self.rings.get(spec.device_id)
-        if ring is None or ring.seconds != spec.pre_event_seconds:
-            ring = self.rings[spec.device_id] = Ring(spec.pre_event_seconds + 2)
+        if ring is None or ring.seconds != spec.pre_event_seconds + RING_MARGIN:
+            ring = self.rings[spec.device_id] = Ring(spec.pre_event_seconds + RING_MARGIN)
         self.pullers[spec.device_id] = Puller(
             spec, self.epoch, self._piece, self.registry.set_state, self._session_end
         ).start()
@@ -258,11 +259,7 @@ class Recorder:
         )
         ring = self.rings.get(camera["id"])
         if ring is not None:
-            for sealed, plaintext in ring.since(trigger.at - camera["pre_event_seconds"]):
-                event.take(
-                    Piece(b"", sealed.wall, None, sealed.keyframe, sealed.session, sealed.psi),
-                    plaintext,
-                )
+            event.start_backfill(ring.since(trigger.at - camera["pre_event_seconds"]), ring.open)
         event.save_manifest()
         self.events[camera["id"]] = event
         return {"camera": camera["name"], "event": event_id, "extended": False}
