@@ -10,7 +10,7 @@ encryption would. Both are measured over the same windows, so the shared machine
 hits both: user+sys CPU seconds of the box process with its ffmpeg children, and of the
 peer's ffmpegs, per second of stream; and the resident memory of each. Then, with every
 ring full, triggers through the API: the time from the request to the recording started
-(its 30 s of pre-event spooled: the API answers then) and to the MP4 in the vault.
+(the API answers once the events are open) and to the MP4s in the vault.
 
     python bench/rtsp.py                   # rewrites "## RTSP recorder" of bench/RESULTS.md
     python bench/rtsp.py --quick --no-write
@@ -274,9 +274,11 @@ def report(bench: Bench) -> str:
         )
     lines += [
         "",
-        "Trigger to recording start (the API answers once the pre-event is in the encrypted "
-        "spool) and to the MP4 in the vault (remux, upload service, vault, custody), with "
-        "every ring full (≥ 31 s) and a 1 s post-event:",
+        "Trigger to recording start (the API answers once each camera's event is open: from "
+        "then on every new piece goes to it, and a thread copies its 30 s pre-event from the "
+        "encrypted ring to the encrypted spool) and to the MP4s in the vault (spool complete, "
+        "remux, upload service, vault, custody; one camera at a time), with every ring full "
+        "(≥ 31 s) and a 1 s post-event:",
         "",
         "| trigger | answered (recording started) | MP4s in the vault |",
         "| --- | --- | --- |",

@@ -19,6 +19,8 @@ from edgebox.clock import iso_at as iso_of
 from edgebox.recorder.pieces import Piece
 from edgebox.recorder.spool import Spool
 
+SYNC_EVERY = 10  # pieces (~10 s): the spool is made durable this often
+
 
 @dataclass
 class Trigger:
@@ -137,6 +139,8 @@ class Event:
         self.first_wall = wall if self.first_wall is None else self.first_wall
         self.last_wall = wall
         self.pieces += 1
+        if self.pieces % SYNC_EVERY == 0:  # what a power cut may lose stays bounded
+            self.spool.sync()
 
     def open_gap(self, when: float, reason: str) -> dict:
         """The stream dropped: note a gap from the last piece received."""

@@ -34,7 +34,7 @@ log = logging.getLogger("edgebox.recorder")
 
 READ_SIZE = 188 * 5577  # ~1 MiB of whole TS packets
 PIPE_SIZE = 1 << 20  # ffmpeg's pipe holds ~2 s of a 4 Mbit/s stream...
-BATCH_SECONDS = 0.25  # ...so the box reads it 4 times a second, not at every frame
+BATCH_SECONDS = 0.5  # ...so the box reads it twice a second, not at every frame
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), named in the fcntl module from Python 3.10
 NO_DATA_SECONDS = 10.0  # a connected stream silent this long is dropped and reconnected
 BACKOFF_START = 1.0
@@ -179,8 +179,10 @@ class Puller:
         streamed = False
         reason = ""
         fd = proc.stdout.fileno()
-        with contextlib.suppress(OSError):  # a smaller pipe only means more reads
+        batch = 0.0  # with the default 64 KiB pipe, read at every frame
+        with contextlib.suppress(OSError):
             fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", F_SETPIPE_SZ), PIPE_SIZE)
+            batch = BATCH_SECONDS
         last_data = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -199,7 +201,8 @@ class Puller:
                         streamed = self.ever_streamed = True
                         self._set("streaming", None)
                     self._on_piece(self.spec.device_id, piece)
-                self.stop_event.wait(BATCH_SECONDS)
+                if batch:
+                    self.stop_event.wait(batch)
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgebox.errors import VaultError
+from edgebox.lowlevel.durable import fsync_dir
 
 _LENGTH = struct.Struct(">I")
 
@@ -32,6 +33,7 @@ class Spool:
         self._fd = fd
         self.records = 0
         self.size = 0  # plaintext bytes appended
+        self._key_synced = True
 
     @classmethod
     def create(cls, path: Path, wrapping_key: bytes) -> Spool:
@@ -43,10 +45,10 @@ class Spool:
         key_fd = os.open(_key_path(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(key_fd, "wb") as handle:
             handle.write(nonce + wrapped)
-            handle.flush()
-            os.fsync(handle.fileno())
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        return cls(path, key, fd)
+        spool = cls(path, key, fd)
+        spool._key_synced = False  # made durable with the first sync, not on the trigger's path
+        return spool
 
     @classmethod
     def open(cls, path: Path, wrapping_key: bytes) -> Spool:
@@ -68,8 +70,16 @@ class Spool:
         self.size += len(data)
 
     def sync(self) -> None:
-        """Make what was appended durable."""
+        """Make what was appended durable (and the wrapped key, the first time)."""
         os.fsync(self._fd)
+        if not self._key_synced:
+            key_fd = os.open(_key_path(self.path), os.O_RDONLY)
+            try:
+                os.fsync(key_fd)
+            finally:
+                os.close(key_fd)
+            fsync_dir(self.path.parent)
+            self._key_synced = True
 
     def close(self) -> None:
         """Close the file (it stays readable)."""
