@@ -134,3 +134,77 @@ def add_rtsp(name, url, username, password_file, pre_event, post_event, config_f
             post_event_seconds=post_event,
         )
     emit(row, as_json, lambda r: click.echo(f"camera {r['name']} added as {r['id']} ({r['url']})"))
+
+
+@cameras.command("discover")
+@click.option("--timeout", type=float, default=3.0, help="Seconds to gather answers.")
+@click.option(
+    "--address",
+    metavar="HOST:PORT",
+    help="Probe one device directly instead of the multicast group 239.255.255.250:3702.",
+)
+@json_option
+@handle_errors
+def discover(timeout, address, as_json):
+    """Find ONVIF cameras on the camera network (WS-Discovery) and list their addresses."""
+    from edgebox.config import parse_listen
+    from edgebox.recorder import onvif
+
+    target = parse_listen(address) if address else onvif.MULTICAST
+    found = onvif.discover(timeout, target)
+
+    def text(rows):
+        if not rows:
+            click.echo("no ONVIF camera answered")
+        for r in rows:
+            click.echo(f"{r['name'] or '?':<20} {r['hardware'] or '?':<16} {' '.join(r['xaddrs'])}")
+
+    emit(found, as_json, text)
+
+
+@cameras.command("add-onvif")
+@click.argument("name")
+@click.argument("xaddr")
+@click.option("--username", help="User name on the camera (ONVIF and RTSP).")
+@click.option(
+    "--password-file",
+    metavar="FILE",
+    help="File holding the camera's password (else $EDGEBOX_CAMERA_PASSWORD, or a prompt).",
+)
+@click.option("--profile", help="Media profile token (default: the camera's first).")
+@click.option(
+    "--pre-event", type=float, help="Seconds kept before a trigger (at least 30; default: config)."
+)
+@click.option("--post-event", type=float, help="Seconds recorded after a stop (default: config).")
+@config_option
+@json_option
+@handle_errors
+def add_onvif(
+    name, xaddr, username, password_file, profile, pre_event, post_event, config_file, as_json
+):
+    """Add a camera by its ONVIF device service address (XADDR, as `discover` lists it): the
+    box asks it for its profiles and the chosen profile's RTSP URI, then pulls that."""
+    from edgebox.recorder import onvif
+
+    password = None
+    if username:
+        password = read_secret(password_file, "Camera password", env="EDGEBOX_CAMERA_PASSWORD")
+    chosen = onvif.pick_profile(onvif.stream_profiles(xaddr, username, password), profile)
+    with opened_box(config_file) as box:
+        row = _registry(box).add(
+            name,
+            chosen["uri"],
+            "operator",
+            username=username,
+            password=password,
+            pre_event_seconds=pre_event,
+            post_event_seconds=post_event,
+        )
+    row["onvif_profile"] = chosen
+    emit(
+        row,
+        as_json,
+        lambda r: click.echo(
+            f"camera {r['name']} added as {r['id']} ({r['url']}, profile {chosen['token']})"
+        ),
+    )
