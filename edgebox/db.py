@@ -301,7 +301,8 @@ def m115_rtsp_cameras(db: sqlite_utils.Database) -> None:
     """Cameras the box pulls from over RTSP (edgebox/recorder): one row per camera, tied to
     its `devices` row (so its recordings name a device like uploaded ones). The credentials
     are sealed (AES-GCM under a key derived from the box's ingest key), the URL holds none.
-    `state`, `state_since` and `error` are the puller's live state, written on each change."""
+    `state`, `state_since` and `error` are the puller's live state, written on each change;
+    `onvif_xaddr` is the device service of a camera added by ONVIF (its events trigger)."""
     db.executescript(
         """
         CREATE TABLE rtsp_cameras (
@@ -317,7 +318,8 @@ def m115_rtsp_cameras(db: sqlite_utils.Database) -> None:
             state_since TEXT,
             streaming_since TEXT,
             offline_since TEXT,
-            error TEXT
+            error TEXT,
+            onvif_xaddr TEXT
         );
         """
     )

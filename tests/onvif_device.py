@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import queue
 import socket
 import threading
 import uuid
@@ -23,6 +24,7 @@ from xml.sax.saxutils import escape
 from edgebox.recorder.onvif import NS
 
 _WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+_TEV = "http://www.onvif.org/ver10/events/wsdl"
 _WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
 _ENVELOPE = (
     '<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="{s}" xmlns:a="{a}" '
@@ -47,6 +49,7 @@ class OnvifDevice:
         self.xaddr = f"http://127.0.0.1:{self.http.server_port}/onvif/device_service"
         self.endpoint = f"urn:uuid:{uuid.uuid4()}"
         self.calls: list[str] = []
+        self.events: queue.Queue = queue.Queue()  # topics PullMessages hands out
 
     @property
     def discovery_address(self) -> tuple[str, int]:
@@ -113,10 +116,18 @@ class OnvifDevice:
             )
             return 400, _ENVELOPE.format(header="", body=fault)
         port = self.http.server_port
+        if self.calls[-1] == "PullMessages":
+            return 200, _ENVELOPE.format(header="", body=self._pull())
         bodies = {
-            "GetCapabilities": "<tds:GetCapabilitiesResponse><tds:Capabilities><tt:Media>"
-            f"<tt:XAddr>http://127.0.0.1:{port}/onvif/media_service</tt:XAddr>"
+            "GetCapabilities": "<tds:GetCapabilitiesResponse><tds:Capabilities><tt:Events>"
+            f"<tt:XAddr>http://127.0.0.1:{port}/onvif/event_service</tt:XAddr></tt:Events>"
+            f"<tt:Media><tt:XAddr>http://127.0.0.1:{port}/onvif/media_service</tt:XAddr>"
             "</tt:Media></tds:Capabilities></tds:GetCapabilitiesResponse>",
+            "CreatePullPointSubscription": f"<tev:CreatePullPointSubscriptionResponse "
+            f'xmlns:tev="{_TEV}" xmlns:wsa5="http://www.w3.org/2005/08/addressing">'
+            "<tev:SubscriptionReference><wsa5:Address>"
+            f"http://127.0.0.1:{port}/onvif/pull_point/1</wsa5:Address>"
+            "</tev:SubscriptionReference></tev:CreatePullPointSubscriptionResponse>",
             "GetProfiles": "<trt:GetProfilesResponse>"
             '<trt:Profiles token="main"><tt:Name>Main</tt:Name><tt:VideoEncoderConfiguration>'
             "<tt:Encoding>H264</tt:Encoding><tt:Resolution><tt:Width>320</tt:Width>"
@@ -128,6 +139,30 @@ class OnvifDevice:
             "</trt:GetStreamUriResponse>",
         }
         return 200, _ENVELOPE.format(header="", body=bodies[self.calls[-1]])
+
+    def motion(self, active: bool = True) -> None:
+        """The camera sees motion start (or end): the next PullMessages reports it."""
+        self.events.put(("tns1:RuleEngine/CellMotionDetector/Motion", active))
+
+    def _pull(self, wait: float = 1.0) -> str:
+        """A PullMessagesResponse with the events waiting (held up to `wait` for one)."""
+        notes = []
+        try:
+            notes.append(self.events.get(timeout=wait))
+            while True:
+                notes.append(self.events.get_nowait())
+        except queue.Empty:
+            pass
+        body = "".join(
+            '<wsnt:NotificationMessage xmlns:wsnt="http://docs.oasis-open.org/wsn/b-2">'
+            f'<wsnt:Topic Dialect="http://www.onvif.org/ver10/tev/topicExpression/ConcreteSet">'
+            f'{topic}</wsnt:Topic><wsnt:Message><tt:Message UtcTime="2026-01-01T00:00:00Z">'
+            '<tt:Source><tt:SimpleItem Name="VideoSourceConfigurationToken" Value="1"/>'
+            f'</tt:Source><tt:Data><tt:SimpleItem Name="IsMotion" Value="{str(active).lower()}"/>'
+            "</tt:Data></tt:Message></wsnt:Message></wsnt:NotificationMessage>"
+            for topic, active in notes
+        )
+        return f'<tev:PullMessagesResponse xmlns:tev="{_TEV}">{body}</tev:PullMessagesResponse>'
 
     def _handler(self):
         device = self

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 
@@ -36,17 +37,36 @@ def test_discover_then_add_by_onvif_and_the_box_pulls_it(box, box_config, device
     secret = tmp_path / "pw"
     secret.write_text(PASSWORD)
     added = run_cli("cameras", "add-onvif", "gate", device.xaddr, "--username", "viewer",
-                    "--password-file", str(secret), "--json", config=box_config)  # fmt: skip
+                    "--password-file", str(secret), "--post-event", "1", "--json",
+                    config=box_config)  # fmt: skip
     assert added.returncode == 0, added.stderr
     row = json.loads(added.stdout)
     assert row["onvif_profile"]["token"] == "main" and row["onvif_profile"]["width"] == 320
     assert PASSWORD not in added.stdout and "viewer" not in row["url"]
-    assert device.calls == ["GetCapabilities", "GetProfiles", "GetStreamUri", "GetStreamUri"]
+    assert device.calls[:4] == ["GetCapabilities", "GetProfiles", "GetStreamUri", "GetStreamUri"]
     wait_until(
         lambda: box.recorder.registry.get("gate")["state"] == "streaming",
         30,
         "the ONVIF camera to stream",
     )
+    wait_until(lambda: "PullMessages" in device.calls, 20, "the box to pull the camera's events")
+    time.sleep(3)
+    device.motion(True)
+    device.motion(False)  # an end of motion starts nothing
+    recording = wait_until(
+        lambda: box.store.one(
+            "SELECT r.* FROM recordings r JOIN custody c ON c.subject = r.id "
+            "AND c.event = 'recorder.recorded' WHERE r.serial = 'gate'"
+        ),
+        30,
+        "the motion's recording",
+    )
+    assert recording["user_id"] == "camera:gate" and "Motion" in recording["trigger_on"]
+    assert json.loads(recording["metadata"])["trigger_source"] == "onvif"
+    triggers = box.store.query(
+        "SELECT actor FROM custody WHERE event = 'recorder.triggered' AND actor = 'camera:gate'"
+    )
+    assert len(triggers) == 1
 
 
 def test_wrong_onvif_password_or_profile_adds_nothing(box, box_config, device, tmp_path):

@@ -199,6 +199,7 @@ def add_onvif(
             password=password,
             pre_event_seconds=pre_event,
             post_event_seconds=post_event,
+            onvif_xaddr=xaddr,
         )
     row["onvif_profile"] = chosen
     emit(

@@ -44,6 +44,7 @@ class CameraSpec:
     post_event_seconds: float
     username: str | None = None
     password: str | None = None
+    onvif_xaddr: str | None = None
 
     def source_url(self) -> str:
         """The URL given to ffmpeg, credentials included (never logged, never shown)."""
@@ -137,11 +138,15 @@ class CameraRegistry:
         password: str | None = None,
         pre_event_seconds: float | None = None,
         post_event_seconds: float | None = None,
+        onvif_xaddr: str | None = None,
     ) -> dict:
-        """Add a camera (credentials in the URL or given apart; both at once is refused)."""
+        """Add a camera (credentials in the URL or given apart; both at once is refused);
+        `onvif_xaddr`: its ONVIF device service, whose events then trigger recordings."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise _bad("name", "name must be 1-63 letters, digits, '.', '_' or '-'")
         clean, url_user, url_password = split_url(url)
+        if onvif_xaddr is not None and not str(onvif_xaddr).startswith(("http://", "https://")):
+            raise _bad("onvif_xaddr", "onvif_xaddr must be an http:// or https:// address")
         if url_user and username:
             raise _bad("username", "give the credentials in the URL or apart, not both")
         username, password = (url_user, url_password) if url_user else (username, password)
@@ -189,6 +194,7 @@ class CameraRegistry:
                     "post_event_seconds": post,
                     "added_at": now,
                     "added_by": actor,
+                    "onvif_xaddr": onvif_xaddr,
                     "state_since": now,
                 }
             )
@@ -237,6 +243,7 @@ class CameraRegistry:
                     row["post_event_seconds"],
                     username,
                     password,
+                    row["onvif_xaddr"],
                 )
             )
         return specs
@@ -257,6 +264,32 @@ class CameraRegistry:
 _PUBLIC = (
     "SELECT r.device_id AS id, r.name, r.url, r.credentials IS NOT NULL AS has_credentials, "
     "r.pre_event_seconds, r.post_event_seconds, r.added_at, r.state, r.state_since, "
-    "r.streaming_since, r.offline_since, r.error, d.revoked_at "
+    "r.streaming_since, r.offline_since, r.error, r.onvif_xaddr, d.revoked_at "
     "FROM rtsp_cameras r JOIN devices d ON d.id = r.device_id"
 )
+
+
+ALARM_AFTER_SECONDS = 60  # a camera down this long raises an alarm (not a brief reconnect)
+
+
+def camera_alarms(store, now: float) -> list[dict]:
+    """Warnings for RTSP cameras not streaming for a minute or more, for the status `alarms`."""
+    from edgebox.clock import parse_rfc3339
+
+    alarms = []
+    for row in store.query(
+        "SELECT r.name, r.state, r.offline_since, r.error FROM rtsp_cameras r "
+        "JOIN devices d ON d.id = r.device_id WHERE d.revoked_at IS NULL "
+        "AND r.state != 'streaming' AND r.offline_since IS NOT NULL"
+    ):
+        if now - parse_rfc3339(row["offline_since"]).timestamp() < ALARM_AFTER_SECONDS:
+            continue
+        alarms.append(
+            {
+                "source": f"camera:{row['name']}",
+                "severity": "warning",
+                "since": row["offline_since"],
+                "message": f"camera {row['name']} is {row['state']}: {row['error'] or 'no stream'}",
+            }
+        )
+    return alarms

@@ -20,6 +20,7 @@ from edgebox.errors import EdgeboxError, NotFound
 from edgebox.recorder import assemble
 from edgebox.recorder.cameras import CameraRegistry, CameraSpec
 from edgebox.recorder.event import Event, Trigger
+from edgebox.recorder.onvif_events import EventPoller
 from edgebox.recorder.pieces import Piece
 from edgebox.recorder.puller import Puller
 from edgebox.recorder.ring import Ring
@@ -67,6 +68,7 @@ class Recorder:
         self.max_event_seconds = float(box.config.recorder.max_event_seconds)
         self.epoch = time.time()
         self.pullers: dict[str, Puller] = {}
+        self.pollers: dict[str, EventPoller] = {}
         self.rings: dict[str, Ring] = {}
         self.events: dict[str, Event] = {}
         self.finished: list[dict] = []  # what the finisher did, newest last (for status)
@@ -95,8 +97,9 @@ class Recorder:
         for thread in self._threads:
             thread.join(timeout=120)
         with self._lock:
-            pullers = list(self.pullers.values())
+            pullers = [*self.pollers.values(), *self.pullers.values()]
             self.pullers.clear()
+            self.pollers.clear()
         for puller in pullers:
             puller.stop()
 
@@ -147,6 +150,9 @@ class Recorder:
                     if camera_id in self.events:
                         self._end_event(camera_id, "the camera was removed or changed")
                     threading.Thread(target=puller.stop, daemon=True).start()
+                    poller = self.pollers.pop(camera_id, None)
+                    if poller is not None:
+                        threading.Thread(target=poller.stop, daemon=True).start()
             for camera_id, spec in wanted.items():
                 if camera_id not in self.pullers:
                     self._start_puller(spec)
@@ -158,6 +164,21 @@ class Recorder:
         self.pullers[spec.device_id] = Puller(
             spec, self.epoch, self._piece, self.registry.set_state, self._session_end
         ).start()
+        if spec.onvif_xaddr:
+            self.pollers[spec.device_id] = EventPoller(spec, self._onvif_event).start()
+
+    def _onvif_event(self, spec: CameraSpec, topic: str) -> None:
+        """A camera's motion or input became active: record it (extending a recording
+        in progress), for the camera's post-event time."""
+        body = {
+            "why": f"ONVIF event {topic}"[:500],
+            "cameras": [spec.device_id],
+            "post_event_seconds": max(spec.post_event_seconds, 1.0),
+        }
+        try:
+            self.trigger(body, f"camera:{spec.name}", "onvif")
+        except EdgeboxError as exc:
+            log.warning("camera %s: ONVIF event not recorded: %s", spec.name, exc.message)
 
     # -- pieces from the pullers -------------------------------------------
     def _piece(self, camera_id: str, piece: Piece) -> None:
