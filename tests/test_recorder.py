@@ -434,6 +434,9 @@ def test_camera_killed_mid_event_keeps_what_came_and_records_the_gap(rig, tmp_pa
     assert restarted - killed - 1 <= gap <= back - killed + 2, (gap, killed, restarted, back)
     assert seconds_between(clocks[-1], time.time()) < 10, "footage after the restart is kept"
     assert float(probe(clip)["format"]["duration"]) >= PRE + 5
+    alarms = {a["source"]: a for a in box.status()["alarms"]}
+    assert "camera:dead" in alarms and "offline" in alarms["camera:dead"]["message"]
+    assert "camera:front" not in alarms and "camera:rear" not in alarms
 
 
 def test_a_box_killed_mid_event_records_what_it_spooled_at_restart(rig, tmp_path):
