@@ -195,7 +195,7 @@ class Event:
             [Trigger(**t) for t in body["triggers"]],
             first_wall=body["first_wall"] or body["triggers"][0]["at"],
             last_wall=spool.path.stat().st_mtime,
-            pieces=1,
+            pieces=1 if spool.path.stat().st_size else 0,
             ended=True,
         )
         event.gaps.append(

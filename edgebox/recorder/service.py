@@ -9,17 +9,17 @@ and hands them to the finisher, which remuxes and ingests them one at a time.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
 
-from edgebox import catalog, custody
+from edgebox import custody
 from edgebox.clock import iso_at
 from edgebox.errors import EdgeboxError, NotFound
 from edgebox.recorder import assemble
 from edgebox.recorder.cameras import CameraRegistry, CameraSpec
 from edgebox.recorder.event import Event, Trigger
+from edgebox.recorder.finisher import Finisher
 from edgebox.recorder.onvif_events import EventPoller
 from edgebox.recorder.pieces import Piece
 from edgebox.recorder.puller import Puller
@@ -28,9 +28,10 @@ from edgebox.recorder.spool import Spool
 
 log = logging.getLogger("edgebox.recorder")
 
-RECONCILE_SECONDS = 2.0
+RECONCILE_SECONDS = 2.0  # how often the camera list is read again
+DUE_CHECK_SECONDS = 0.5  # how often events are checked for their end (a stream may be silent)
 RING_MARGIN = 2.0  # seconds the ring keeps beyond the pre-event (a piece is at most 2 s)
-_TEXT = {"why": 500, "who": 128, "where": 128, "incident": 64}
+_TEXT = {"why": 500, "where": 128, "incident": 64}
 
 
 def _text(body: dict, name: str, required: bool = False) -> str | None:
@@ -71,20 +72,20 @@ class Recorder:
         self.pollers: dict[str, EventPoller] = {}
         self.rings: dict[str, Ring] = {}
         self.events: dict[str, Event] = {}
-        self.finished: list[dict] = []  # what the finisher did, newest last (for status)
+        self.finisher = Finisher(box, self.spool_dir, self.max_event_seconds)
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        self._due: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
+        self._next_sync = 0.0  # when the camera list is read again
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> Recorder:
-        """Queue the events a crash cut short, then start the reconcile loop and the finisher."""
-        self._recover()
-        for target, name in ((self._reconcile_loop, "recorder"), (self._finisher, "finisher")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        """Queue the events a crash cut short, then start the finisher and the reconcile loop."""
+        self.finisher.recover()
+        self.finisher.start()
+        thread = threading.Thread(target=self._reconcile_loop, name="recorder", daemon=True)
+        thread.start()
+        self._threads.append(thread)
         return self
 
     def stop(self) -> None:
@@ -93,9 +94,9 @@ class Recorder:
             for camera_id in list(self.events):
                 self._end_event(camera_id, "the box stopped")
         self._stop.set()
-        self._due.put(None)
         for thread in self._threads:
-            thread.join(timeout=120)
+            thread.join(timeout=10)
+        self.finisher.stop()
         with self._lock:
             pullers = [*self.pollers.values(), *self.pullers.values()]
             self.pullers.clear()
@@ -103,34 +104,13 @@ class Recorder:
         for puller in pullers:
             puller.stop()
 
-    def _recover(self) -> None:
-        """Events whose spool outlived the process (kill -9, power cut) are recorded with what
-        they hold, their end noted as a gap; a half-made MP4 spool is made again."""
-        for leftover in self.spool_dir.glob("*.mp4.spool"):
-            Spool(leftover, b"\0" * 32).discard()
-        for path in sorted(self.spool_dir.glob("*.ts.spool")):
-            try:
-                spool = Spool.open(path, self.box.keys.ingest_key())
-                event = Event.from_manifest(spool, self.max_event_seconds)
-            except (OSError, ValueError, KeyError, EdgeboxError) as exc:
-                log.error("spool %s cannot be recovered: %s", path.name, exc)
-                continue
-            custody.record(
-                self.store,
-                "recorder.recovered",
-                "box",
-                event.camera_id,
-                {"event": event.event_id, "triggers": [t.id for t in event.triggers]},
-            )
-            self._due.put((event, "the box stopped unexpectedly; recovered at restart"))
-
     def _reconcile_loop(self) -> None:
         while not self._stop.is_set():
             try:
                 self.reconcile()
             except Exception:  # noqa: BLE001 - keep recording whatever failed once
                 log.exception("recorder reconcile failed")
-            self._stop.wait(min(RECONCILE_SECONDS, 0.5))
+            self._stop.wait(DUE_CHECK_SECONDS)
 
     def reconcile(self) -> None:
         """Match pullers to the cameras in the database; end events that are due."""
@@ -139,7 +119,7 @@ class Recorder:
             for camera_id, event in list(self.events.items()):
                 if event.due(now):
                     self._end_event(camera_id, "")
-        if getattr(self, "_next_sync", 0) > now:
+        if self._next_sync > now:
             return
         self._next_sync = now + RECONCILE_SECONDS
         wanted = {spec.device_id: spec for spec in self.registry.active_specs()}
@@ -314,95 +294,7 @@ class Recorder:
         if event is None:
             return
         event.finish()
-        self._due.put((event, reason))
-
-    def _finisher(self) -> None:
-        while True:
-            item = self._due.get()
-            if item is None:
-                if self._stop.is_set() and self._due.empty():
-                    return
-                continue
-            event, reason = item
-            try:
-                result = self._record(event, reason)
-            except Exception as exc:  # noqa: BLE001 - kept on disk (encrypted), reported
-                log.exception("event %s could not be recorded", event.event_id)
-                message = getattr(exc, "message", str(exc))
-                custody.record(
-                    self.store,
-                    "recorder.failed",
-                    "recorder",
-                    event.camera_id,
-                    {"event": event.event_id, "error": message},
-                )
-                result = {"event": event.event_id, "camera": event.camera_name, "error": message}
-            with self._lock:
-                self.finished.append(result)
-                del self.finished[:-50]
-
-    def _record(self, event: Event, reason: str) -> dict:
-        """Remux the event, ingest it, log it; the spools go once the recording is in."""
-        if event.pieces == 0:
-            event.spool.discard()
-            custody.record(
-                self.store,
-                "recorder.nothing_recorded",
-                "recorder",
-                event.camera_id,
-                {"event": event.event_id, "triggers": [t.id for t in event.triggers]},
-            )
-            return {"event": event.event_id, "camera": event.camera_name, "error": "no footage"}
-        _, mp4_path = assemble.spool_paths(self.spool_dir, event.event_id)
-        mp4 = Spool.create(mp4_path, self.box.keys.ingest_key())
-        try:
-            size, sha256 = assemble.remux(event.spool, mp4)
-            device = self.store.one("SELECT * FROM devices WHERE id = ?", (event.camera_id,))
-            recording_id = assemble.ingest(
-                self.box.uploads, device, mp4, size, self._metadata(event, sha256, reason)
-            )
-        finally:
-            mp4.discard()
-        event.spool.discard()
-        first = event.triggers[0]
-        incident = next((t.incident for t in event.triggers if t.incident), None)
-        if incident:
-            catalog.tag(self.store, recording_id, {"incident": incident}, first.who)
-        custody.record(
-            self.store,
-            "recorder.recorded",
-            first.who,
-            recording_id,
-            {
-                "camera": event.camera_name,
-                "event": event.event_id,
-                "triggers": [t.public() for t in event.triggers],
-                "pre_event_seconds": round(first.at - event.first_wall, 3),
-                "gaps": event.gaps,
-                "ended": reason or "trigger ended",
-            },
-        )
-        return {"event": event.event_id, "camera": event.camera_name, "recording": recording_id}
-
-    def _metadata(self, event: Event, sha256: str, reason: str) -> dict:
-        first = event.triggers[0]
-        stamp = iso_at(event.first_wall).replace("-", "").replace(":", "")[:15]
-        return {
-            "serial": event.camera_name,
-            "filename": f"{event.camera_name}-{stamp}Z.mp4",
-            "user_id": first.who[:128],
-            "started_at": iso_at(event.first_wall),
-            "stopped_at": iso_at(event.closed_at or event.last_wall),
-            "trigger_on": first.why[:128],
-            "trigger_off": (reason or "trigger ended")[:128],
-            "pre_event_seconds": f"{first.at - event.first_wall:.3f}",
-            "sha256": sha256,
-            "source": "rtsp",
-            "trigger_ids": ",".join(t.id for t in event.triggers),
-            "trigger_where": first.where,
-            "trigger_source": first.source,
-            "gaps": assemble.json_text(event.gaps),
-        }
+        self.finisher.put(event, reason)
 
     # -- status -------------------------------------------------------------
     def cameras(self) -> list[dict]:
