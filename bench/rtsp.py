@@ -43,7 +43,7 @@ from bench.common import (  # noqa: E402
     publish,
     run_cli,
 )
-from bench.tus import DemoBox, plain_session  # noqa: E402
+from bench.tus import DemoBox, Pattern, TusUploader, plain_session  # noqa: E402
 from tests.rtsp_fixtures import RtspCamera  # noqa: E402
 
 PASSWORD = "bench-password-123"
@@ -96,6 +96,7 @@ class Bench:
         self.args, self.root = args, root
         self.rows: list[dict] = []
         self.latency: dict = {}
+        self.ingest: dict | None = None
         self.peers: list[Proc] = []
 
     def run(self) -> None:
@@ -123,6 +124,7 @@ class Bench:
                         str(secret), "--config", box.config)  # fmt: skip
                 for count in args.cameras:
                     self.stage(server, count)
+                self.ingest_stage()
                 self.triggers()
             finally:
                 for peer in self.peers:
@@ -195,6 +197,33 @@ class Bench:
                 f"bench: {count} cameras: box {row['box_cpu'] * 100:.1f}% "
                 f"(python {row['box_python_cpu'] * 100:.1f}%), peer {row['peer_cpu'] * 100:.1f}%"
             )
+
+    def ingest_stage(self) -> None:
+        """With every camera pulled, a tus upload at full speed: its rate, the box's CPU, and
+        whether any camera's stream dropped meanwhile."""
+        if self.args.upload_mib <= 0:
+            return
+        serial, token = self.box.enroll("BENCH-TUS")
+        uploader = TusUploader(f"{self.box.url}/tus/", self.box.cert, token, serial)
+        size = self.args.upload_mib * MIB
+        before = {c["name"]: c["state_since"] for c in self.cameras()}
+        box = recorder_processes(self.box.proc.pid)
+        cpu0, start = cpu_of(box), time.monotonic()
+        try:
+            uploader.upload(Pattern(8 * MIB), size, 8 * MIB)
+        finally:
+            uploader.close()
+        elapsed = time.monotonic() - start
+        after = {c["name"]: (c["state"], c["state_since"]) for c in self.cameras()}
+        self.ingest = {
+            "cameras": len(before),
+            "mib": self.args.upload_mib,
+            "seconds": elapsed,
+            "mb_per_s": size / elapsed / 1e6,
+            "box_cpu": (cpu_of(box) - cpu0) / elapsed,
+            "drops": sorted(n for n, since in before.items() if after[n] != ("streaming", since)),
+        }
+        log(f"bench: upload while pulling: {self.ingest}")
 
     def triggers(self) -> None:
         """With full rings: trigger one camera, then all, and time the answers and the MP4s."""
@@ -272,6 +301,20 @@ def report(bench: Bench) -> str:
             f"| {med('box_python_rss') / MIB:.0f} MiB; {med('box_rss') / MIB:.0f} MiB "
             f"| {med('peer_rss') / MIB:.0f} MiB |"
         )
+    if bench.ingest:
+        ingest = bench.ingest
+        lines += [
+            "",
+            f"While the box pulled {ingest['cameras']} cameras, one tus upload of "
+            f"{ingest['mib']} MiB (8 MiB PATCHes over HTTPS) ran at {ingest['mb_per_s']:.0f} MB/s "
+            f"({ingest['seconds']:.1f} s); the box (python + ffmpeg) used "
+            f"{ingest['box_cpu'] * 100:.0f}% of a core meanwhile, and "
+            + (
+                "no camera's stream dropped."
+                if not ingest["drops"]
+                else f"these cameras' streams dropped: {', '.join(ingest['drops'])}."
+            ),
+        ]
     lines += [
         "",
         "Trigger to recording start (the API answers once each camera's event is open: from "
@@ -302,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bitrate", default="4M")
     parser.add_argument("--clip-seconds", type=int, default=300)
     parser.add_argument("--trigger-reps", type=int, default=2)
+    parser.add_argument("--upload-mib", type=int, default=1024, help="tus upload while pulling")
     parser.add_argument("--quick", action="store_true", help="1 and 2 cameras, short windows")
     add_output_args(parser, json_help="also write the raw figures here")
     args, unknown = parser.parse_known_args(argv)
@@ -309,13 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"bench/rtsp.py: ignoring {' '.join(unknown)}")
     if args.quick:
         args.cameras, args.window, args.reps, args.trigger_reps = [0, 1, 2], 5.0, 2, 1
+        args.upload_mib = 64
     args.command = "python bench/rtsp.py " + " ".join(argv)
     exit_on_sigterm()
     root = Path(tempfile.mkdtemp(prefix="bench-rtsp-", dir=args.workdir))
     try:
         bench = Bench(args, root)
         bench.run()
-        publish(args, HEADING, report(bench), {"rows": bench.rows, "latency": bench.latency})
+        raw = {"rows": bench.rows, "latency": bench.latency, "ingest": bench.ingest}
+        publish(args, HEADING, report(bench), raw)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
