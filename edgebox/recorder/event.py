@@ -162,8 +162,10 @@ class Event:
             filling.join()
         with self.lock:
             self.ended = True
-            self.spool.sync()
-            self.spool.close()
+            try:
+                self.spool.sync()
+            finally:
+                self.spool.close()
 
     def save_manifest(self) -> None:
         """Write what a restart needs to finish this event after a crash (its camera, triggers

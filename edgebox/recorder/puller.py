@@ -138,7 +138,11 @@ class Puller:
     def _run(self) -> None:
         backoff = BACKOFF_START
         while not self.stop_event.is_set():
-            streamed, reason = self._session()
+            try:
+                streamed, reason = self._session()
+            except Exception as exc:  # noqa: BLE001 - the camera is retried, never dropped
+                log.exception("camera %s: puller failed", self.spec.name)
+                streamed, reason = False, f"internal error: {exc}"
             if self.stop_event.is_set():
                 return
             if _AUTH.search(reason):

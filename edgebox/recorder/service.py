@@ -164,10 +164,19 @@ class Recorder:
     def _piece(self, camera_id: str, piece: Piece) -> None:
         self.rings[camera_id].add(piece)
         event = self.events.get(camera_id)
-        if event is not None and not event.take(piece):
+        if event is None:
+            return
+        try:
+            taken = event.take(piece)
+        except OSError as exc:  # a full or failing disk: keep what the spool holds
+            log.error("camera %s: spool write failed: %s", event.camera_name, exc)
+            taken, reason = False, f"the spool could not be written: {exc.strerror}"
+        else:
+            reason = ""
+        if not taken:
             with self._lock:
                 if self.events.get(camera_id) is event:
-                    self._end_event(camera_id, "")
+                    self._end_event(camera_id, reason)
 
     def _session_end(self, camera_id: str, session: int, reason: str) -> None:
         event = self.events.get(camera_id)
@@ -293,7 +302,10 @@ class Recorder:
         event = self.events.pop(camera_id, None)
         if event is None:
             return
-        event.finish()
+        try:
+            event.finish()
+        except OSError as exc:  # the finisher still records what reached the spool
+            log.error("camera %s: spool not synced: %s", event.camera_name, exc)
         self.finisher.put(event, reason)
 
     # -- status -------------------------------------------------------------
