@@ -34,7 +34,7 @@ from tests.rtsp_fixtures import (
     seconds_between,
     wait_until,
 )
-from tests.sync_fixtures import start_box
+from tests.sync_fixtures import central_holds, central_workers, start_box, synced
 from tests.test_web_auth import login
 
 BOX_ID = "rtsp-box"
@@ -493,3 +493,18 @@ def test_a_box_killed_mid_event_records_what_it_spooled_at_restart(rig, tmp_path
         assert json.loads(json.loads(row["metadata"])["gaps"])[0]["reason"]
     finally:
         process.stop()
+
+
+def test_recordings_go_upstream_like_any_other(rig):
+    """Last in the module: central confirms each recording, and the box then seals it."""
+    box = rig["box"]
+    store = rig["root"] / "central"
+    workers = central_workers(store, rig["broker"], rig["pki"], count=1)
+    try:
+        wait_until(lambda: synced(box), 120, "central to confirm every recording", interval=1)
+    finally:
+        for worker in workers:
+            worker.stop()
+    held = central_holds(store)
+    rows = box.store.query("SELECT id FROM recordings")
+    assert rows and {r["id"] for r in rows} <= set(held)
