@@ -286,9 +286,9 @@ def test_one_trigger_two_cameras_two_playable_recordings_from_30_s_before(rig, t
     assert [c["camera"] for c in trigger["cameras"]] == ["front", "rear"]
     spools = list((box.data_dir / "recorder").glob("*.spool"))
     assert spools, "the events spool while they record"
-    assert plaintext_on_disk(box.data_dir, windows) == []
+    assert plaintext_on_disk(rig["root"] / "box", windows) == []
     rows = wait_recordings(box, trigger["trigger_id"], 2)
-    assert plaintext_on_disk(box.data_dir, windows) == []
+    assert plaintext_on_disk(rig["root"] / "box", windows) == []
     assert not list((box.data_dir / "recorder").glob("*.spool*")), "spools are removed"
     assert {r["serial"] for r in rows} == {"front", "rear"}
     found_in_clear = 0
