@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import ssl
 import threading
+import time
 from pathlib import Path
 
 from edgebox import custody, serving, storage
@@ -57,6 +58,7 @@ class Box:
 
         self.axis = AxisDestination(self)
         self._running: list = []
+        self.recorder = None
         self.uplink = None
         self.replicator = None
         self.stop_event = threading.Event()
@@ -89,6 +91,11 @@ class Box:
         self._running.append(server)
         serving.record(self.data_dir, server.url)
         self._running.append(start_scheduler(self))
+        if self.config.recorder.enabled:
+            from edgebox.recorder.service import Recorder
+
+            self.recorder = Recorder(self).start()
+            self._running.append(self.recorder)
         if self.config.upstream.broker:
             from edgebox.sync.uplink import Uplink
 
@@ -186,6 +193,7 @@ class Box:
 
     def status(self) -> dict:
         """What the box holds and how it is doing, for `edgebox status` and the API."""
+        from edgebox.recorder.cameras import camera_alarms
         from edgebox.scheduler import job_alarms, jobs_report
 
         q = self.store.one
@@ -218,7 +226,16 @@ class Box:
             },
             "storage": storage.report(self),
             "jobs": jobs_report(self),
-            "alarms": [*storage.alarms(self), *job_alarms(self)],
+            "alarms": [
+                *storage.alarms(self),
+                *job_alarms(self),
+                *camera_alarms(self.store, time.time()),
+            ],
+            "rtsp_cameras": q(
+                "SELECT COUNT(*) AS total, COALESCE(SUM(state = 'streaming'), 0) AS streaming "
+                "FROM rtsp_cameras r JOIN devices d ON d.id = r.device_id "
+                "WHERE d.revoked_at IS NULL"
+            ),
             "replication": self.replicator.health()
             if self.replicator is not None
             else replication_status(self.config),

@@ -22,3 +22,8 @@ def parse_rfc3339(text: str) -> dt.datetime:
     if value.tzinfo is None:
         raise ValueError("timestamp has no time zone")
     return value.astimezone(dt.UTC)
+
+
+def iso_at(timestamp: float) -> str:
+    """A `time.time()` value as RFC 3339 UTC text."""
+    return iso(dt.datetime.fromtimestamp(timestamp, dt.UTC))

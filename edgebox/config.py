@@ -155,6 +155,16 @@ class UiSection:
 
 
 @dataclass(frozen=True)
+class RecorderSection:
+    """RTSP cameras the box pulls from (edgebox/recorder): defaults for new cameras."""
+
+    enabled: bool = True
+    pre_event_seconds: float = 30.0
+    post_event_seconds: float = 10.0
+    max_event_seconds: int = 3600
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole box configuration; `base_dir` anchors relative paths."""
 
@@ -170,6 +180,7 @@ class Config:
     compliance: ComplianceSection = field(default_factory=ComplianceSection)
     axis: AxisSection = field(default_factory=AxisSection)
     ui: UiSection = field(default_factory=UiSection)
+    recorder: RecorderSection = field(default_factory=RecorderSection)
     base_dir: Path = Path(".")
     source: str = "<defaults>"
 
@@ -304,6 +315,9 @@ def _validate(config: Config) -> None:
         ("axis.max_parallel_uploads", 1),
         ("ui.shift_hours", 1),
         ("ui.picture_cache_mb", 1),
+        ("recorder.pre_event_seconds", 30),  # the police-function floor
+        ("recorder.post_event_seconds", 0),
+        ("recorder.max_event_seconds", 60),
     ):
         section, key = name.split(".")
         if getattr(getattr(config, section), key) < minimum:

@@ -411,3 +411,32 @@ def m114_axis_content_destination(db: sqlite_utils.Database) -> None:
 def m119_ui_user_language(db: sqlite_utils.Database) -> None:
     """Each user's language for the web UI (NULL: follow the browser)."""
     db["users"].add_column("language", str)
+
+
+@migrations()
+def m115_rtsp_cameras(db: sqlite_utils.Database) -> None:
+    """Cameras the box pulls from over RTSP (edgebox/recorder): one row per camera, tied to
+    its `devices` row (so its recordings name a device like uploaded ones). The credentials
+    are sealed (AES-GCM under a key derived from the box's ingest key), the URL holds none.
+    `state`, `state_since` and `error` are the puller's live state, written on each change;
+    `onvif_xaddr` is the device service of a camera added by ONVIF (its events trigger)."""
+    db.executescript(
+        """
+        CREATE TABLE rtsp_cameras (
+            device_id TEXT PRIMARY KEY REFERENCES devices(id),
+            name TEXT NOT NULL UNIQUE,
+            url TEXT NOT NULL,
+            credentials TEXT,
+            pre_event_seconds REAL NOT NULL,
+            post_event_seconds REAL NOT NULL,
+            added_at TEXT NOT NULL,
+            added_by TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'starting',
+            state_since TEXT,
+            streaming_since TEXT,
+            offline_since TEXT,
+            error TEXT,
+            onvif_xaddr TEXT
+        );
+        """
+    )

@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from edgebox import serving
-from edgebox.cli import config_option, emit, handle_errors, json_option, main, opened_box
+from edgebox.cli import (
+    config_option,
+    emit,
+    handle_errors,
+    json_option,
+    main,
+    opened_box,
+    read_secret,
+)
 from edgebox.keys import certificate_fingerprint
 
 
@@ -54,9 +62,13 @@ def pair(config_file, as_json):
 @json_option
 @handle_errors
 def list_cameras(config_file, as_json):
-    """Paired cameras, newest first."""
+    """Paired cameras, newest first; RTSP cameras carry their live state under `rtsp`."""
     with opened_box(config_file) as box:
         rows = box.pairing.devices()
+        pulled = {r["id"]: r for r in _registry(box).list()}
+    for row in rows:
+        if row["id"] in pulled:
+            row["rtsp"] = pulled[row["id"]]
 
     def text(rows):
         for r in rows:
@@ -65,6 +77,11 @@ def list_cameras(config_file, as_json):
                 if r["revoked_at"]
                 else f"last seen {r['last_seen_at']}"
             )
+            if "rtsp" in r and not r["revoked_at"]:
+                live = r["rtsp"]
+                state = f"{live['state']} since {live['state_since']}"
+                if live["error"]:
+                    state += f" ({live['error']})"
             click.echo(f"{r['id']}  {r['serial']:<16} {r['model']:<16} {state}")
 
     emit(rows, as_json, text)
@@ -80,3 +97,120 @@ def revoke(device_id, config_file, as_json):
     with opened_box(config_file) as box:
         row = box.pairing.revoke(device_id)
     emit(row, as_json, lambda r: click.echo(f"camera {r['id']} ({r['serial']}) revoked"))
+
+
+def _registry(box):
+    from edgebox.recorder.service import registry_of
+
+    return registry_of(box)
+
+
+@cameras.command("add-rtsp")
+@click.argument("name")
+@click.argument("url")
+@click.option("--username", help="User name on the camera (or put it in the URL).")
+@click.option(
+    "--password-file",
+    metavar="FILE",
+    help="File holding the camera's password (else $EDGEBOX_CAMERA_PASSWORD, or a prompt).",
+)
+@click.option(
+    "--pre-event", type=float, help="Seconds kept before a trigger (at least 30; default: config)."
+)
+@click.option("--post-event", type=float, help="Seconds recorded after a stop (default: config).")
+@config_option
+@json_option
+@handle_errors
+def add_rtsp(name, url, username, password_file, pre_event, post_event, config_file, as_json):
+    """Add a camera the box pulls from over RTSP (URL rtsp://HOST[:PORT]/PATH); its
+    credentials are stored sealed, never in clear. The running box starts pulling it within
+    seconds."""
+    password = None
+    if username:
+        password = read_secret(password_file, "Camera password", env="EDGEBOX_CAMERA_PASSWORD")
+    with opened_box(config_file) as box:
+        row = _registry(box).add(
+            name,
+            url,
+            "operator",
+            username=username,
+            password=password,
+            pre_event_seconds=pre_event,
+            post_event_seconds=post_event,
+        )
+    emit(row, as_json, lambda r: click.echo(f"camera {r['name']} added as {r['id']} ({r['url']})"))
+
+
+@cameras.command("discover")
+@click.option("--timeout", type=float, default=3.0, help="Seconds to gather answers.")
+@click.option(
+    "--address",
+    metavar="HOST:PORT",
+    help="Probe one device directly instead of the multicast group 239.255.255.250:3702.",
+)
+@json_option
+@handle_errors
+def discover(timeout, address, as_json):
+    """Find ONVIF cameras on the camera network (WS-Discovery) and list their addresses."""
+    from edgebox.config import parse_listen
+    from edgebox.recorder import onvif
+
+    target = parse_listen(address) if address else onvif.MULTICAST
+    found = onvif.discover(timeout, target)
+
+    def text(rows):
+        if not rows:
+            click.echo("no ONVIF camera answered")
+        for r in rows:
+            click.echo(f"{r['name'] or '?':<20} {r['hardware'] or '?':<16} {' '.join(r['xaddrs'])}")
+
+    emit(found, as_json, text)
+
+
+@cameras.command("add-onvif")
+@click.argument("name")
+@click.argument("xaddr")
+@click.option("--username", help="User name on the camera (ONVIF and RTSP).")
+@click.option(
+    "--password-file",
+    metavar="FILE",
+    help="File holding the camera's password (else $EDGEBOX_CAMERA_PASSWORD, or a prompt).",
+)
+@click.option("--profile", help="Media profile token (default: the camera's first).")
+@click.option(
+    "--pre-event", type=float, help="Seconds kept before a trigger (at least 30; default: config)."
+)
+@click.option("--post-event", type=float, help="Seconds recorded after a stop (default: config).")
+@config_option
+@json_option
+@handle_errors
+def add_onvif(
+    name, xaddr, username, password_file, profile, pre_event, post_event, config_file, as_json
+):
+    """Add a camera by its ONVIF device service address (XADDR, as `discover` lists it): the
+    box asks it for its profiles and the chosen profile's RTSP URI, then pulls that."""
+    from edgebox.recorder import onvif
+
+    password = None
+    if username:
+        password = read_secret(password_file, "Camera password", env="EDGEBOX_CAMERA_PASSWORD")
+    chosen = onvif.pick_profile(onvif.stream_profiles(xaddr, username, password), profile)
+    with opened_box(config_file) as box:
+        row = _registry(box).add(
+            name,
+            chosen["uri"],
+            "operator",
+            username=username,
+            password=password,
+            pre_event_seconds=pre_event,
+            post_event_seconds=post_event,
+            onvif_xaddr=xaddr,
+        )
+    row["onvif_profile"] = chosen
+    emit(
+        row,
+        as_json,
+        lambda r: click.echo(
+            f"camera {r['name']} added as {r['id']} ({r['url']}, profile {chosen['token']})"
+        ),
+    )

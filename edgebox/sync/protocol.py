@@ -44,6 +44,11 @@ def ack_topic(box: str) -> str:
     return f"{PREFIX}/{box}/ack"
 
 
+def command_topic(box: str) -> str:
+    """Where central sends a box commands (such as: record these cameras now)."""
+    return f"{PREFIX}/{box}/command"
+
+
 def init_topic(box: str, tid: str) -> str:
     """Start (or resume) a file transfer."""
     return f"{PREFIX}/{box}/file/{tid}/init"

@@ -79,7 +79,9 @@ class Uplink:
         self.acks = Acks()
         self.stop_event = threading.Event()
         self.link = Link(
-            settings_from_config(box.config, [protocol.ack_topic(self.box_id)]),
+            settings_from_config(
+                box.config, [protocol.ack_topic(self.box_id), protocol.command_topic(self.box_id)]
+            ),
             self._message,
             self._state,
         )
@@ -130,6 +132,11 @@ class Uplink:
         state.put(self.store, "link", {"state": link_state, "detail": detail, "since": iso()})
 
     def _message(self, topic: str, payload: bytes) -> None:
+        if topic == protocol.command_topic(self.box_id):
+            from edgebox.recorder.commands import run_command
+
+            run_command(self.box, payload)
+            return
         if topic != protocol.ack_topic(self.box_id):
             log.warning("ignored message on %s", topic)
             return

@@ -48,6 +48,7 @@ def create_app(box, testing: bool = False) -> Flask:
     from edgebox.web.i18n import translated
     from edgebox.web.media import media
     from edgebox.web.openapi import openapi
+    from edgebox.web.recorder import recorder_api, recorder_ui
     from edgebox.web.swift import swift
     from edgebox.web.tus import tus
     from edgebox.web.ui import ui
@@ -73,6 +74,8 @@ def create_app(box, testing: bool = False) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(ui)
     app.register_blueprint(reports)
+    app.register_blueprint(recorder_api)
+    app.register_blueprint(recorder_ui)
 
     @app.errorhandler(EdgeboxError)
     def _edgebox_error(exc: EdgeboxError):

@@ -214,8 +214,18 @@ def cameras():
     """Paired cameras with last contact; admins pair and revoke."""
     box = _box()
     return render_template(
-        "cameras.html", cameras=box.pairing.devices(), pairing=None, axis=overview(box.store)
+        "cameras.html",
+        cameras=box.pairing.devices(),
+        pairing=None,
+        axis=overview(box.store),
+        rtsp=_rtsp_cameras(),
     )
+
+
+def _rtsp_cameras() -> list[dict]:
+    """The RTSP cameras with live state, when the recorder runs in this process."""
+    recorder = _box().recorder
+    return recorder.cameras() if recorder is not None else []
 
 
 @ui.post("/cameras/pair")
@@ -233,7 +243,9 @@ def pair():
         "cert_sha256": fingerprint,
         "qr_svg": qr.svg_data_uri(scale=5),
     }
-    return render_template("cameras.html", cameras=box.pairing.devices(), pairing=pairing)
+    return render_template(
+        "cameras.html", cameras=box.pairing.devices(), pairing=pairing, rtsp=_rtsp_cameras()
+    )
 
 
 @ui.post("/cameras/<device_id>/revoke")
