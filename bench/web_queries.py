@@ -41,7 +41,7 @@ _GAPS = {
     "warning": {"warned__isnull": "1", "exemption__isnull": "1"},
     "pre_event": {"_where": "COALESCE(pre_event_seconds, 0) < 30"},
 }
-_BOX_ROW = re.compile(r'<tr id="rec-([0-9a-f]{32})"')
+_BOX_ROW = re.compile(r'<li class="rec" id="rec-([0-9a-f]{32})"')
 _DATASETTE_ROW = re.compile(r'<td class="col-id[^"]*"><a href="[^"]*">([0-9a-f]{32})</a>')
 
 
