@@ -150,6 +150,8 @@ class Header:
             _check_fields(core, stanzas, mac)
         except (ValueError, KeyError, TypeError) as exc:
             raise VaultError(f"{source}: corrupt header ({exc})") from None
+        except RecursionError:  # JSON nested past the decoder's depth: a hostile header
+            raise VaultError(f"{source}: corrupt header (nested too deep)") from None
         if raw[_PREFIX.size + length : area].strip(b"\x00"):
             raise VaultError(f"{source}: corrupt header (bytes after the header body)")
         return cls(core=core, stanzas=stanzas, mac=mac, area=area)
