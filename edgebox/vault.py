@@ -127,7 +127,10 @@ class Header:
         """The wrapped data key for `recipient` (e.g. 'central:<kid>' or 'review:<kid>')."""
         for item in self.stanzas:
             if item["recipient"] == recipient:
-                return base64.b64decode(item["body"])
+                try:
+                    return base64.b64decode(item["body"], validate=True)
+                except ValueError:  # binascii.Error: a damaged stanza
+                    raise VaultError(f"key stanza for {recipient} is not base64") from None
         raise VaultError(f"no key stanza for {recipient}", status=403)
 
     @classmethod
