@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,8 +141,11 @@ class Faults:
             took = self.world.disk.remount()
             note = f"loop disk remounted in {took:.1f} s"
         else:
-            Path("/proc/sys/vm/drop_caches").write_text("3\n")
-            note = "page cache dropped (no loop disk)"
+            try:
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
+                note = "page cache dropped (no loop disk)"
+            except OSError:
+                note = "only a kill: no loop disk, page cache not droppable (not root)"
         self.world.start_box()
         return note
 
@@ -317,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--fuzz-json", help="figures of bench/fuzz.py to put in the table")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     parser.add_argument("--json", help="write the raw figures here")
     args = parser.parse_args(argv)
     unknown = [f for f in args.faults if f not in SCHEDULE]
@@ -335,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         soak.canary = soak.scan_finds_a_planted_clip()
     finally:
         world.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
     return report(soak, world, ran, args)
 
 
