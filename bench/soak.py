@@ -33,7 +33,12 @@ import psutil  # noqa: E402
 from bench.common import edgebox_cmd, exit_on_sigterm, log  # noqa: E402
 from bench.soak_report import report  # noqa: E402
 from bench.soak_world import World, jitter  # noqa: E402
+from edgebox.errors import EdgeboxError  # noqa: E402
+from edgebox.keys import x25519_private_from_file  # noqa: E402
+from edgebox.recordings import data_key_for  # noqa: E402
+from edgebox.vault import Reader  # noqa: E402
 
+PLANTED = "planted-by-soak"  # the file the final scan must find (its own check)
 BOX_KILLING = {"kill_ingest", "kill_sync", "power_cut"}
 SCHEDULE = [
     "kill_ingest",
@@ -165,6 +170,7 @@ class Soak:
         self.started = time.monotonic()
         self.sampling = True
         self.full_disk_answers: Counter = Counter()  # 507s the cameras got, per fault
+        self.decrypted = 0  # clips decrypted at central by the final check
 
     def cycle(self, number: int, fault: str) -> None:
         """Run with cameras, inject the fault, heal, drain, check."""
@@ -246,17 +252,36 @@ class Soak:
                 if path.is_file() and path.stat().st_mtime >= since - 1:
                     if pattern.search(path.read_bytes()):
                         found += 1
-                        log(f"soak: PLAINTEXT of a clip in {path}")
+                        if path.name != PLANTED:
+                            log(f"soak: PLAINTEXT of a clip in {path}")
             except OSError:
                 continue  # a file the box replaced meanwhile
         return found
+
+    def decrypt_at_central(self) -> int:
+        """Decrypt every delivered clip's copy at central with central's key (the demo key
+        pair `edgebox init --demo` made); how many do not hash to the camera's SHA-256."""
+        key = x25519_private_from_file(self.world.box_dir / "central-demo" / "central.key")
+        files = dict(self.world.central_db("SELECT recording_id, file FROM recordings"))
+        wrong = 0
+        for rid, (sha, name) in self._delivered().items():
+            path = self.world.store / files.get(rid, "missing")
+            try:
+                evidence = Reader(path, data_key_for(path, key, role="central")).verify()
+            except (OSError, EdgeboxError) as exc:
+                evidence = f"unreadable: {exc}"
+            if evidence != sha:
+                wrong += 1
+                log(f"soak: central's copy of {rid} ({name}) decrypts to {evidence}, not {sha}")
+        self.decrypted = len(files)
+        return wrong
 
     def scan_finds_a_planted_clip(self) -> bool:
         """The scan's own check: a clip's bytes planted in the box's folder are found."""
         markers = [m for c in self.world.cameras for m in c.markers.values()]
         if not markers:
             return False
-        planted = self.world.box_dir / "planted-by-soak"
+        planted = self.world.box_dir / PLANTED
         planted.write_bytes(b"x" * 100 + markers[0] + b"y" * 100)
         try:
             self.scanned_until = 0.0
@@ -337,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         world.drain_cameras(timeout=180)
         soak.scanned_until = 0.0  # the final scan reads every file
         soak._check("final")
+        soak.failures["final"]["corrupted"] += soak.decrypt_at_central()
         soak.canary = soak.scan_finds_a_planted_clip()
     finally:
         world.close()

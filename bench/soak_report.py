@@ -96,7 +96,8 @@ def report(soak, world, ran: int, args) -> int:
         "in the box's folder at the end, so it can see them). 507 answers while the disk was "
         f"full: {soak.full_disk_answers.get('disk_full', 0)} (cameras then wait for the "
         "Retry-After of 300 s; the soak frees the disk and lets them retry at once). 5xx "
-        "excludes those 507s.",
+        "excludes those 507s. At the end every clip at central was decrypted with central's "
+        f"key ({soak.decrypted} files) and hashed: a mismatch counts as corrupted.",
         "",
         f"Leaks (least-squares slope within each box process, pooled): RSS "
         f"{_fmt(leaks['rss_mib_per_hour'])} MiB/hour, open files "
