@@ -27,7 +27,7 @@ FILES = {
     "HTTP API (schemathesis, every role), tus, metadata": "tests/test_fuzz_web.py",
 }
 _TEST = re.compile(r"^(tests/test_fuzz_\w+\.py)::(\w+):", re.M)
-_COUNTS = re.compile(r"(\d+) passing examples?, (\d+) failing examples?")
+_COUNTS = re.compile(r"(\d+) passing, (\d+) failing")
 
 
 def _cases(output: str) -> dict[str, dict[str, int]]:

@@ -148,6 +148,7 @@ def test_tus_headers_from_a_paired_camera_never_get_a_5xx(
 
 
 @given(st.text(max_size=300))
+@example("serial \x80")  # found: a non-ASCII "base64" value raised ValueError (a 500)
 def test_metadata_header_decodes_or_names_the_problem(header):
     try:
         values = decode_header(header)
@@ -176,3 +177,15 @@ def test_metadata_round_trips_and_columns_are_checked_or_refused(values):
         assert exc.status in (400, 403) and exc.message
     else:
         assert kept == values and columns["serial"] == "CAM-1"
+
+
+def test_a_latin1_byte_in_upload_metadata_is_a_400(world):
+    """The HTTP face of the finding above: the header arrives as latin-1 text."""
+    box, sessions, _ = world
+    camera, _ = sessions["camera"]
+    created = camera.post(
+        f"{box.url}/tus/",
+        headers={"Upload-Length": "10", "Upload-Metadata": "serial \xe9\xe9\xe9\xe9"},
+    )
+    assert created.status_code == 400, created.text[:200]
+    assert "base64" in created.json()["message"]
