@@ -77,7 +77,11 @@ def report(soak, world, ran: int, args) -> int:
         if n and kind not in COLUMNS
     }
     delivered = sum(len(c.delivered) for c in world.cameras)
-    fuzz = json.loads(Path(args.fuzz_json).read_text()) if args.fuzz_json else None
+    fuzz = None
+    if args.fuzz_json and Path(args.fuzz_json).exists():
+        fuzz = json.loads(Path(args.fuzz_json).read_text())
+    elif args.fuzz_json:
+        fuzz = {"markdown": f"Fuzzing: no figures ({args.fuzz_json} was not written)."}
     lines = [
         f"## {HEADING}",
         "",
