@@ -139,7 +139,10 @@ class Header:
         """The wrapped data key for `recipient` (e.g. 'central:<kid>' or 'review:<kid>')."""
         for item in self.stanzas:
             if item["recipient"] == recipient:
-                return base64.b64decode(item["body"])
+                try:
+                    return base64.b64decode(item["body"], validate=True)
+                except ValueError:  # binascii.Error: a damaged stanza
+                    raise VaultError(f"key stanza for {recipient} is not base64") from None
         raise VaultError(f"no key stanza for {recipient}", status=403)
 
     @classmethod
@@ -162,6 +165,8 @@ class Header:
             _check_fields(core, stanzas, mac)
         except (ValueError, KeyError, TypeError) as exc:
             raise VaultError(f"{source}: corrupt header ({exc})") from None
+        except RecursionError:  # JSON nested past the decoder's depth: a hostile header
+            raise VaultError(f"{source}: corrupt header (nested too deep)") from None
         if raw[_PREFIX.size + length : area].strip(b"\x00"):
             raise VaultError(f"{source}: corrupt header (bytes after the header body)")
         return cls(core=core, stanzas=stanzas, mac=mac, area=area)

@@ -16,6 +16,7 @@ import requests
 from edgebox.box import Box
 from edgebox.config import load_config
 from edgebox.provision import CONFIG_NAME, init_box
+from tests import fuzz  # noqa: F401 - registers the hypothesis profiles before any test runs
 from tests.postgres import postgres  # noqa: F401 - session fixture: a real PostgreSQL
 from tests.seaweed import seaweed  # noqa: F401 - session fixture: a real SeaweedFS (S3)
 

@@ -383,3 +383,28 @@ def test_flipped_bytes_in_transit_and_at_central_are_sent_again(layered, tmp_pat
         assert ReplicaStore(store, "van-8").current()["files"] == compacted
     finally:
         voice.close()
+
+
+def test_a_file_central_holds_under_another_path_is_not_missing(layered, tmp_path):
+    """Found by the soak (bench/soak.py): Litestream's compaction leaves byte-identical files
+    at two levels (ltx/1/A and ltx/2/A). Central answered `complete` to the new path's
+    init, since it held those bytes, and then `missing` to the set naming that path, so the
+    box sent the file again and again and its replica never reached central."""
+    store = tmp_path / "central"
+    voice = BoxVoice(store, layered)
+    files, data = replica_files(layered)
+    txid = replication_set.plan(files)["txid"]
+    for path in files:
+        assert voice.send_file(path, data[path])["status"] == "complete"
+    assert voice.commit(files, txid)["status"] == "ok"
+    source = next(p for p in sorted(files) if p.startswith("ltx/1/"))
+    twin = "ltx/2/" + source.rsplit("/", 1)[1]
+    assert twin not in files
+    _, answer = voice.init(twin, data[source])
+    assert answer["status"] == "complete"  # central holds these bytes already
+    moved = {**{p: e for p, e in files.items() if p != source}, twin: files[source]}
+    assert replication_set.plan(moved)["restorable"]
+    answer = voice.commit(moved, txid)
+    assert answer["status"] == "ok", answer
+    copy = ReplicaStore(store, "van-8").current()
+    assert (Path(copy["path"]) / twin).read_bytes() == data[source]

@@ -180,16 +180,17 @@ class Receiver:
             or not (entries or checkpoints)
         ):
             raise ProtocolError("custody message without entries or checkpoints")
+        if not all(_is_entry(e) for e in entries):
+            raise ProtocolError("malformed custody entry")
+        if not all(_is_checkpoint(cp) for cp in checkpoints):
+            raise ProtocolError("malformed custody checkpoint")
         head = self.index.one(
             "SELECT custody_seq, custody_hash FROM boxes WHERE box_id = ?", (box,)
         )
         seq, prev = head["custody_seq"], head["custody_hash"]
         fresh, fork_at = [], None
         for entry in entries:
-            try:
-                number, computed = int(entry["seq"]), custody.entry_hash(entry)
-            except (KeyError, TypeError, ValueError):
-                raise ProtocolError("malformed custody entry") from None
+            number, computed = entry["seq"], custody.entry_hash(entry)
             if computed != entry.get("hash"):
                 raise ProtocolError(f"custody entry {number}: hash does not match its content")
             if number <= seq and fork_at is None:
@@ -257,6 +258,34 @@ def _box_of(topic: str) -> str | None:
         return protocol.parse_topic(topic)["box"]
     except ProtocolError:
         return None
+
+
+_ENTRY_TEXT = ("ts", "event", "actor", "details", "prev_hash", "hash")
+_CHECKPOINT_TEXT = ("ts", "head_hash", "key_id", "signature")
+
+
+def _is_seq(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 63
+
+
+def _is_entry(entry) -> bool:
+    """Whether a custody entry has the fields and types central stores (as the box's
+    custody.append makes them), so nothing odd reaches the hash check or SQLite."""
+    return (
+        isinstance(entry, dict)
+        and _is_seq(entry.get("seq"))
+        and all(isinstance(entry.get(k), str) for k in _ENTRY_TEXT)
+        and isinstance(entry.get("subject"), str | None)
+    )
+
+
+def _is_checkpoint(cp) -> bool:
+    """Whether a checkpoint has the fields and types the custody check reads."""
+    return (
+        isinstance(cp, dict)
+        and _is_seq(cp.get("seq"))
+        and all(isinstance(cp.get(k), str) for k in _CHECKPOINT_TEXT)
+    )
 
 
 def _public(b64: str) -> Ed25519PublicKey:

@@ -136,9 +136,14 @@ class ReplicaStore:
         sources, missing = {}, []
         carried = current["files"] if current else {}
         damaged = set(current.get("damaged", [])) if current else set()
+        # The same bytes may be held under another path: Litestream's compaction leaves
+        # byte-identical files at two levels, and `held` (the transfer's answer) goes by
+        # content, so the set must find them by content too.
+        by_content = {(e["sha256"], e["size"]): p for p, e in carried.items() if p not in damaged}
         for path, entry in sorted(files.items()):
-            if carried.get(path) == entry and path not in damaged:
-                source = Path(current["path"]) / path
+            held = by_content.get((entry["sha256"], entry["size"]))
+            if held is not None:
+                source = Path(current["path"]) / held
                 if source.is_file() and source.stat().st_size == entry["size"]:
                     sources[path] = source
                     continue

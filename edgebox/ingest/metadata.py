@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 import re
 
@@ -39,7 +38,7 @@ def decode_header(header: str | None) -> dict[str, str]:
             values[key] = (
                 base64.b64decode(parts[1], validate=True).decode("utf-8") if len(parts) == 2 else ""
             )
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII "base64"
             raise IngestError(f"metadata {key!r} is not base64 of UTF-8 text", field=key) from None
     return values
 

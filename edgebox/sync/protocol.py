@@ -96,6 +96,8 @@ def decode(payload: bytes) -> dict:
         value = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("payload is not JSON") from None
+    except RecursionError:
+        raise ProtocolError("payload is JSON nested too deep") from None
     if not isinstance(value, dict):
         raise ProtocolError("payload is not a JSON object")
     return value

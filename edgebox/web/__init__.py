@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from flask import Flask, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 
 from edgebox.errors import EdgeboxError
 
@@ -21,10 +22,24 @@ def assets_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "web"
 
 
+class BoundedJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, except that a body nested past the decoder's depth is malformed JSON
+    (a ValueError, so `get_json(silent=True)` gives None and the view answers 400) rather
+    than a RecursionError and a 500."""
+
+    def loads(self, s, **kwargs):
+        """Parse JSON text; too deep a nesting is a ValueError like any other bad JSON."""
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deep") from None
+
+
 def create_app(box, testing: bool = False) -> Flask:
     """Build the Flask app around a running `Box` (its services live in app.extensions)."""
     web = assets_dir()
     app = Flask(__name__, template_folder=str(web / "templates"), static_folder=str(web / "static"))
+    app.json = BoundedJSONProvider(app)
     app.config.update(
         TESTING=testing,
         MAX_CONTENT_LENGTH=None,

@@ -129,6 +129,8 @@ def login_form():
 def login():
     """Check the password, then start a fresh session (a new id, a new CSRF token)."""
     body = request.get_json(silent=True) if request.is_json else request.form
+    if request.is_json and not isinstance(body, dict):
+        body = {}  # JSON that is no object carries no credentials (was a 500)
     username, password = (body or {}).get("username", ""), (body or {}).get("password", "")
     target = safe_next((body or {}).get("next", "/"))
     try:

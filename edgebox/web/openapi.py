@@ -31,7 +31,7 @@ def describe(app) -> dict:
                 "operationId": f"{rule.endpoint}.{method.lower()}",
                 "summary": doc,
                 "responses": {
-                    "200": {"description": "success"},
+                    "2XX": {"description": "success (200, 201, 204 or 206)"},
                     "4XX": {"description": "an error with error, message, field"},
                 },
             }

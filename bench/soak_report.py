@@ -1,0 +1,137 @@
+"""The soak's figures: the Reliability table of bench/RESULTS.md and its raw JSON."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from bench.common import machine, write_section
+
+HEADING = "Reliability"
+WARM_UP = 60  # seconds after a box start left out of the leak trend
+COLUMNS = ("lost", "corrupted", "duplicated", "deleted unsynced", "verify failures", "5xx")
+
+
+def leak_slopes(samples: list[tuple[float, int, int, int]]) -> dict:
+    """RSS (MiB/hour) and open files (per hour) trends of the box: the least-squares slope
+    within each box process's life (a kill starts a new one), pooled over all of them."""
+    by_pid: dict[int, list] = defaultdict(list)
+    for t, pid, rss, fds in samples:
+        by_pid[pid].append((t, rss / (1 << 20), fds))
+    for pid, points in list(by_pid.items()):  # the first minute of a life is warm-up
+        by_pid[pid] = [p for p in points if p[0] - points[0][0] >= WARM_UP]
+    result = {}
+    for name, column in (("rss_mib_per_hour", 1), ("fds_per_hour", 2)):
+        top = bottom = 0.0
+        for points in by_pid.values():
+            if len(points) < 10:
+                continue
+            tm = statistics.fmean(p[0] for p in points)
+            ym = statistics.fmean(p[column] for p in points)
+            top += sum((p[0] - tm) * (p[column] - ym) for p in points)
+            bottom += sum((p[0] - tm) ** 2 for p in points)
+        result[name] = top / bottom * 3600 if bottom else None
+    longest = max(by_pid.values(), key=len, default=[])
+    result["longest_life_samples"] = len(longest)
+    result["longest_life_minutes"] = (longest[-1][0] - longest[0][0]) / 60 if longest else 0
+    result["rss_mib_range"] = (
+        [round(min(p[1] for p in longest), 1), round(max(p[1] for p in longest), 1)]
+        if longest
+        else None
+    )
+    return result
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _fmt(value, spec: str = ".1f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def report(soak, world, ran: int, args) -> int:
+    """Print the table, write RESULTS.md (unless --no-write) and --json; exit status."""
+    leaks = leak_slopes(soak.samples)
+    minutes = (soak.samples[-1][0] / 60) if soak.samples else 0
+    rows = []
+    header = "| fault | cycles | " + " | ".join(COLUMNS) + " | recovery p50 / p99 (s) |"
+    rows += [header, "|" + "---|" * (len(COLUMNS) + 3)]
+    faults = sorted(soak.counts) + ["final"]
+    for fault in faults:
+        failures = soak.failures.get(fault, {})
+        times = soak.recovery.get(fault, [])
+        cells = [str(failures.get(c, 0)) for c in COLUMNS]
+        count = str(soak.counts.get(fault, "end"))
+        recovery = f"{_fmt(_percentile(times, 0.5))} / {_fmt(_percentile(times, 0.99))}"
+        rows.append(f"| {fault} | {count} | " + " | ".join(cells) + f" | {recovery} |")
+    other = {
+        f"{fault}: {kind}": n
+        for fault, failures in soak.failures.items()
+        for kind, n in failures.items()
+        if n and kind not in COLUMNS
+    }
+    delivered = sum(len(c.delivered) for c in world.cameras)
+    fuzz = None
+    if args.fuzz_json and Path(args.fuzz_json).exists():
+        fuzz = json.loads(Path(args.fuzz_json).read_text())
+    elif args.fuzz_json:
+        fuzz = {"markdown": f"Fuzzing: no figures ({args.fuzz_json} was not written)."}
+    lines = [
+        f"## {HEADING}",
+        "",
+        f"`python bench/soak.py --minutes {args.minutes:g}` on {machine()}: {ran} fault cycles in "
+        f"{minutes:.1f} min, {len(world.cameras)} simulated cameras, {delivered} clips "
+        "delivered. After every cycle the cameras drain and the soak checks central, "
+        "`edgebox verify` and the box's disk (recovery: fault healed -> every delivered clip "
+        "at central and the box's backlog confirmed).",
+        "",
+        *rows,
+        "",
+        f"Box loop disk: {'ext4 on a loop device' if world.disk.mounted else world.disk.problem}. "
+        f"Plaintext of a clip found on the box's disk: "
+        f"{sum(f.get('plaintext found', 0) for f in soak.failures.values())} files (the scan "
+        f"{'found' if getattr(soak, 'canary', False) else 'DID NOT find'} a clip's bytes planted "
+        "in the box's folder at the end, so it can see them). 507 answers while the disk was "
+        f"full: {soak.full_disk_answers.get('disk_full', 0)} (cameras then wait for the "
+        "Retry-After of 300 s; the soak frees the disk and lets them retry at once). 5xx "
+        "excludes those 507s. At the end every clip at central was decrypted with central's "
+        f"key ({soak.decrypted} files) and hashed: a mismatch counts as corrupted.",
+        "",
+        f"Leaks (least-squares slope within each box process, pooled): RSS "
+        f"{_fmt(leaks['rss_mib_per_hour'])} MiB/hour, open files "
+        f"{_fmt(leaks['fds_per_hour'])}/hour; the longest-lived box process ran "
+        f"{leaks['longest_life_minutes']:.1f} min ({leaks['longest_life_samples']} samples, "
+        f"RSS {leaks['rss_mib_range']} MiB).",
+        "",
+        "What happened at each fault: "
+        + "; ".join(f"{k} ×{v}" for k, v in sorted(soak.notes.items()))
+        + ".",
+    ]
+    if other:
+        lines += ["", "Other problems: " + "; ".join(f"{k} ×{v}" for k, v in other.items())]
+    if fuzz:
+        lines += ["", fuzz["markdown"]]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    raw = {
+        "cycles": ran,
+        "counts": dict(soak.counts),
+        "failures": {k: dict(v) for k, v in soak.failures.items()},
+        "recovery": dict(soak.recovery),
+        "leaks": leaks,
+        "samples": soak.samples,
+        "notes": dict(soak.notes),
+        "delivered": delivered,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
+    if not args.no_write:
+        write_section(Path(args.results), HEADING, section)
+    bad = sum(n for failures in soak.failures.values() for n in failures.values())
+    return 1 if bad else 0
