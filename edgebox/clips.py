@@ -72,6 +72,11 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def quiet_ffmpeg(binary: str | None = None) -> list[str]:
+    """The start of an ffmpeg command that reads no keyboard and prints only errors."""
+    return [binary or ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+
+
 def find_font() -> Path | None:
     """A TrueType font for drawtext: DejaVuSans if installed, else any .ttf, else None."""
     for candidate in FONT_CANDIDATES:

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from edgebox.clips import ffmpeg_exe
+from edgebox.clips import quiet_ffmpeg
 from edgebox.errors import N_, EdgeboxError
 
 POSTER_WIDTH = 480
@@ -99,7 +99,7 @@ def strip(reader, duration: float | None) -> bytes:
 def _ffmpeg_picture(reader, input_args: list[str], video_filter: str) -> bytes:
     """Run ffmpeg on the decrypted stream (stdin) and return the one JPEG it writes (stdout)."""
     command = [
-        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *input_args,
+        *quiet_ffmpeg(), *input_args,
         "-i", "pipe:0", "-map", "0:v:0", "-an", "-vf", video_filter, "-frames:v", "1",
         "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", "5", "pipe:1",
     ]  # fmt: skip

@@ -96,6 +96,27 @@ class Clip:
     stop: dt.datetime
 
 
+def make_clips(folder: Path, count: int, start: dt.datetime) -> list[Clip]:
+    """`count` real, small 2-second MP4 clips of camera SERIAL following each other."""
+    from edgebox.clips import make_clip
+
+    made = []
+    for number in range(count):
+        begin = start + dt.timedelta(seconds=2 * number)
+        info = make_clip(
+            folder / f"clip{number}.mp4",
+            seconds=2,
+            pre_event_seconds=0,
+            width=160,
+            height=96,
+            fps=5,
+            serial=SERIAL,
+            started_at=begin,
+        )
+        made.append(Clip(info.path, begin, info.stopped_at))
+    return made
+
+
 @dataclass
 class Sent:
     """What the controller uploaded for one recording (for the test to check against)."""

@@ -22,7 +22,6 @@ from swiftclient.exceptions import ClientException
 
 from edgebox import catalog, vault
 from edgebox.axis.groups import open_recordings
-from edgebox.clips import make_clip
 from edgebox.keys import x25519_private_from_file
 from edgebox.recordings import data_key_for
 from edgebox.verify import verify_box
@@ -36,6 +35,7 @@ from tests.axis_controller import (
     connect,
     decrypt,
     epoch,
+    make_clips,
 )
 from tests.conftest import run_cli
 from tests.test_web_auth import PASSWORD, login
@@ -46,22 +46,7 @@ START = dt.datetime(2026, 11, 28, 16, 0, 0, tzinfo=dt.UTC)
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> list[Clip]:
     """Three real, small MP4 clips following each other (made once for the module)."""
-    folder = tmp_path_factory.mktemp("axis-clips")
-    made = []
-    for number in range(3):
-        start = START + dt.timedelta(seconds=2 * number)
-        info = make_clip(
-            folder / f"clip{number}.mp4",
-            seconds=2,
-            pre_event_seconds=0,
-            width=160,
-            height=96,
-            fps=5,
-            serial=SERIAL,
-            started_at=start,
-        )
-        made.append(Clip(info.path, start, info.stopped_at))
-    return made
+    return make_clips(tmp_path_factory.mktemp("axis-clips"), 3, START)
 
 
 @pytest.fixture

@@ -12,10 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edgebox import vault
 from edgebox.central.index import Index
-from edgebox.clips import make_clip
 from edgebox.keys import x25519_private_from_file
 from edgebox.recordings import data_key_for
-from tests.axis_controller import SERIAL, Clip, Controller, connect, decrypt
+from tests.axis_controller import Controller, connect, decrypt, make_clips
 from tests.sync_fixtures import box_and_central, central_holds, synced, wait_for
 
 BOX_ID = "depot-7"
@@ -29,20 +28,7 @@ def _central_plaintext(store, recording_id: str, central_key) -> bytes:
 
 def test_encrypted_axis_recording_reaches_central_and_opens_there(tmp_path, broker, pki):
     start = dt.datetime(2026, 11, 28, 16, 0, tzinfo=dt.UTC)
-    clips = []
-    for number in range(2):
-        begin = start + dt.timedelta(seconds=2 * number)
-        info = make_clip(
-            tmp_path / f"clip{number}.mp4",
-            seconds=2,
-            pre_event_seconds=0,
-            width=160,
-            height=96,
-            fps=5,
-            serial=SERIAL,
-            started_at=begin,
-        )
-        clips.append(Clip(info.path, begin, info.stopped_at))
+    clips = make_clips(tmp_path, 2, start)
     rsa_private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     store = tmp_path / "central"
     with box_and_central(tmp_path / "box", broker, pki, BOX_ID, store) as box:

@@ -121,7 +121,19 @@ def c002_superseded_custody(db: sqlite_utils.Database) -> None:
     )
 
 
-class Index:
+class Notes:
+    """The alarms and refusals every index kind writes the same way (`alarm`, `reject`)."""
+
+    def alarm(self, box_id: str | None, message: str) -> None:
+        """Raise an alarm that operators must look at."""
+        alarm(self, box_id, message)
+
+    def reject(self, topic: str, reason: str) -> None:
+        """Log a refused message."""
+        reject(self, topic, reason)
+
+
+class Index(Notes):
     """Per-thread connections to `central.db`; writes use short IMMEDIATE transactions."""
 
     def __init__(self, store_dir: Path):
@@ -154,14 +166,6 @@ class Index:
         """The first row as a dict, or None."""
         row = self.db.conn.execute(sql, params).fetchone()
         return dict(row) if row else None
-
-    def alarm(self, box_id: str | None, message: str) -> None:
-        """Raise an alarm that operators must look at."""
-        alarm(self, box_id, message)
-
-    def reject(self, topic: str, reason: str) -> None:
-        """Log a refused message."""
-        reject(self, topic, reason)
 
     def close(self) -> None:
         """Close every connection."""

@@ -18,6 +18,7 @@ import re
 import threading
 from urllib.parse import urlsplit
 
+from edgebox.central.index import Notes
 from edgebox.errors import ConfigError
 
 WRITE_LOCK = 0x0EDB0C5  # the advisory lock every write transaction takes
@@ -67,7 +68,7 @@ class _Connection:
         self.conn.execute(ddl(sql))
 
 
-class PgIndex:
+class PgIndex(Notes):
     """Per-thread psycopg connections to one PostgreSQL database."""
 
     def __init__(self, url: str):
@@ -135,18 +136,6 @@ class PgIndex:
     def one(self, sql: str, params=()) -> dict | None:
         """The first row as a dict, or None."""
         return self.conn.execute(dml(sql), list(params)).fetchone()
-
-    def alarm(self, box_id: str | None, message: str) -> None:
-        """Raise an alarm that operators must look at."""
-        from edgebox.central.index import alarm
-
-        alarm(self, box_id, message)
-
-    def reject(self, topic: str, reason: str) -> None:
-        """Log a refused message."""
-        from edgebox.central.index import reject
-
-        reject(self, topic, reason)
 
     def close(self) -> None:
         """Close every connection."""

@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from pathlib import Path
 
-from edgebox.clips import ffmpeg_exe
+from edgebox.clips import quiet_ffmpeg
 from edgebox.errors import EdgeboxError
 from edgebox.recorder.spool import Spool
 
@@ -28,11 +28,7 @@ READ_BLOCK = 1 << 20
 def remux_command(binary: str | None = None) -> list[str]:
     """ffmpeg: MPEG-TS on standard input to fragmented MP4 on standard output, streams copied."""
     return [
-        binary or ffmpeg_exe(),
-        "-hide_banner",
-        "-nostdin",
-        "-loglevel",
-        "error",
+        *quiet_ffmpeg(binary),
         "-f",
         "mpegts",
         "-i",

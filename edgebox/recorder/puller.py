@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from edgebox.clips import ffmpeg_exe
+from edgebox.clips import quiet_ffmpeg
 from edgebox.recorder.cameras import CameraSpec
 from edgebox.recorder.pieces import VIDEO_PID, Cutter, Piece
 
@@ -48,11 +48,7 @@ def ffmpeg_pull_command(url: str, offset_seconds: float, binary: str | None = No
     """The ffmpeg command that copies `url`'s first video (and audio, as AAC) to MPEG-TS on
     standard output, with timestamps shifted by `offset_seconds`."""
     return [
-        binary or ffmpeg_exe(),
-        "-hide_banner",
-        "-nostdin",
-        "-loglevel",
-        "error",
+        *quiet_ffmpeg(binary),
         "-rtsp_transport",
         "tcp",
         "-timeout",
