@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from dataclasses import dataclass, field
 
 from edgebox import custody, vault
 from edgebox.errors import EdgeboxError
-
-SETTLE_SECONDS = 3  # in all, for re-reading recordings that change under a running box
 
 
 @dataclass
@@ -85,13 +82,12 @@ def _verify_into(report: Report, box, review_key) -> None:
     report.problems.extend(chain.problems)
     logged = _logged(box)
     report.problems.extend(_ingest_problems(box, logged))
-    settle_until = time.monotonic() + SETTLE_SECONDS
     known = set()
     for rec in box.store.query("SELECT * FROM recordings ORDER BY received_at"):
         report.recordings += 1
         path = box.uploads.vault_path(rec["id"])
         known.add(path.name)
-        problems = _settled_problems(box, rec, logged, settle_until)
+        problems = _settled_problems(box, rec, logged)
         if problems is None:  # crypto-shredded by retention: no file, a custody entry
             report.problems.extend(deletion_problems(box, rec))
             continue
@@ -185,25 +181,19 @@ def _file_problems(box, rec: dict, logged: _Logged) -> list[str] | None:
     )
 
 
-def _settled_problems(box, rec: dict, logged: _Logged, until: float, tries: int = 4):
-    """`_file_problems`, read again while the recording is changing under a running box.
+def _settled_problems(box, rec: dict, logged: _Logged):
+    """`_file_problems`, and when it finds any, once more under the vault's header lock.
 
-    A seal or re-wrap rewrites the header, then records the new stored hash: a check that
-    falls between the two, or that read the log and the rows before it, sees a mismatch
-    that is gone a moment later. A problem stands when the row and its custody entries
-    did not move for a second (or the row is gone). The waiting stops at `until` for the
-    whole run, so a box with many damaged files is not verified a second per file slower.
-    """
+    A seal, re-wrap or shred rewrites the header and then records the new stored hash, both
+    while holding `vault.header_change`: a check that falls between the two, or that read
+    the log and the rows before them, sees a mismatch that is gone a moment later. Read
+    again under that lock, the row, its custody entries and its file are one state, so a
+    problem found then is real (and a box that never seals is never waited for)."""
     problems = _file_problems(box, rec, logged)
-    for _ in range(tries):
-        if not problems or time.monotonic() >= until:
-            break
-        time.sleep(0.25)
+    if not problems or not box.uploads.vault_dir.is_dir():
+        return problems
+    with vault.header_change(box.uploads.vault_dir):
         fresh = box.store.one("SELECT * FROM recordings WHERE id = ?", (rec["id"],))
         if fresh is None:
-            break
-        again = _logged(box, rec["id"])
-        if (fresh, again.stored.get(rec["id"])) != (rec, logged.stored.get(rec["id"])):
-            rec, logged = fresh, again
-            problems = _file_problems(box, rec, logged)
-    return problems
+            return problems
+        return _file_problems(box, fresh, _logged(box, rec["id"]))

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 
 import pytest
 
@@ -160,3 +161,37 @@ def test_deep_names_the_damaged_segment(box, two):
     assert any("stored bytes changed" in p for p in mine)
     assert any("segment 1" in p for p in mine), mine
     assert report.decrypted == 1  # the intact one
+
+
+def test_verify_waits_for_a_seal_under_way_instead_of_calling_it_damage(box, two):
+    """Found by the soak: a seal rewrites the header, then records the new stored hash; a
+    verify that read between the two reported a healthy recording as damaged."""
+    a, _ = two
+    path = box.uploads.vault_path(a["id"])
+    result = {}
+    with vault.header_change(box.uploads.vault_dir):  # as seal_recording holds it
+        header = vault.read_header(path)
+        kept = [s for s in header.stanzas if not s["recipient"].startswith("review:")]
+        stored = vault.rewrite_header(path, kept)  # the file is sealed, its row not yet
+        worker = threading.Thread(target=lambda: result.update(report=verify_box(box)))
+        worker.start()
+        worker.join(4.0)  # longer than any retrying would take
+        assert worker.is_alive()  # verify waits for the seal to finish...
+        with box.store.write() as db:  # ...which then records the new hash, as _rewrite does
+            db.execute(
+                "UPDATE recordings SET stored_sha256 = ?, sealed = 1 WHERE id = ?",
+                [stored, a["id"]],
+            )
+            custody.append(
+                db,
+                "recording.sealed",
+                "box",
+                a["id"],
+                {
+                    "dropped": "review",
+                    "stored_sha256": stored,
+                    "previous_stored_sha256": a["stored_sha256"],
+                },
+            )
+    worker.join(60)
+    assert result["report"].ok, result["report"].problems
