@@ -44,9 +44,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+set +o pipefail  # pip's status is read from PIPESTATUS; grep only drops a noisy line
 "$VENV/bin/python" -m pip install -q -e ".[test,bench${EDGEBOX_EXTRAS:+,$EDGEBOX_EXTRAS}]" 2>&1 \
-  | grep -v "^WARNING: Location" >&2 || true
-"$VENV/bin/python" -c "import edgebox, flask, cryptography, paho.mqtt" \
+  | { grep -v "^WARNING: Location" >&2 || true; }
+pip_status=${PIPESTATUS[0]}
+set -o pipefail
+[ "$pip_status" -eq 0 ] || { echo "setup: pip install failed ($pip_status)" >&2; exit 1; }
+"$VENV/bin/python" -c "import edgebox, flask, flask_babel, cryptography, paho.mqtt, playwright, \
+swiftclient, boto3, psycopg, hypothesis, schemathesis" \
   || { echo "setup: the venv is incomplete" >&2; exit 1; }
 # The UI message catalogs, compiled for the editable install (the wheel build compiles its own).
 PYBABEL="$VENV/bin/pybabel" bash scripts/translations.sh compile
