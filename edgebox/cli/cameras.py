@@ -105,19 +105,43 @@ def _registry(box):
     return registry_of(box)
 
 
+def pulled_camera_options(command):
+    """The options every command adding a camera the box pulls from takes: the password
+    file, and the pre- and post-event times."""
+    for option in reversed(
+        (
+            click.option(
+                "--password-file",
+                metavar="FILE",
+                help="File holding the camera's password (else $EDGEBOX_CAMERA_PASSWORD, or a "
+                "prompt).",
+            ),
+            click.option(
+                "--pre-event",
+                type=float,
+                help="Seconds kept before a trigger (at least 30; default: config).",
+            ),
+            click.option(
+                "--post-event", type=float, help="Seconds recorded after a stop (default: config)."
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _camera_password(username: str | None, password_file: str | None) -> str | None:
+    """The camera's password when it has a user name (file, environment or prompt)."""
+    if not username:
+        return None
+    return read_secret(password_file, "Camera password", env="EDGEBOX_CAMERA_PASSWORD")
+
+
 @cameras.command("add-rtsp")
 @click.argument("name")
 @click.argument("url")
 @click.option("--username", help="User name on the camera (or put it in the URL).")
-@click.option(
-    "--password-file",
-    metavar="FILE",
-    help="File holding the camera's password (else $EDGEBOX_CAMERA_PASSWORD, or a prompt).",
-)
-@click.option(
-    "--pre-event", type=float, help="Seconds kept before a trigger (at least 30; default: config)."
-)
-@click.option("--post-event", type=float, help="Seconds recorded after a stop (default: config).")
+@pulled_camera_options
 @config_option
 @json_option
 @handle_errors
@@ -125,9 +149,7 @@ def add_rtsp(name, url, username, password_file, pre_event, post_event, config_f
     """Add a camera the box pulls from over RTSP (URL rtsp://HOST[:PORT]/PATH); its
     credentials are stored sealed, never in clear. The running box starts pulling it within
     seconds."""
-    password = None
-    if username:
-        password = read_secret(password_file, "Camera password", env="EDGEBOX_CAMERA_PASSWORD")
+    password = _camera_password(username, password_file)
     with opened_box(config_file) as box:
         row = _registry(box).add(
             name,
@@ -171,16 +193,8 @@ def discover(timeout, address, as_json):
 @click.argument("name")
 @click.argument("xaddr")
 @click.option("--username", help="User name on the camera (ONVIF and RTSP).")
-@click.option(
-    "--password-file",
-    metavar="FILE",
-    help="File holding the camera's password (else $EDGEBOX_CAMERA_PASSWORD, or a prompt).",
-)
 @click.option("--profile", help="Media profile token (default: the camera's first).")
-@click.option(
-    "--pre-event", type=float, help="Seconds kept before a trigger (at least 30; default: config)."
-)
-@click.option("--post-event", type=float, help="Seconds recorded after a stop (default: config).")
+@pulled_camera_options
 @config_option
 @json_option
 @handle_errors
@@ -191,9 +205,7 @@ def add_onvif(
     box asks it for its profiles and the chosen profile's RTSP URI, then pulls that."""
     from edgebox.recorder import onvif
 
-    password = None
-    if username:
-        password = read_secret(password_file, "Camera password", env="EDGEBOX_CAMERA_PASSWORD")
+    password = _camera_password(username, password_file)
     chosen = onvif.pick_profile(onvif.stream_profiles(xaddr, username, password), profile)
     with opened_box(config_file) as box:
         row = _registry(box).add(
