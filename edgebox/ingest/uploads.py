@@ -264,8 +264,7 @@ class Uploads:
                 finished=True,
                 duplicate=True,
             )
-        with self._creating:  # the space check and the new row, one creation at a time
-            return self._create(device, length, columns, raw, PARTIAL if partial else None)
+        return self.open(device, length, columns, raw, PARTIAL if partial else None)
 
     def _length(self, header: str) -> int:
         """A valid Upload-Length, or 400 (not a count) or 413 (past the maximum)."""
@@ -283,14 +282,23 @@ class Uploads:
                 status=413,
             )
 
-    def open(self, device: dict, length: int, columns: dict, raw: dict) -> Progress:
-        """Start an upload of `length` bytes whose recording row will hold `columns` (already
-        validated: the recordings columns of `parse_recording_metadata`, plus any other
-        recordings column a source fills) and `raw` (the metadata as sent). Every source of
-        footage (tus, the Axis content destination) enters the vault through here."""
-        self._check_size(length)
+    def open(
+        self,
+        device: dict,
+        length: int | None,
+        columns: dict,
+        raw: dict,
+        concat: str | None = None,
+    ) -> Progress:
+        """Start an upload of `length` bytes (None: declared later) whose recording row will
+        hold `columns` (already validated: the recordings columns of
+        `parse_recording_metadata`, plus any other recordings column a source fills) and
+        `raw` (the metadata as sent); `concat` marks a tus part. Every source of footage (tus,
+        the Axis content destination, the RTSP recorder) enters the vault through here."""
+        if length is not None:
+            self._check_size(length)
         with self._creating:  # the space check and the new row, one creation at a time
-            return self._create(device, length, columns, raw)
+            return self._create(device, length, columns, raw, concat)
 
     def _create(
         self,
