@@ -132,3 +132,34 @@ def test_a_part_that_ended_cannot_be_joined(box, camera, how):
     refused = _final(camera, parts)
     assert refused.status_code in (400, 410), refused.text
     assert len(box.store.query("SELECT id FROM recordings")) == (how == "used")
+
+
+def test_a_clean_up_failing_after_the_join_was_recorded_keeps_the_recording(
+    box, camera, monkeypatch
+):
+    """A step after the recording's row (dropping the final's resume key) fails with EIO:
+    the answer is an error, but the recorded vault file stays. The EIO is injected, since a
+    real failing unlink cannot be arranged here; everything else is the real box."""
+    from pathlib import Path
+
+    from edgebox.ingest.uploads import Uploads
+
+    data = os.urandom(2 * MIB + 7)
+    parts = [_part(camera, data[:MIB]), _part(camera, data[MIB:])]
+    real = Uploads._resume_path
+
+    class FailingUnlink(type(Path())):
+        def unlink(self, missing_ok=False):
+            raise OSError(5, "Input/output error")
+
+    def resume_path(self, upload_id):
+        path = real(self, upload_id)
+        final = box.store.one("SELECT concat FROM uploads WHERE id = ?", (upload_id,))
+        return FailingUnlink(path) if final and final["concat"] == "final" else path
+
+    monkeypatch.setattr(Uploads, "_resume_path", resume_path)
+    answer = _final(camera, parts)
+    assert answer.status_code >= 400
+    rows = box.store.query("SELECT id, evidence_sha256 FROM recordings")
+    assert [r["evidence_sha256"] for r in rows] == [hashlib.sha256(data).hexdigest()]
+    assert box.uploads.vault_path(rows[0]["id"]).exists()

@@ -92,6 +92,8 @@ def _give_up(uploads: Uploads, final: dict, device: dict, exc: Exception) -> Non
         uploads._fail(final, device, f"joining the parts failed: {reason}")
     except IngestError:  # already ended (e.g. the sha256 check failed it)
         pass
+    if uploads.store.one("SELECT id FROM recordings WHERE id = ?", (final["recording_id"],)):
+        return  # recorded before the failure (a clean-up step failed): it is evidence now
     uploads.vault_path(final["recording_id"]).unlink(missing_ok=True)
 
 
