@@ -8,7 +8,7 @@ recordings page (with its poster cards) over 100,000 recordings next to today's 
    from the plaintext file on disk (seekable: what a viewer without encryption does). A warm
    poster (held in the in-memory cache) is fetched over HTTPS by an unlocked supervisor.
 2. Two real boxes (`edgebox run`) over copies of one database of 100,000 recordings: this
-   tree's code, and the `main` branch's code from `git archive main` (today's list page).
+   tree's code, and the table list page before the cards (`git archive` of PEER_REV).
    The first page of /recordings is timed on both, interleaved, for a crew member.
 
 Nothing is asserted: a benchmark reports.
@@ -180,11 +180,15 @@ def _warm_poster(box, rid: str, count: int) -> list[float]:
     return times
 
 
+# The last commit with the table list page: a fixed peer (main itself now has the cards).
+PEER_REV = "08ce962c16265fd9a031e3e6570a09f1b5d5ca6a"
+
+
 def _main_code(root: Path) -> Path:
-    """The main branch's tree, unpacked from git (never the main worktree itself)."""
+    """The table list page's tree (PEER_REV), unpacked from git."""
     target = root / "main-code"
     target.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "main"], capture_output=True,
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PEER_REV], capture_output=True,
                              check=True).stdout  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return target
@@ -209,7 +213,7 @@ def bench_list(root: Path, args) -> dict:
     main_code = _main_code(root)
     envs = {
         "this branch (poster cards)": {**os.environ},
-        "main (today's table)": {**os.environ, "PYTHONPATH": str(main_code)},
+        "before the cards (table)": {**os.environ, "PYTHONPATH": str(main_code)},
     }
     servers, procs = {}, []
     try:
