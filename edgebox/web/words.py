@@ -28,6 +28,14 @@ LINK_WORDS = {
 }
 # Details the box itself gives for a link state (others are the broker's own words).
 LINK_DETAILS = (N_("never connected"),)
+CAMERA_WORDS = {  # an RTSP camera's live state (edgebox.recorder.puller)
+    "starting": N_("starting"),
+    "connecting": N_("connecting"),
+    "streaming": N_("streaming"),
+    "reconnecting": N_("reconnecting"),
+    "offline": N_("offline"),
+    "unauthorized": N_("credentials refused"),
+}
 ROLE_WORDS = {"crew": N_("crew"), "supervisor": N_("supervisor"), "admin": N_("admin")}
 # The exemption reasons the seed names; "other" carries a note: stored as "other: NOTE".
 EXEMPTIONS = {
@@ -49,6 +57,11 @@ def sync_word(code: str) -> str:
 def link_word(code: str) -> str:
     """An upstream link state in words."""
     return _word(LINK_WORDS, code)
+
+
+def camera_word(code: str) -> str:
+    """An RTSP camera's live state in words."""
+    return _word(CAMERA_WORDS, code)
 
 
 def role_name(code: str) -> str:
@@ -135,7 +148,7 @@ def badges(rec: dict) -> list[tuple[str, str]]:
 def install(app) -> None:
     """Make the vocabulary available to every template."""
     app.jinja_env.globals.update(
-        sync_word=sync_word, link_word=link_word, role_name=role_name,
+        sync_word=sync_word, link_word=link_word, role_name=role_name, camera_word=camera_word,
         exemption_words=exemption_words, length_text=length_text, badges=badges,
         length_seconds=length_seconds, percent=percent,
     )  # fmt: skip
