@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -160,8 +161,10 @@ def test_time_filters_on_the_page_and_bad_ones(site):
     crew = form_login(box, "crew-1")
     shown = crew.get(f"{box.url}/recordings?range=24h").text
     assert rid in shown  # the clip started just now; the noise has no start time
-    today = dt.datetime.now(dt.UTC).date().isoformat()
-    assert rid in crew.get(f"{box.url}/recordings?day={today}").text
+    started = box.store.one("SELECT started_at FROM recordings WHERE id = ?", (rid,))["started_at"]
+    zone = ZoneInfo(box.config.ui.timezone)  # the day is the crews' day, not UTC's
+    day = dt.datetime.fromisoformat(started).astimezone(zone).date().isoformat()
+    assert rid in crew.get(f"{box.url}/recordings?day={day}").text
     assert rid not in crew.get(f"{box.url}/recordings?day=2001-01-01").text
     bad = crew.get(f"{box.url}/recordings?day=yesterday")
     assert bad.status_code == 200 and "give the day as a date" in bad.text
