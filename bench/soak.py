@@ -41,22 +41,29 @@ from edgebox.vault import Reader  # noqa: E402
 
 PLANTED = "planted-by-soak"  # the file the final scan must find (its own check)
 BOX_KILLING = {"kill_ingest", "kill_sync", "power_cut"}
+# Kill-heavy, as the counts are (100 box kills to 20 broker or link flaps): 13 of
+# every 20 cycles kill the box, 4 flap the broker or the link.
 SCHEDULE = [
     "kill_ingest",
     "kill_sync",
     "broker_restart",
     "kill_ingest",
-    "net_cut",
     "kill_sync",
+    "net_cut",
+    "kill_ingest",
+    "power_cut",
     "central_restart",
+    "kill_sync",
     "kill_ingest",
     "net_stall",
     "kill_sync",
     "litestream_kill",
-    "broker_restart",
-    "disk_full",
     "kill_ingest",
+    "broker_restart",
+    "kill_sync",
+    "disk_full",
     "power_cut",
+    "kill_ingest",
 ]
 
 

@@ -14,6 +14,23 @@ WARM_UP = 60  # seconds after a box start left out of the leak trend
 COLUMNS = ("lost", "corrupted", "duplicated", "deleted unsynced", "verify failures", "5xx")
 
 
+SLOPES = (("rss_mib_per_hour", 1), ("fds_per_hour", 2))
+
+
+def _slope(lives, column: int) -> float | None:
+    """Least-squares slope per hour of one column, pooled over process lives of 10 or more
+    samples (each life around its own mean, so a restart's drop is no trend)."""
+    top = bottom = 0.0
+    for points in lives:
+        if len(points) < 10:
+            continue
+        tm = statistics.fmean(p[0] for p in points)
+        ym = statistics.fmean(p[column] for p in points)
+        top += sum((p[0] - tm) * (p[column] - ym) for p in points)
+        bottom += sum((p[0] - tm) ** 2 for p in points)
+    return top / bottom * 3600 if bottom else None
+
+
 def leak_slopes(samples: list[tuple[float, int, int, int]]) -> dict:
     """RSS (MiB/hour) and open files (per hour) trends of the box: the least-squares slope
     within each box process's life (a kill starts a new one), pooled over all of them."""
@@ -22,24 +39,19 @@ def leak_slopes(samples: list[tuple[float, int, int, int]]) -> dict:
         by_pid[pid].append((t, rss / (1 << 20), fds))
     for pid, points in list(by_pid.items()):  # the first minute of a life is warm-up
         by_pid[pid] = [p for p in points if p[0] - points[0][0] >= WARM_UP]
-    result = {}
-    for name, column in (("rss_mib_per_hour", 1), ("fds_per_hour", 2)):
-        top = bottom = 0.0
-        for points in by_pid.values():
-            if len(points) < 10:
-                continue
-            tm = statistics.fmean(p[0] for p in points)
-            ym = statistics.fmean(p[column] for p in points)
-            top += sum((p[0] - tm) * (p[column] - ym) for p in points)
-            bottom += sum((p[0] - tm) ** 2 for p in points)
-        result[name] = top / bottom * 3600 if bottom else None
+    result = {name: _slope(by_pid.values(), column) for name, column in SLOPES}
     longest = max(by_pid.values(), key=len, default=[])
+    for name, column in SLOPES:  # the calm phase's one box alone: the cleanest trend
+        result[f"longest_{name}"] = _slope([longest], column)
     result["longest_life_samples"] = len(longest)
     result["longest_life_minutes"] = (longest[-1][0] - longest[0][0]) / 60 if longest else 0
     result["rss_mib_range"] = (
         [round(min(p[1] for p in longest), 1), round(max(p[1] for p in longest), 1)]
         if longest
         else None
+    )
+    result["fds_range"] = (
+        [min(p[2] for p in longest), max(p[2] for p in longest)] if longest else None
     )
     return result
 
@@ -107,7 +119,10 @@ def report(soak, world, ran: int, args) -> int:
         f"{_fmt(leaks['rss_mib_per_hour'])} MiB/hour, open files "
         f"{_fmt(leaks['fds_per_hour'])}/hour; the longest-lived box process ran "
         f"{leaks['longest_life_minutes']:.1f} min ({leaks['longest_life_samples']} samples, "
-        f"RSS {leaks['rss_mib_range']} MiB).",
+        f"RSS {leaks['rss_mib_range']} MiB, open files {leaks['fds_range']}): RSS "
+        f"{_fmt(leaks['longest_rss_mib_per_hour'])} MiB/hour, open files "
+        f"{_fmt(leaks['longest_fds_per_hour'])}/hour over its life after a "
+        f"{WARM_UP} s warm-up.",
         "",
         "What happened at each fault: "
         + "; ".join(f"{k} ×{v}" for k, v in sorted(soak.notes.items()))
