@@ -1,24 +1,26 @@
 """Central at scale: a fleet of simulated boxes against one Mosquitto and central with 1, 2 and 4
 worker processes, on the local folder store and on SeaweedFS (S3).
 
-    .venv/bin/python bench/fleet.py [--boxes 200] [--recordings 3] [--size 1048576]
-        [--workers 1,2,4] [--stores local,s3] [--offline 0.05] [--deadline 120] [--rounds 1]
-        [--json OUT]
+    .venv/bin/python bench/fleet.py [--boxes 200] [--recordings 2] [--size 3145728]
+        [--chunk 1048576] [--workers 1,2,4] [--stores local,s3] [--offline 0.05]
+        [--deadline 170] [--rounds 2] [--plain] [--json OUT] [--no-write]
 
-Each box (bench/fleet_box.py) has its own Ed25519 identity, custody chain and real vault
-files; each speaks MQTT 5 through its own paho client (bench/fleet_link.py, plain MQTT on
-loopback) and drops offline for 1-4 s at random mid-transfer (`--offline`, the chance per
-recording). Central runs as N `edgebox central run --workers 1` processes sharing one work
-folder and SQLite index, one store. Printed per run: aggregate MB/s (stored bytes over the
-time from the first init to the last confirmation), p50/p99 fin-to-ack, broker peak RSS,
-central CPU seconds per GiB (and SeaweedFS's), and the check that every file is held once.
-The store alone (the same bytes put by 1 and 4 threads, no MQTT) is measured in the same run
-as the floor of the store-bound part.
+Each box (bench/fleet_box.py) has its own Ed25519 identity, custody chain, real vault files
+and client certificate; each speaks MQTT 5 over TLS through its own paho client
+(bench/fleet_link.py), under the ACL shipped in deploy/mosquitto, which holds a box to its own
+topics (`--plain`: plain MQTT on loopback, to see what TLS costs), and drops offline for 1-4 s
+at random mid-transfer (`--offline`, the chance per recording). Central runs as N
+`edgebox central run --workers 1` processes sharing one work folder and SQLite index, one
+store. Per run: aggregate MB/s (stored bytes over the time from the first init to the last
+confirmation), p50/p99 fin-to-ack, broker peak RSS, central CPU seconds per GiB (and
+SeaweedFS's), and the check that every file is held once. The store alone (the same bytes put
+by 1 and 4 threads, no MQTT) is measured in the same run as the floor of the store-bound part.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import random
@@ -37,9 +39,20 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 import psutil  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
 
-from bench.common import GIB, MB, Proc, clean_env, cpu_self, edgebox_cmd, log  # noqa: E402
+from bench.common import (  # noqa: E402
+    GIB,
+    MB,
+    ROOT,
+    Proc,
+    clean_env,
+    cpu_self,
+    edgebox_cmd,
+    log,
+    write_section,
+)
 from bench.fleet_box import SimBox  # noqa: E402
 from bench.fleet_link import BoxRunner, BoxUplink, FleetStats  # noqa: E402
+from bench.fleet_report import HEADING, section  # noqa: E402
 from edgebox.central.blobs import open_store  # noqa: E402
 from edgebox.central.files import recording_key  # noqa: E402
 from edgebox.central.index import Index  # noqa: E402
@@ -47,17 +60,35 @@ from tests.brokers import Mosquitto, TestPKI  # noqa: E402
 from tests.seaweed import SeaweedFS  # noqa: E402
 
 
-def make_fleet(folder: Path, boxes: int, recordings: int, size: int) -> list[SimBox]:
-    """Boxes with their identities and real vault files (made once, reused by every run)."""
+def make_fleet(
+    folder: Path, boxes: int, recordings: int, size: int, pki: TestPKI | None = None
+) -> list[SimBox]:
+    """Boxes with their identities, client certificates (from `pki`) and real vault files
+    (made once, reused by every run)."""
     central = X25519PrivateKey.generate().public_key()
     fleet = []
     for n in range(boxes):
         box = SimBox(f"sim-{n:04d}", folder / f"sim-{n:04d}")
+        box.certificate = pki.client_cert(box.box_id) if pki else None
         box.record("box.enrolled")
         for _ in range(recordings):
             box.make_recording(size + random.randrange(4096), central)
         fleet.append(box)
     return fleet
+
+
+def fleet_acl(workers: int) -> list[str]:
+    """The ACL deploy/mosquitto ships, with a block like its first worker's for each of
+    `workers` worker certificates (`central:worker-N`)."""
+    shipped = (ROOT / "deploy" / "mosquitto" / "edgebox-central.acl").read_text().splitlines()
+    start = shipped.index("user central:worker-1")
+    block = shipped[start : shipped.index("", start)]
+    named = {line for line in shipped if line.startswith("user central:worker-")}
+    extra = []
+    for n in range(1, workers + 1):
+        if f"user central:worker-{n}" not in named:
+            extra += [f"user central:worker-{n}", *block[1:], ""]
+    return shipped + [""] + extra
 
 
 class Sampler:
@@ -80,16 +111,25 @@ class Sampler:
         return self.peak
 
 
-def start_central(work: Path, store: str, workers: int, broker: Mosquitto, env: dict) -> list:
-    """N central processes of one worker each, sharing the work folder, index and store."""
+def start_central(
+    work: Path, store: str, workers: int, broker: Mosquitto, env: dict, tls: bool
+) -> list:
+    """N central processes of one worker each, sharing the work folder, index and store;
+    over TLS each with its own worker certificate."""
     procs = []
     for n in range(workers):
+        if tls:
+            cert, key = broker.pki.client_cert(f"central:worker-{n + 1}")
+            link = [broker.url_tls_cert, "--ca", str(broker.ca_path)]
+            link += ["--cert", str(cert), "--key", str(key)]
+        else:
+            link = [broker.url_plain]
         argv = [
             *edgebox_cmd(),
             "central",
             "run",
             "--broker",
-            broker.url_plain,
+            *link,
             "--store",
             store,
             "--work",
@@ -149,7 +189,12 @@ def run_fleet(fleet, broker, args, rng) -> tuple[FleetStats, float, float]:
     last = [start]
 
     def one(box: SimBox) -> None:
-        uplink = BoxUplink(box, "127.0.0.1", broker.port_plain, args.ack_timeout)
+        if args.plain:
+            uplink = BoxUplink(box, "127.0.0.1", broker.port_plain, args.ack_timeout)
+        else:
+            uplink = BoxUplink(
+                box, "127.0.0.1", broker.port_tls_cert, args.ack_timeout, ca=broker.ca_path
+            )
         runner = BoxRunner(
             box, uplink, stats, random.Random(rng.random()), args.chunk, offline_chance=args.offline
         )
@@ -202,7 +247,7 @@ def one_run(kind, workers, fleet, broker, seaweed, root, args, rng) -> dict:
         store = f"s3://{seaweed.bucket}/run-{kind}-{workers}-{rng.randrange(1 << 30):x}"
     else:
         store = str(work)
-    procs = start_central(work, store, workers, broker, env)
+    procs = start_central(work, store, workers, broker, env, tls=not args.plain)
     weed = psutil.Process(seaweed.process.pid) if kind == "s3" else None
     weed_cpu0 = _tree_cpu(weed)
     cpu0 = sum(p.cpu() for p in procs)
@@ -263,31 +308,39 @@ def _tree_cpu(process) -> float:
 
 
 def main() -> None:
-    """Run every configuration asked for and print the results as JSON."""
+    """Run every configuration asked for; print the section and write it to RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--boxes", type=int, default=200)
-    parser.add_argument("--recordings", type=int, default=3)
-    parser.add_argument("--size", type=int, default=1 << 20)
-    parser.add_argument("--chunk", type=int, default=256 << 10)
+    parser.add_argument("--recordings", type=int, default=2)
+    parser.add_argument("--size", type=int, default=3 << 20)
+    parser.add_argument("--chunk", type=int, default=1 << 20)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--stores", default="local,s3")
     parser.add_argument("--offline", type=float, default=0.05)
     parser.add_argument("--ack-timeout", type=float, default=15)
-    parser.add_argument("--deadline", type=float, default=120)
+    parser.add_argument("--deadline", type=float, default=170)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--seed", type=int, default=17)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--plain", action="store_true", help="plain MQTT, no TLS, no ACL")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     random.seed(args.seed)
     root = Path(tempfile.mkdtemp(prefix="edgebox-fleet-"))
+    began, load_before = dt.datetime.now(dt.UTC), os.getloadavg()[0]
     results, floors = [], {}
     try:
         log(f"fleet: making {args.boxes} boxes x {args.recordings} vault files")
-        fleet = make_fleet(root / "boxes", args.boxes, args.recordings, args.size)
+        pki = TestPKI(root / "pki")
+        fleet = make_fleet(
+            root / "boxes", args.boxes, args.recordings, args.size, None if args.plain else pki
+        )
         stores = args.stores.split(",")
+        counts = [int(w) for w in args.workers.split(",")]
         with (
-            Mosquitto(root / "broker", TestPKI(root / "pki")) as broker,
+            Mosquitto(root / "broker", pki, acl_lines=fleet_acl(max(counts))) as broker,
             SeaweedFS(root / "seaweed") as seaweed,
         ):
             for kind in stores:
@@ -297,7 +350,6 @@ def main() -> None:
                     n: round(store_alone(target, env, fleet, n, 256 << 20), 1) for n in (1, 4)
                 }
                 log(f"store alone {kind}: {floors[kind]} MB/s with 1 / 4 threads")
-                counts = [int(w) for w in args.workers.split(",")]
                 for round_no in range(args.rounds):  # alternate the order: load drifts
                     for workers in counts if round_no % 2 == 0 else counts[::-1]:
                         result = one_run(kind, workers, fleet, broker, seaweed, root, args, rng)
@@ -320,10 +372,15 @@ def main() -> None:
             ratio = statistics.median(by[4]) / statistics.median(by[1])
             report[f"scale_out_4_over_1_{kind}"] = round(ratio, 2)
         report[f"store_alone_4_over_1_{kind}"] = round(floors[kind][4] / floors[kind][1], 2)
-    text = json.dumps(report, indent=1)
-    print(text)
+    ended = dt.datetime.now(dt.UTC)
+    report["when"] = f"{began:%Y-%m-%d %H:%M}–{ended:%H:%M} UTC"
+    report["load_before"] = round(load_before, 1)
     if args.json:
-        args.json.write_text(text)
+        args.json.write_text(json.dumps(report, indent=1))
+    text = section(report)
+    print(text)
+    if not args.no_write:
+        write_section(Path(args.results), HEADING, text)
 
 
 if __name__ == "__main__":

@@ -47,11 +47,12 @@ class SimRecording:
 
 @dataclass
 class SimBox:
-    """A box's identity, custody chain and recordings."""
+    """A box's identity, custody chain, recordings and (over TLS) its client certificate."""
 
     box_id: str
     folder: Path
     identity: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    certificate: tuple[Path, Path] | None = None  # (cert, key), CN = box id
     entries: list[dict] = field(default_factory=list)
     recordings: list[SimRecording] = field(default_factory=list)
 

@@ -2,8 +2,9 @@
 central as a box's uplink does (custody first, then each recording: init, segments by offset
 with a window, fin; resend on timeout or on central's request), and going offline at random.
 
-Plain MQTT on loopback (the bench's choice: TLS would add the simulator's own handshake and
-record costs to the same two cores central runs on; the boxes' TLS is measured in bench/sync.py).
+Over TLS each box presents its own client certificate (CN = box id, the MQTT user name), so the
+broker's ACL holds it to its own topics, as in a deployment; `--plain` in bench/fleet.py drops
+TLS to show what the handshakes and records cost on the same two cores.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -37,7 +39,9 @@ class FleetStats:
 class BoxUplink:
     """One box's MQTT client and central's answers to it."""
 
-    def __init__(self, box: SimBox, host: str, port: int, ack_timeout: float):
+    def __init__(
+        self, box: SimBox, host: str, port: int, ack_timeout: float, ca: Path | None = None
+    ):
         self.box = box
         self.host, self.port = host, port
         self.ack_timeout = ack_timeout
@@ -47,6 +51,9 @@ class BoxUplink:
             CallbackAPIVersion.VERSION2, client_id=box.box_id, protocol=mqtt.MQTTv5
         )
         self.client.max_inflight_messages_set(64)
+        if ca is not None:  # mutual TLS with the box's own certificate
+            cert, key = box.certificate
+            self.client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
         self.client.on_message = self._message
         self.client.on_connect = self._connected
 

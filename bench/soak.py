@@ -148,11 +148,12 @@ class Faults:
         return "filled past the reserve for 3-5 s"
 
     def power_cut(self) -> str:
-        """kill -9 the box and Litestream; remount the loop disk (or drop the page cache)."""
+        """kill -9 the box and Litestream, then lose what the loop disk's page cache had not
+        written back (or, without a loop disk, drop the page cache)."""
         self.world.kill_box(group=True)
         if self.world.disk.mounted:
-            took = self.world.disk.remount()
-            note = f"loop disk remounted in {took:.1f} s"
+            took, dirty = self.world.disk.power_cut()
+            note = f"unwritten page cache lost ({dirty >> 10} KiB dirty), back in {took:.1f} s"
         else:
             try:
                 Path("/proc/sys/vm/drop_caches").write_text("3\n")

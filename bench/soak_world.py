@@ -38,9 +38,17 @@ def _run(*command: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
+def _dirty_bytes() -> int:
+    """The machine's page cache not yet written back (Dirty in /proc/meminfo)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Dirty:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 class LoopDisk:
-    """A small ext4 filesystem in a file, loop-mounted (root only); `remount()` unmounts and
-    mounts it again, so what the box reads next comes from the medium, not the page cache."""
+    """A small ext4 filesystem in a file, loop-mounted (root only); `power_cut()` leaves
+    on it only what had reached the medium."""
 
     def __init__(self, folder: Path, mib: int):
         self.image, self.mount = folder / "disk.img", folder / "disk"
@@ -61,18 +69,28 @@ class LoopDisk:
         """Whether the loop filesystem is in use."""
         return not self.problem
 
-    def remount(self) -> float:
-        """Unmount and mount again, then drop the page cache; seconds it took."""
+    def power_cut(self) -> tuple[float, int]:
+        """What a power cut leaves on the medium: the image as the loop device has written it,
+        copied at once (writes still in the page cache above it are not in it), mounted in
+        place of the old one (ext4 replays its journal). The processes using the disk must be
+        dead. Returns (seconds it took, bytes of dirty page cache dropped with the old disk)."""
         started = time.monotonic()
-        for _ in range(50):
+        dirty = _dirty_bytes()
+        cut = self.image.with_name("disk.cut.img")
+        copied = _run("cp", "--sparse=always", str(self.image), str(cut))
+        if copied.returncode:
+            raise RuntimeError(f"power cut: copy failed: {copied.stderr}")
+        for _ in range(50):  # the old disk goes, with what its page cache still held
             if _run("umount", str(self.mount)).returncode == 0:
                 break
             time.sleep(0.2)
+        else:
+            raise RuntimeError("power cut: the old disk stays busy")
+        cut.replace(self.image)
         mounted = _run("mount", "-o", "loop", str(self.image), str(self.mount))
         if mounted.returncode:
-            raise RuntimeError(f"remount failed: {mounted.stderr}")
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return time.monotonic() - started
+            raise RuntimeError(f"power cut: mount after the cut failed: {mounted.stderr}")
+        return time.monotonic() - started, dirty
 
     def close(self) -> None:
         """Unmount (lazily if still busy) and remove the image."""

@@ -169,17 +169,17 @@ class Keyring:
         os.chmod(root, 0o700)
         identity = Ed25519PrivateKey.generate()
         write_private(root / "identity.key", pem_private(identity))
-        (root / "identity.pub").write_bytes(pem_public(identity.public_key()))
+        atomic_write(root / "identity.pub", pem_public(identity.public_key()))
         names = ["localhost", "127.0.0.1", "::1", socket.gethostname(), f"{box_id}.local"]
         tls_key, tls_cert = generate_tls_certificate(
             box_id, list(dict.fromkeys(names + (hosts or [])))
         )
         write_private(root / "tls.key", tls_key)
-        (root / "tls.crt").write_bytes(tls_cert)
+        atomic_write(root / "tls.crt", tls_cert)
         write_private(root / "ingest.key", secrets.token_bytes(32))
         ring = cls(root)
         review = X25519PrivateKey.generate()
-        (root / "review.pub").write_bytes(pem_public(review.public_key()))
+        atomic_write(root / "review.pub", pem_public(review.public_key()))
         ring._pending_review = review  # held in memory until the first slot is added
         return ring
 

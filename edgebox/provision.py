@@ -22,6 +22,7 @@ from edgebox.keys import (
     pem_public,
     write_private,
 )
+from edgebox.lowlevel.durable import atomic_write, fsync_dir
 
 CONFIG_NAME = "edgebox.toml"
 
@@ -108,7 +109,7 @@ def _create(
 ) -> dict:
     box_id = config.box.box_id
     undo.new(folder).mkdir(parents=True, exist_ok=True)
-    undo.new(config_path).write_text(render_config(config))
+    atomic_write(undo.new(config_path), render_config(config).encode())
     config = load_config(config_path)  # what was written reads back the same
     data = undo.new(config.data_dir)
     for sub in ("vault", "uploads", "replica"):
@@ -126,7 +127,7 @@ def _create(
         central = X25519PrivateKey.generate()
         demo_dir = undo.new(folder / "central-demo")
         write_private(demo_dir / "central.key", pem_private(central))
-        (demo_dir / "central.pub").write_bytes(pem_public(central.public_key()))
+        atomic_write(demo_dir / "central.pub", pem_public(central.public_key()))
         keys.import_central(central.public_key())
         result["central_private_key"] = str(demo_dir / "central.key")
     for suffix in ("", "-wal", "-shm"):
@@ -158,4 +159,6 @@ def _create(
         custody.make_checkpoint(store, box_id, keys.identity())
     finally:
         store.close()
+    for made in dict.fromkeys((data / "keys", data, data.parent, config_path.parent)):
+        fsync_dir(made)  # the new folders' own entries survive a power cut too
     return result

@@ -4,11 +4,12 @@ the store, an alarm, and after the restart every file once."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
 
-from edgebox.central.blobs.s3 import S3Blobs
+from edgebox.central.blobs.s3 import META_SHA, S3Blobs
 from edgebox.central.files import recording_key
 from tests.seaweed import SeaweedFS
 from tests.sync_fixtures import alarms, central_holds, central_workers, sealed, start_box, wait_for
@@ -98,7 +99,8 @@ def test_box_replica_reaches_the_s3_store_and_restores(tmp_path, broker, pki, se
     workers = central_workers(work, broker, pki, count=1, blobs=store)
     box = BoxProcess(config_path, env=env).start()
     try:
-        first, _ = ingest(pair(box), 100_000)
+        camera = pair(box)
+        first, _ = ingest(camera, 100_000)
 
         def restored() -> dict | None:
             shutil.rmtree(tmp_path / "copy", ignore_errors=True)
@@ -123,6 +125,31 @@ def test_box_replica_reaches_the_s3_store_and_restores(tmp_path, broker, pki, se
         record = json.loads(blobs.get("replicas/van-r/current.json"))
         for entry in record["files"].values():  # each file once, under its hash
             assert blobs.head(f"replicas/van-r/files/{entry['sha256']}").size == entry["size"]
+
+        def check() -> tuple[int, dict]:
+            run = run_cli("central", "replica", "van-r", "--store", store, "--check", "--json")
+            return run.returncode, json.loads(run.stdout)
+
+        assert check()[0] == 0
+        box.stop()  # the set holds still while its copy is damaged and checked
+        record = json.loads(blobs.get("replicas/van-r/current.json"))
+        path, entry = max(record["files"].items(), key=lambda item: item[1]["size"])
+        key = f"replicas/van-r/files/{entry['sha256']}"
+        data = bytearray(blobs.get(key))
+        data[len(data) // 2] ^= 0x01  # one bit rots; the object's metadata still claims its hash
+        blobs.client.put_object(
+            Bucket=blobs.bucket, Key=blobs.full(key), Body=bytes(data),
+            Metadata={META_SHA: entry["sha256"]},
+        )  # fmt: skip
+        assert blobs.head(key).sha256 == entry["sha256"]  # a HEAD cannot see it
+        status, report = check()
+        assert status == 1 and report["damaged"] == [path]
+        assert blobs.head(key) is None  # removed, so central's next mirror writes it again
+        box.start()  # on the same port
+        ingest(camera, 50_000)  # the box's next set
+        wait_for(lambda: blobs.head(key) is not None, timeout=60, what="the file written again")
+        assert hashlib.sha256(blobs.get(key)).hexdigest() == entry["sha256"]
+        assert check()[0] == 0
     finally:
         box.stop()
         for worker in workers:

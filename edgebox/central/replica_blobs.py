@@ -10,12 +10,13 @@ also written to the store before the box hears `ok`:
 - `replicas/<box>/current.json`: the same record, written last.
 
 `restore_set` rebuilds a set's folder from the store, from which `edgebox restore --from`
-rebuilds the box's database.
+rebuilds the box's database; `check_set` re-reads and re-hashes the set where it lies.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from edgebox.central.replicas import ReplicaCopyError, ReplicaStore
@@ -48,14 +49,38 @@ def mirror_set(blobs, replicas: ReplicaStore) -> None:
     blobs.put(f"{prefix}/current.json", record)
 
 
+def current_set(blobs, box_id: str) -> dict:
+    """The record of the box's current set in the store."""
+    try:
+        return json.loads(blobs.get(f"{_prefix(box_id)}/current.json"))
+    except FileNotFoundError:
+        raise ReplicaCopyError(f"the store holds no replica of box {box_id}") from None
+
+
+def check_set(blobs, box_id: str) -> tuple[dict, list[str]]:
+    """Read back and hash every file of the box's current set in the store; answers the
+    record and the paths found damaged or missing. Their objects are removed, so the next
+    set central mirrors writes them again from its own checked copy."""
+    prefix, record, damaged = _prefix(box_id), current_set(blobs, box_id), []
+    with tempfile.TemporaryDirectory(prefix="edgebox-replica-check-") as scratch:
+        target = Path(scratch) / "file"
+        for path, entry in sorted(record["files"].items()):
+            key = f"{prefix}/files/{entry['sha256']}"
+            try:
+                blobs.download(key, target)
+            except FileNotFoundError:
+                damaged.append(path)
+                continue
+            if target.stat().st_size != entry["size"] or file_sha256(target) != entry["sha256"]:
+                damaged.append(path)
+                blobs.delete(key)
+    return record, damaged
+
+
 def restore_set(blobs, box_id: str, out: Path) -> dict:
     """Lay the box's current set from the store into `out` (new or empty), every file's
     hash checked; answers the set's record."""
-    prefix = _prefix(box_id)
-    try:
-        record = json.loads(blobs.get(f"{prefix}/current.json"))
-    except FileNotFoundError:
-        raise ReplicaCopyError(f"the store holds no replica of box {box_id}") from None
+    prefix, record = _prefix(box_id), current_set(blobs, box_id)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ReplicaCopyError(f"{out} exists and is not empty", status=409)

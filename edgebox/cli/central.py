@@ -205,10 +205,12 @@ def verify_package_central(folder, as_json):
     "--store",
     required=True,
     help="Central's store folder (or its --work folder), or an s3:// store: then the copy "
-    "in the bucket is shown or exported (not --check).",
+    "in the bucket is shown, checked or exported.",
 )
 @click.option(
-    "--check", is_flag=True, help="Re-hash every file of the copy; exit 1 when one is damaged."
+    "--check",
+    is_flag=True,
+    help="Read back and re-hash every file of the copy; exit 1 when one is damaged.",
 )
 @click.option(
     "--export",
@@ -247,23 +249,19 @@ def replica_central(box_id, store, check, export_to, as_json):
 
 
 def _replica_in_store(store: str, box_id: str, check: bool, export_to: Path | None) -> dict:
-    """The box's replica set as the blob store holds it (shown, or laid out in `export_to`)."""
-    import json as json_module
-
+    """The box's replica set as the blob store holds it: shown, read back and hashed
+    (`check`), or laid out in `export_to`."""
     from edgebox.central.blobs import open_store
-    from edgebox.central.replica_blobs import restore_set
-    from edgebox.central.replicas import ReplicaCopyError
+    from edgebox.central.replica_blobs import check_set, current_set, restore_set
 
-    if check:
-        raise click.UsageError("--check works on a folder; export from the s3:// store instead")
     blobs = open_store(store)
+    damaged = []
     if export_to is not None:
         record = restore_set(blobs, box_id, export_to)
+    elif check:
+        record, damaged = check_set(blobs, box_id)
     else:
-        try:
-            record = json_module.loads(blobs.get(f"replicas/{box_id}/current.json"))
-        except FileNotFoundError:
-            raise ReplicaCopyError(f"the store holds no replica of box {box_id}") from None
+        record = current_set(blobs, box_id)
     report = {
         "box_id": box_id,
         "path": f"{blobs.url}/replicas/{box_id}/current.json",
@@ -273,6 +271,6 @@ def _replica_in_store(store: str, box_id: str, check: bool, export_to: Path | No
         "bytes": record["bytes"],
         "received_at": record["received_at"],
         "kept": [],
-        "damaged": [],
+        "damaged": damaged,
     }
     return {**report, "exported_to": str(export_to)} if export_to else report

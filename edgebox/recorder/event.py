@@ -10,12 +10,12 @@ before it to the first after it) and the recording goes on with what comes next.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgebox.clock import iso_at as iso_of
+from edgebox.lowlevel.durable import atomic_write
 from edgebox.recorder.pieces import Piece
 from edgebox.recorder.spool import Spool
 
@@ -178,10 +178,7 @@ class Event:
             "first_wall": self.first_wall,
             "triggers": [asdict(t) for t in self.triggers],
         }
-        path = manifest_path(self.spool.path)
-        temporary = path.with_name(path.name + ".new")
-        temporary.write_text(json.dumps(body))
-        os.replace(temporary, path)
+        atomic_write(manifest_path(self.spool.path), json.dumps(body).encode(), mode=0o600)
 
     @classmethod
     def from_manifest(cls, spool: Spool, max_seconds: float) -> Event:
