@@ -38,7 +38,7 @@ PY
     "$PYBABEL" compile -d "$DIR"
     ;;
   check)
-    .venv/bin/python -m pytest -q tests/test_translations.py -k catalog
+    "${PYTHON:-.venv/bin/python}" -m pytest -q tests/test_translations.py -k catalog
     ;;
   *)
     echo "usage: $0 update|compile|check" >&2

@@ -74,3 +74,15 @@ def test_live_fragment_shows_new_recordings_without_the_page(box, camera):
     after = client.get(f"{box.url}/dashboard/live").text
     assert f'href="/recordings/{response.headers["EdgeBox-Recording-Id"]}"' in after
     assert "1 recording," in after and "Drains when the link returns." in after
+
+
+def test_an_upload_of_unknown_length_shows_what_came_so_far(box, camera):
+    from tests.test_tus_extensions import _create_deferred
+
+    box.users.add("crew-1", "crew", PASSWORD)
+    client = form_login(box, "crew-1")
+    location = _create_deferred(camera).headers["Location"]
+    assert camera.patch(location, 0, os.urandom(300_000)).status_code == 204
+    live = client.get(f"{box.url}/dashboard/live").text
+    assert "300.0 kB so far; the camera gives the length when it stops." in live
+    assert " of 0" not in live and "None B" not in live

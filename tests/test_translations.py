@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -60,9 +61,9 @@ def catalog_problems(language: str, wanted: set) -> list[str]:
 def marked(tmp_path_factory) -> set:
     """Every string the templates and the web layer mark, extracted afresh with pybabel."""
     pot = tmp_path_factory.mktemp("pot") / "messages.pot"
+    pybabel = str(Path(sys.executable).with_name("pybabel"))  # beside this venv's python
     subprocess.run(
-        [str(ROOT / ".venv/bin/pybabel"), "extract", "-F", "babel.cfg", "-k", "N_", "-k", "_",
-         "-o", str(pot), "."],
+        [pybabel, "extract", "-F", "babel.cfg", "-k", "N_", "-k", "_", "-o", str(pot), "."],
         cwd=ROOT, check=True, capture_output=True,
     )  # fmt: skip
     with pot.open("rb") as handle:
