@@ -65,6 +65,11 @@ def expire_uploads(box, now: dt.datetime | None = None) -> dict:
     return {"expired": len(expired)}
 
 
+def prune_sessions(box, now: dt.datetime | None = None) -> dict:
+    """Forget web sessions that ended or expired more than a month ago."""
+    return {"pruned": box.users.prune_sessions(now=now)}
+
+
 def heartbeat(box, now: dt.datetime | None = None) -> bool:
     """Queue a heartbeat for central while the link is up (none pile up while offline)."""
     if box.uplink is None or not box.uplink.link.connected.is_set():
@@ -124,6 +129,7 @@ def default_jobs(box) -> list[JobSpec]:
             "custody_checkpoint", custody_checkpoint, box.config.custody.checkpoint_minutes * 60
         ),
         JobSpec("expire_uploads", expire_uploads, 600),
+        JobSpec("prune_sessions", prune_sessions, 86400, first_after=600),
         JobSpec("heartbeat", heartbeat, 300),
         JobSpec("retention_sweep", retention_sweep, 3600, first_after=120),
         JobSpec("storage_watermarks", storage_watermarks, 60, first_after=15),

@@ -33,6 +33,10 @@ _hasher = PasswordHasher()
 _DUMMY = _hasher.hash("timing equaliser for unknown users")
 
 
+SESSION_HOURS = 12  # a web session lasts this long after its login
+SESSION_KEEP_DAYS = 30  # ended sessions stay this long (who was logged in from where)
+
+
 class AuthError(EdgeboxError):
     """A login or permission failure."""
 
@@ -161,6 +165,22 @@ class Users:
             (key, since),
         )
         return {**row, "session_id": key} if row else None
+
+    def prune_sessions(
+        self,
+        max_age_hours: float = SESSION_HOURS,
+        keep_days: int = SESSION_KEEP_DAYS,
+        now: dt.datetime | None = None,
+    ) -> int:
+        """Delete session rows that ended, or expired after `max_age_hours`, more than
+        `keep_days` ago (logins and logouts stay in custody); how many went."""
+        cutoff = (now or utcnow()) - dt.timedelta(days=keep_days)
+        with self.store.write() as db:
+            cursor = db.execute(
+                "DELETE FROM web_sessions WHERE ended_at < ? OR created_at < ?",
+                [iso(cutoff), iso(cutoff - dt.timedelta(hours=max_age_hours))],
+            )
+            return cursor.rowcount
 
     def end_session(self, token: str) -> str:
         """End one web session (logout); returns its key."""

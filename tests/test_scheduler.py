@@ -24,6 +24,7 @@ from tests.test_ingest import upload_all
 STANDARD = {
     "custody_checkpoint",
     "expire_uploads",
+    "prune_sessions",
     "heartbeat",
     "retention_sweep",
     "storage_watermarks",
@@ -69,6 +70,22 @@ def test_jobs_see_the_moved_clock(box, camera):
     assert report["runs"] == 2 and report["last_outcome"] == "ok"
     assert report["last_result"]["deleted"] == 1
     assert parse_rfc3339(report["last_run"]) <= utcnow()  # runs are stamped in real time
+
+
+def test_old_web_sessions_are_forgotten_a_month_on(box):
+    jobs = jobs_of(box)
+    jobs.pause()
+    user = box.users.add("crew-1", "crew", "a long enough password")
+    ended = box.users.start_session(user["id"])
+    box.users.end_session(ended)
+    live = box.users.start_session(user["id"])
+    assert jobs.run_now("prune_sessions") == {"pruned": 0}
+    assert box.users.session_user(live, 12) is not None
+    jobs.clock.advance(days=29)
+    assert jobs.run_now("prune_sessions") == {"pruned": 0}  # kept for a month
+    jobs.clock.advance(days=2)
+    assert jobs.run_now("prune_sessions") == {"pruned": 2}
+    assert box.store.one("SELECT count(*) AS n FROM web_sessions")["n"] == 0
 
 
 def test_scheduled_runs_and_errors_are_recorded(box_config):

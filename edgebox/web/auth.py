@@ -21,12 +21,11 @@ from flask import Blueprint, current_app, g, jsonify, redirect, render_template,
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from edgebox.errors import N_
-from edgebox.users import AuthError, Users
+from edgebox.users import SESSION_HOURS, AuthError, Users
 
 auth = Blueprint("auth", __name__)
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 CSRF_EXEMPT = ("/tus", "/api/v1/cameras/enroll")
-SESSION_HOURS = 12
 DEVICE_COOKIE = "edgebox_device"
 DEVICE_DAYS = 90
 
