@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 from edgebox import vault
 from edgebox.errors import EdgeboxError, IngestError
 from edgebox.ingest.metadata import parse_recording_metadata
-from edgebox.ingest.uploads import FINAL, PART_DONE, Progress, Uploads
+from edgebox.ingest.uploads import Progress, Uploads
+from edgebox.ingest.wire import FINAL, PART_DONE
 
 MAX_PARTS = 64
 _PART_PATH = re.compile(r"^/tus/([A-Za-z0-9_-]{1,64})$")

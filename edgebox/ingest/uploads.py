@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import os
 import secrets
@@ -30,14 +29,21 @@ from edgebox.clock import iso, parse_rfc3339, utcnow
 from edgebox.db import Store
 from edgebox.errors import IngestError, NotFound, VaultError
 from edgebox.ingest.dedupe import held_recording
+from edgebox.ingest.endings import UploadEndings
 from edgebox.ingest.metadata import parse_recording_metadata
+from edgebox.ingest.wire import (
+    FINAL,
+    PART_DONE,
+    PARTIAL,
+    READ_BLOCK,
+    checksum,
+    discard_body,
+    disk_error,
+    is_count,
+)
 from edgebox.keys import HPKE_NAME, Keyring, wrap_key
 
-READ_BLOCK = 1 << 20
-DRAIN_LIMIT = 64 << 20  # a refused body up to this size is read so the 413 arrives
 EXPIRY_STEP = dt.timedelta(minutes=1)
-PARTIAL, PART_DONE, FINAL = "partial", "partial-done", "final"  # uploads.concat
-CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class _Active:
         self.durable = writer.offset  # acknowledged: what HEAD tells while a PATCH runs
 
 
-class Uploads:
+class Uploads(UploadEndings):
     """Owns every unfinished upload and turns finished ones into recordings."""
 
     def __init__(
@@ -268,7 +274,7 @@ class Uploads:
 
     def _length(self, header: str) -> int:
         """A valid Upload-Length, or 400 (not a count) or 413 (past the maximum)."""
-        if not _is_count(header):
+        if not is_count(header):
             raise IngestError("Upload-Length must be a non-negative integer", field="Upload-Length")
         length = int(header)
         self._check_size(length)
@@ -351,7 +357,7 @@ class Uploads:
             writer = vault.Writer.create(self.partial_path(upload_id), header, data_key)
         except OSError as exc:
             self._discard_files(upload_id)
-            raise _disk_error(exc) from None
+            raise disk_error(exc) from None
         with self.store.write() as db:
             db["uploads"].insert(
                 {
@@ -438,9 +444,9 @@ class Uploads:
         whole upload (it is then discarded).
         """
         row = self._open_row(upload_id, device)
-        if offset_header is None or not _is_count(offset_header):
+        if offset_header is None or not is_count(offset_header):
             raise IngestError("Upload-Offset must be a non-negative integer", field="Upload-Offset")
-        checker = _checksum(checksum_header)
+        checker = checksum(checksum_header)
         active = self._active_writer(row)
         if not active.lock.acquire(blocking=False):
             raise IngestError("another request is writing this upload", status=409)
@@ -522,7 +528,7 @@ class Uploads:
             with self._registry:
                 self._active.pop(row["id"], None)
             writer.close()
-            raise _disk_error(exc) from None
+            raise disk_error(exc) from None
         return {**row, "length": length}
 
     def _check_chunk_room(self, writer: vault.Writer, content_length: int | None) -> None:
@@ -568,7 +574,7 @@ class Uploads:
         try:
             writer.sync()
         except OSError as exc:
-            raise _disk_error(exc) from None
+            raise disk_error(exc) from None
 
     def _pump(self, writer: vault.Writer, stream, length: int | None, checker, cap: int) -> int:
         """Copy the body into the writer; `length` None means a chunked body read to its end,
@@ -596,7 +602,7 @@ class Uploads:
             try:
                 writer.write(block, handed_over=True)  # each read returns a new buffer
             except OSError as exc:
-                raise _disk_error(exc) from None
+                raise disk_error(exc) from None
             received += len(block)
         return received
 
@@ -615,7 +621,7 @@ class Uploads:
         try:
             summary = active.writer.finish(self.partial_path(row["id"]))
         except OSError as exc:  # not sealed, nothing lost: an empty PATCH at the end retries
-            raise _disk_error(exc) from None
+            raise disk_error(exc) from None
         with self._registry:
             self._active.pop(row["id"], None)
         with self.store.write() as db:
@@ -659,7 +665,7 @@ class Uploads:
         try:
             summary = writer.finish(self.vault_path(row["recording_id"]))
         except OSError as exc:  # not finished, nothing lost: an empty PATCH at the end retries
-            raise _disk_error(exc) from None
+            raise disk_error(exc) from None
         self._record(row, device, summary)
         with self._registry:
             self._active.pop(row["id"], None)
@@ -733,135 +739,6 @@ class Uploads:
             if not used:
                 raise IngestError(f"part {part} ended before the final upload", status=410)
 
-    def _discard_files(self, upload_id: str) -> None:
-        with self._registry:
-            active = self._active.pop(upload_id, None)
-        if active is not None:
-            active.writer.close()
-        self.partial_path(upload_id).unlink(missing_ok=True)
-        self._resume_path(upload_id).unlink(missing_ok=True)
-
-    def _end(self, row: dict, state: str, actor: str, event: str, error: str | None) -> None:
-        """Move a receiving upload to `state` and drop its files; an upload that finished or
-        ended meanwhile (another request won the race) is left as it is: 403 or 410."""
-        with self.store.write() as db:
-            changed = db.execute(
-                "UPDATE uploads SET state = ?, error = ?, updated_at = ? "
-                "WHERE id = ? AND state = 'receiving'",
-                [state, error, iso(), row["id"]],
-            ).rowcount
-            if changed:
-                custody.append(
-                    db, event, actor, row["recording_id"], {"upload_id": row["id"], "reason": error}
-                )
-        if not changed:
-            now = self.store.one("SELECT * FROM uploads WHERE id = ?", (row["id"],))
-            if now["state"] == "finished":
-                raise IngestError("a finished recording cannot be deleted", status=403)
-            raise self._gone(now)
-        self._discard_files(row["id"])
-
-    def _fail(self, row: dict, device: dict, reason: str) -> None:
-        self._end(row, "failed", f"device:{device['id']}", "upload.failed", reason)
-
-    def abandon(self, upload_id: str, device: dict, reason: str) -> None:
-        """Discard an unfinished upload its source will never resume (an interrupted
-        all-or-nothing request); a finished or already ended one is left as it is."""
-        row = self._row(upload_id, device)
-        if row["state"] == "receiving":
-            self._fail(row, device, reason)
-
-    def terminate(self, upload_id: str, device: dict) -> None:
-        """tus termination: discard an unfinished upload; finished recordings are never deleted."""
-        row = self._row(upload_id, device)
-        if row["state"] == "finished":
-            raise IngestError("a finished recording cannot be deleted by a camera", status=403)
-        if row["state"] != "receiving":
-            raise self._gone(row)
-        active = self._active.get(upload_id)
-        if active is not None and not active.lock.acquire(blocking=False):
-            raise IngestError("upload is being written; try again", status=409)
-        try:
-            self._end(
-                row,
-                "terminated",
-                f"device:{device['id']}",
-                "upload.terminated",
-                "terminated by the camera",
-            )
-        finally:
-            if active is not None:
-                active.lock.release()
-
-    def expire(self, now: dt.datetime | None = None) -> list[str]:
-        """Drop unfinished uploads idle past their expiry; returns their ids."""
-        cutoff = iso(now or utcnow())
-        expired = []
-        for row in self.store.query(
-            "SELECT * FROM uploads WHERE state = 'receiving' AND expires_at < ?", (cutoff,)
-        ):
-            active = self._active.get(row["id"])
-            if active is not None and not active.lock.acquire(blocking=False):
-                continue
-            try:
-                self._end(row, "expired", "box", "upload.expired", "idle past its expiry")
-                expired.append(row["id"])
-            except IngestError:  # finished or ended since the query: left as it is
-                pass
-            finally:
-                if active is not None:
-                    active.lock.release()
-        return expired
-
-    def recover(self) -> dict:
-        """At start: finish uploads renamed into the vault before a crash; fail lost ones."""
-        report = {"completed": [], "lost": [], "resumable": [], "swept": self._sweep()}
-        vault.recover_header_journal(self.partial_dir)  # a length declared as the box died
-        for row in self.store.query("SELECT * FROM uploads WHERE state = 'receiving'"):
-            final = self.vault_path(row["recording_id"])
-            device = {"id": row["device_id"]}
-            if row["concat"] == FINAL and not final.exists():  # joined only within a request
-                self._fail(row, device, "joining the parts was cut short; send the final again")
-                report["lost"].append(row["id"])
-            elif self.partial_path(row["id"]).exists() and self._resume_path(row["id"]).exists():
-                report["resumable"].append(row["id"])
-            elif final.exists() and self._resume_path(row["id"]).exists():
-                reader = vault.Reader(final, self._load_resume_key(row["id"]))
-                summary = vault.Summary(
-                    reader.verify(),
-                    vault.file_sha256(final),
-                    reader.header.plaintext_size,
-                    reader.header.stored_size,
-                    reader.header.segments,
-                )
-                try:
-                    self._record(row, device, summary)
-                except IngestError as exc:  # a final whose parts ended: not a recording
-                    self._fail(row, device, exc.message)
-                    final.unlink()
-                    report["lost"].append(row["id"])
-                    continue
-                self._resume_path(row["id"]).unlink()
-                report["completed"].append(row["id"])
-            else:
-                self._fail(row, device, "upload files lost before completion")
-                report["lost"].append(row["id"])
-        vault.recover_header_journal(self.vault_dir)
-        return report
-
-    def _sweep(self) -> list[str]:
-        """Remove upload files that no receiving upload owns: those of a creation that crashed
-        before its row was written (never acknowledged, so never written to), and resume keys
-        left by a crash between a recording's commit and their deletion (they would open a
-        finished recording). Returns the file names removed."""
-        states = {r["id"]: r["state"] for r in self.store.query("SELECT id, state FROM uploads")}
-        swept = []
-        for path in sorted(self.partial_dir.iterdir()):
-            if path.suffix in (".partial", ".resume") and states.get(path.stem) != "receiving":
-                path.unlink(missing_ok=True)
-                swept.append(path.name)
-        return swept
-
     def in_progress(self) -> list[dict]:
         """Unfinished uploads with their live offsets (for status and the dashboard)."""
         rows = self.store.query(
@@ -872,50 +749,3 @@ class Uploads:
             active = self._active.get(row["id"])
             row["offset"] = active.writer.offset if active else None
         return rows
-
-
-def discard_body(stream, length: int) -> None:
-    """Read and drop a refused body (up to DRAIN_LIMIT) so the refusal reaches the client:
-    cheroot closes the connection after a 413, and closing with unread bytes resets it, which
-    loses the answer while the client is still sending. Nothing of it is kept."""
-    left = min(length, DRAIN_LIMIT)
-    while left > 0:
-        try:
-            block = stream.read(min(READ_BLOCK, left))
-        except OSError:
-            return
-        if not block:
-            return
-        left -= len(block)
-
-
-def _is_count(text: str) -> bool:
-    """Only ASCII digits: str.isdigit() also takes '²', which int() refuses."""
-    return text.isascii() and text.isdigit()
-
-
-def _checksum(header: str | None):
-    if header is None:
-        return None
-    algorithm, _, value = header.strip().partition(" ")
-    factory = CHECKSUMS.get(algorithm.lower())
-    if factory is None:
-        raise IngestError(f"unsupported checksum algorithm {algorithm!r}", field="Upload-Checksum")
-    try:
-        expected = base64.b64decode(value.strip(), validate=True)
-    except ValueError:
-        raise IngestError("Upload-Checksum value is not base64", field="Upload-Checksum") from None
-    digest = factory()
-    if len(expected) != digest.digest_size:
-        raise IngestError(
-            f"Upload-Checksum {algorithm} value must hold {digest.digest_size} bytes, "
-            f"not {len(expected)}",
-            field="Upload-Checksum",
-        )
-    return expected, digest
-
-
-def _disk_error(exc: OSError) -> IngestError:
-    if exc.errno in (28, 122):
-        return IngestError("the box's disk is full; keep the recording and retry later", status=507)
-    return IngestError(f"storage error: {exc.strerror}", status=500)

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from edgebox.axis.documents import etag
 from edgebox.axis.names import meta_headers, read_meta
 from edgebox.errors import EdgeboxError, IngestError
-from edgebox.ingest.uploads import DRAIN_LIMIT, discard_body
+from edgebox.ingest.wire import DRAIN_LIMIT, discard_body
 from edgebox.web.tus import request_body_stream
 
 swift = Blueprint("swift", __name__)

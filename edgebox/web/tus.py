@@ -12,7 +12,8 @@ from flask import Blueprint, Response, current_app, g, request
 from edgebox.clock import parse_rfc3339
 from edgebox.errors import EdgeboxError, IngestError
 from edgebox.ingest.concat import join, parse_concat
-from edgebox.ingest.uploads import CHECKSUMS, Progress, discard_body
+from edgebox.ingest.uploads import Progress
+from edgebox.ingest.wire import CHECKSUMS, discard_body
 from edgebox.web import TUS_VERSION
 
 tus = Blueprint("tus", __name__, url_prefix="/tus")
