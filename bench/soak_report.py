@@ -56,6 +56,22 @@ def leak_slopes(samples: list[tuple[float, int, int, int]]) -> dict:
     return result
 
 
+RSS_MARGIN = 5.0  # MiB an hour: a box that grew this much would double in about 15 hours
+FDS_MARGIN = 2.0  # open files an hour
+
+
+def _leak_verdict(leaks: dict) -> str:
+    """Whether the longest-lived box stayed flat within the margins (none: too short)."""
+    rss, fds = leaks.get("longest_rss_mib_per_hour"), leaks.get("longest_fds_per_hour")
+    if rss is None or fds is None or leaks["longest_life_minutes"] < 10:
+        return "Too short a life to call a trend (10 minutes at least)."
+    flat = abs(rss) <= RSS_MARGIN and abs(fds) <= FDS_MARGIN
+    return (
+        f"{'Flat' if flat else 'NOT flat'} within the margins of ±{RSS_MARGIN:g} MiB/hour and "
+        f"±{FDS_MARGIN:g} open files/hour."
+    )
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -122,7 +138,7 @@ def report(soak, world, ran: int, args) -> int:
         f"RSS {leaks['rss_mib_range']} MiB, open files {leaks['fds_range']}): RSS "
         f"{_fmt(leaks['longest_rss_mib_per_hour'])} MiB/hour, open files "
         f"{_fmt(leaks['longest_fds_per_hour'])}/hour over its life after a "
-        f"{WARM_UP} s warm-up.",
+        f"{WARM_UP} s warm-up. {_leak_verdict(leaks)}",
         "",
         "What happened at each fault: "
         + "; ".join(f"{k} ×{v}" for k, v in sorted(soak.notes.items()))

@@ -45,3 +45,22 @@ def test_a_few_soak_cycles_lose_nothing(tmp_path):
     assert result["delivered"] >= 4  # the cameras kept delivering through the faults
     assert all(n == 0 for failures in result["failures"].values() for n in failures.values())
     assert set(result["recovery"]) == set(result["counts"])  # each fault recovered
+
+
+def test_the_leak_trend_tells_a_leak_from_a_flat_line_and_a_restart():
+    from bench.soak_report import _leak_verdict as _verdict
+    from bench.soak_report import leak_slopes
+
+    mib = 1 << 20
+    noisy = [(2.0 * n, 7, 80 * mib + (n * 7919 % 13) * mib // 4, 40) for n in range(900)]
+    flat = leak_slopes(noisy)
+    assert abs(flat["longest_rss_mib_per_hour"]) < 1 and "Flat" in _verdict(flat)
+    growing = [
+        (t, pid, rss + int(t * mib / 360), fds + int(t // 600)) for t, pid, rss, fds in noisy
+    ]
+    leak = leak_slopes(growing)  # 10 MiB and 6 files (a staircase) an hour
+    assert round(leak["longest_rss_mib_per_hour"]) == 10 and 4 < leak["fds_per_hour"] < 7
+    assert "NOT flat" in _verdict(leak)
+    restarts = [(t, int(t // 600), 80 * mib + int(t % 600) * 1000, 40) for t, *_ in noisy]
+    assert leak_slopes(restarts)["longest_life_minutes"] < 10  # each kill starts a new life
+    assert "Too short" in _verdict(leak_slopes(restarts))
