@@ -10,6 +10,7 @@ Times are shown in the crews' time zone (`ui.timezone`), stored in UTC as always
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 from babel import dates, numbers
 from babel.units import format_unit
@@ -78,20 +79,23 @@ def _locale_and_zone():
 
 def when(value, form: str = "medium") -> str:
     """A stored UTC time as this language writes it, in the crews' time zone ("" if none)."""
-    moment = _moment(value)
-    if not moment:
-        return ""
-    locale, zone = _locale_and_zone()
-    return dates.format_datetime(moment, form, tzinfo=zone, locale=locale)
+    return _formatted("datetime", value, form, *_locale_and_zone())
 
 
 def clock(value) -> str:
     """Only the time of day of a stored UTC time, localised."""
+    return _formatted("time", value, "medium", *_locale_and_zone())
+
+
+@functools.lru_cache(maxsize=8192)
+def _formatted(kind: str, value, form: str, locale, zone) -> str:
+    """Babel's formatting, remembered: a list page shows the same times on every refresh, and
+    Babel spends tens of microseconds on each."""
     moment = _moment(value)
     if not moment:
         return ""
-    locale, zone = _locale_and_zone()
-    return dates.format_time(moment, "medium", tzinfo=zone, locale=locale)
+    format_ = dates.format_datetime if kind == "datetime" else dates.format_time
+    return format_(moment, form, tzinfo=zone, locale=locale)
 
 
 def number(value, digits: int = 0) -> str:
