@@ -197,8 +197,24 @@ class Soak:
             self.recovery[fault].append(took)
         else:
             self.failures[fault]["not recovered in 180 s"] += 1
+            self._say_why(drained)
         self._check(fault)
         log(f"soak: cycle {number} {fault} ({note}): recovered in {took:.1f} s")
+
+    def _say_why(self, drained: bool) -> None:
+        """Log what the box, central and the cameras show when a cycle did not recover."""
+        unsynced = self.world.box_db(
+            "SELECT count(*) FROM recordings WHERE sync_state != 'synced' OR sealed = 0"
+        )[0][0]
+        missing = sum(1 for rid in self._delivered() if rid not in self._central())
+        log(
+            f"soak: NOT RECOVERED: cameras {'drained' if drained else 'still sending'}, "
+            f"{unsynced} recordings unsynced or unsealed on the box, {missing} delivered clips "
+            "not yet at central; the cameras' last words:"
+        )
+        for camera in self.world.cameras:
+            for line in camera.said:
+                log(f"soak:   {line}")
 
     def _delivered(self) -> dict[str, tuple[str, str]]:
         merged: dict[str, tuple[str, str]] = {}
@@ -366,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--clip-seconds", type=float, default=3)
-    parser.add_argument("--disk-mib", type=int, default=256, help="size of the loop disk")
+    parser.add_argument(
+        "--disk-mib", type=int, default=1024, help="size of the loop disk (an hour fills 400 MiB)"
+    )
     parser.add_argument("--workdir", help="parent of the temp dir (default: system temp)")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--fuzz-json", help="figures of bench/fuzz.py to put in the table")

@@ -127,7 +127,9 @@ def report(soak, world, ran: int, args) -> int:
         f"{'found' if getattr(soak, 'canary', False) else 'DID NOT find'} a clip's bytes planted "
         "in the box's folder at the end, so it can see them). 507 answers while the disk was "
         f"full: {soak.full_disk_answers.get('disk_full', 0)} (cameras then wait for the "
-        "Retry-After of 300 s; the soak frees the disk and lets them retry at once). 5xx "
+        "Retry-After of 300 s; the soak frees the disk and lets them retry at once); 507s "
+        "in other cycles, when the box's own disk filled up between retention sweeps: "
+        f"{sum(n for f, n in soak.full_disk_answers.items() if f != 'disk_full')}. 5xx "
         "excludes those 507s. At the end every clip at central was decrypted with central's "
         f"key ({soak.decrypted} files) and hashed: a mismatch counts as corrupted.",
         "",

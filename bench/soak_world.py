@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
 import psutil
@@ -103,9 +103,10 @@ class Camera(threading.Thread):
     """One simulated camera recording short clips and offloading them, until told to drain
     (finish what is queued, record nothing new) or to quit."""
 
-    def __init__(self, sim: CameraSim, seconds: float, chunk: int):
+    def __init__(self, sim: CameraSim, seconds: float, chunk: int, said: deque):
         super().__init__(name=f"camera-{sim.serial}", daemon=True)
         self.sim, self.seconds, self.chunk = sim, seconds, chunk
+        self.said = said  # the camera's last log lines, shown when a cycle does not recover
         self.recording = threading.Event()
         self.recording.set()
         self.quit = threading.Event()
@@ -289,6 +290,7 @@ class World:
     # -- cameras ------------------------------------------------------------------------
     def _camera(self, number: int, clip_seconds: float) -> Camera:
         paired = json.loads(run_cli("cameras", "pair", "--json", "--config", str(self.config)))
+        said: deque = deque(maxlen=40)
         sim = CameraSim(
             self.root / f"camera-{number}",
             serial=f"SOAK-{number:03d}",
@@ -299,10 +301,10 @@ class World:
             max_backoff=2.0,
             max_attempts=60,
             timeout=10,
-            log=lambda line: None,
+            log=lambda line: said.append(f"{time.strftime('%H:%M:%S')} {line}"),
         )
         sim.pair(self.box_url, paired["code"], paired["cert_sha256"])
-        return Camera(sim, clip_seconds, chunk=32 * 1024)
+        return Camera(sim, clip_seconds, chunk=32 * 1024, said=said)
 
     def drain_cameras(self, timeout: float) -> bool:
         """Stop recording; wait until every camera's queue is delivered."""
