@@ -42,6 +42,7 @@ KEEP_UNSYNCED = "not_synced"
 KEEP_YOUNG = "younger_than_rule"
 REASON_RETENTION = "retention"
 REASON_PRESSURE = "storage_pressure"
+REASON_ROOM = "room_for_new_footage"
 LIVE = "sync_state != 'deleted'"  # SQL: the recording's vault file is still on the box
 
 
@@ -223,6 +224,16 @@ def old_synced_copy(row: Mapping, policy: Policy, now: dt.datetime) -> dict | No
     return {
         "rule": {"keep_synced_days": policy.keep_synced_days},
         "age_days": round(age.total_seconds() / 86400, 3),
+    }
+
+
+def synced_copy_for_room(row: Mapping, policy: Policy, now: dt.datetime) -> dict | None:
+    """A shred check for a disk that refuses new footage: a synced copy kept for local review
+    gives way, whatever its age (central holds it; the new clip exists only on a camera)."""
+    start, _ = origin(row)
+    return {
+        "rule": {"keep_synced_days": policy.keep_synced_days, "gave_way_to": "new footage"},
+        "age_days": round((now - start).total_seconds() / 86400, 3),
     }
 
 

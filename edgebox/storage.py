@@ -131,6 +131,7 @@ def relieve(box, now: dt.datetime | None = None) -> Relief:
             result.failed += swept.failed
             result.kept_past_rule = swept.kept_past_rule
             _free_old_copies(box, now, settings.low_watermark, result)
+            _make_room(box, now, result)
         disk = usage(box.data_dir)
         result.after = disk.used_fraction
         headroom = ingest_headroom(box, disk)
@@ -172,6 +173,39 @@ def _free_old_copies(box, now: dt.datetime, low: float, result: Relief) -> None:
             "box",
             policy,
             retention.old_synced_copy,
+        )
+        result.freed += report.deleted
+        result.failed += report.failed
+
+
+ROOM_CLIPS = 20  # when new footage is refused, room is made for this many usual clips
+
+
+def _make_room(box, now: dt.datetime, result: Relief) -> None:
+    """When ingest still refuses a usual clip, shred synced copies younger than
+    `keep_synced_days` too, oldest first, until ROOM_CLIPS usual clips fit (or none is
+    left): a copy central holds gives way to footage that exists only on a camera."""
+    if not refusing_uploads(box, ingest_headroom(box, usage(box.data_dir))):
+        return
+    policy = retention.Policy.from_config(box.config.retention)
+    wanted = ROOM_CLIPS * typical_upload(box)
+    candidates = box.store.query(
+        f"SELECT id FROM recordings WHERE {retention.LIVE} AND sync_state = 'synced' "  # noqa: S608
+        "AND legal_hold = 0 ORDER BY COALESCE(started_at, received_at), id"
+    )
+    for rec in candidates:
+        if ingest_headroom(box, usage(box.data_dir)) >= wanted:
+            return
+        report = retention.SweepReport(at=result.at)
+        retention.try_shred(
+            box,
+            rec["id"],
+            report,
+            retention.REASON_ROOM,
+            now,
+            "box",
+            policy,
+            retention.synced_copy_for_room,
         )
         result.freed += report.deleted
         result.failed += report.failed

@@ -197,7 +197,8 @@ def test_full_disk_end_to_end(tmp_path, small_disk, broker, pki):
         assert_never_lost(box, protected)
         assert storage.report(box)["alarm"] is None and storage.alarms(box) == []
 
-        # 3. Fill until the box refuses; the watermark job frees what it may, then alarms.
+        # 3. Fill until the box refuses; the watermark job frees what it may (the recent
+        #    synced copies too: they give way to new footage), then alarms.
         while True:
             response = try_upload(camera, os.urandom(CLIP), started_at=iso(utcnow()))
             if response.status_code != 204:
@@ -209,10 +210,22 @@ def test_full_disk_end_to_end(tmp_path, small_disk, broker, pki):
         relief = jobs.run_now("storage_watermarks")
         assert relief["alarm"] is True and relief["used_after"] >= 0.7
         assert {rid for rid, why in deletions(box) if why == "storage_pressure"} == set(old)
-        while (response := try_upload(camera, os.urandom(CLIP))).status_code == 204:
-            fill.append(response.headers["EdgeBox-Recording-Id"])
-            protected.add(fill[-1])
-        assert response.status_code == 507 and response.headers["Retry-After"]
+        assert not [rid for rid, why in deletions(box) if why == "room_for_new_footage"]
+
+        def fill_until_refused() -> None:
+            while (response := try_upload(camera, os.urandom(CLIP))).status_code == 204:
+                fill.append(response.headers["EdgeBox-Recording-Id"])
+                protected.add(fill[-1])
+            assert response.status_code == 507 and response.headers["Retry-After"]
+
+        fill_until_refused()  # the old copies' room is used up: refused again
+        jobs.run_now("storage_watermarks")
+        made_room = [rid for rid, why in deletions(box) if why == "room_for_new_footage"]
+        assert made_room == [recent[1], recent[0]]  # oldest first; central holds both
+        protected -= set(recent)
+        assert_never_lost(box, protected)
+        fill_until_refused()  # and only synced copies gave way: now nothing more may go
+        assert jobs.run_now("storage_watermarks")["freed"] == 0
         assert camera.create(CLIP).status_code == 507  # and stays refused: nothing changed
 
         report = storage.report(box)
@@ -232,7 +245,7 @@ def test_full_disk_end_to_end(tmp_path, small_disk, broker, pki):
         )  # refused uploads left nothing behind
 
         # 4. Central returns: everything syncs; expired copies go, and a week later the
-        #    rest of the kept-for-review copies, oldest first, until below the low watermark.
+        #    kept-for-review copies, oldest first, until below the low watermark.
         broker.start()
         wait_for(lambda: all_synced(box), timeout=240, what="backlog synced")
         jobs.run_now("storage_watermarks")
@@ -248,7 +261,7 @@ def test_full_disk_end_to_end(tmp_path, small_disk, broker, pki):
         assert storage.alarms(box) == []
         assert box.store.one("SELECT 1 FROM custody WHERE event = 'storage.alarm_cleared'")
         late = [rid for rid, why in deletions(box) if why == "storage_pressure"][len(old) :]
-        assert late[:2] == recent[::-1]  # 9.5 and 9 days old now: the oldest copies go first
+        assert late and set(late) <= set(fill)  # 8 days old now: past keep_synced_days
         assert_never_lost(box, {held})
 
         response, _ = upload_all(camera, os.urandom(CLIP))  # ingest resumed by itself
