@@ -153,7 +153,8 @@ class Faults:
         self.world.kill_box(group=True)
         if self.world.disk.mounted:
             took, dirty = self.world.disk.power_cut()
-            note = f"unwritten page cache lost ({dirty >> 10} KiB dirty), back in {took:.1f} s"
+            log(f"soak: power cut: {dirty >> 10} KiB of page cache dirty at the cut, {took:.1f} s")
+            note = "what the page cache had not written back was lost"
         else:
             try:
                 Path("/proc/sys/vm/drop_caches").write_text("3\n")
