@@ -307,6 +307,28 @@ def _tree_cpu(process) -> float:
     return total
 
 
+def summarise(results: list[dict], floors: dict, args) -> dict:
+    """The runs, the store-alone floors and the ratios, as plain JSON (the same whether the
+    section is written now or later from the saved file: keys are strings)."""
+    report = {
+        "runs": results,
+        "store_alone_mb_per_s": floors,
+        "cores": os.cpu_count(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    for kind in floors:
+        by: dict[int, list[float]] = {}
+        for r in results:
+            if r["store"] == kind:
+                by.setdefault(r["workers"], []).append(r["mb_per_s"])
+        report[f"median_mb_per_s_{kind}"] = {w: statistics.median(v) for w, v in by.items()}
+        if 1 in by and 4 in by:
+            ratio = statistics.median(by[4]) / statistics.median(by[1])
+            report[f"scale_out_4_over_1_{kind}"] = round(ratio, 2)
+        report[f"store_alone_4_over_1_{kind}"] = round(floors[kind][4] / floors[kind][1], 2)
+    return json.loads(json.dumps(report))
+
+
 def main() -> None:
     """Run every configuration asked for; print the section and write it to RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -356,24 +378,8 @@ def main() -> None:
                         results.append({**result, "round": round_no + 1})
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report = {
-        "runs": results,
-        "store_alone_mb_per_s": floors,
-        "cores": os.cpu_count(),
-        "args": {k: str(v) for k, v in vars(args).items()},
-    }
-    for kind in floors:
-        by: dict[int, list[float]] = {}
-        for r in results:
-            if r["store"] == kind:
-                by.setdefault(r["workers"], []).append(r["mb_per_s"])
-        report[f"median_mb_per_s_{kind}"] = {w: statistics.median(v) for w, v in by.items()}
-        if 1 in by and 4 in by:
-            ratio = statistics.median(by[4]) / statistics.median(by[1])
-            report[f"scale_out_4_over_1_{kind}"] = round(ratio, 2)
-        report[f"store_alone_4_over_1_{kind}"] = round(floors[kind][4] / floors[kind][1], 2)
-    ended = dt.datetime.now(dt.UTC)
-    report["when"] = f"{began:%Y-%m-%d %H:%M}–{ended:%H:%M} UTC"
+    report = summarise(results, floors, args)
+    report["when"] = f"{began:%Y-%m-%d %H:%M}–{dt.datetime.now(dt.UTC):%H:%M} UTC"
     report["load_before"] = round(load_before, 1)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -40,6 +40,8 @@ from edgebox.recordings import data_key_for  # noqa: E402
 from edgebox.vault import Reader  # noqa: E402
 
 PLANTED = "planted-by-soak"  # the file the final scan must find (its own check)
+# Recordings the box still has to sync or seal (a shredded one, 'deleted', is done).
+BACKLOG = "sync_state NOT IN ('synced', 'deleted') OR (sync_state = 'synced' AND sealed = 0)"
 BOX_KILLING = {"kill_ingest", "kill_sync", "power_cut"}
 # Kill-heavy, as the issue's counts are (100 box kills to 20 broker or link flaps): 13 of
 # every 20 cycles kill the box, 4 flap the broker or the link.
@@ -204,17 +206,16 @@ class Soak:
 
     def _say_why(self, drained: bool) -> None:
         """Log what the box, central and the cameras show when a cycle did not recover."""
-        unsynced = self.world.box_db(
-            "SELECT count(*) FROM recordings WHERE sync_state != 'synced' OR sealed = 0"
-        )[0][0]
-        missing = sum(1 for rid in self._delivered() if rid not in self._central())
+        unsynced = self.world.box_db(f"SELECT count(*) FROM recordings WHERE {BACKLOG}")[0][0]
+        held = self._central()
+        missing = sum(1 for rid in self._delivered() if rid not in held)
         log(
             f"soak: NOT RECOVERED: cameras {'drained' if drained else 'still sending'}, "
             f"{unsynced} recordings unsynced or unsealed on the box, {missing} delivered clips "
             "not yet at central; the cameras' last words:"
         )
         for camera in self.world.cameras:
-            for line in camera.said:
+            for line in list(camera.said):  # the camera may still be talking
                 log(f"soak:   {line}")
 
     def _delivered(self) -> dict[str, tuple[str, str]]:
@@ -245,9 +246,7 @@ class Soak:
             return False
         # Sealed too: the box rewrites a confirmed file's header in place and then its row,
         # and `edgebox verify` run from outside in between sees the two disagree.
-        return not self.world.box_db(
-            "SELECT 1 FROM recordings WHERE sync_state != 'synced' OR sealed = 0"
-        )
+        return not self.world.box_db(f"SELECT 1 FROM recordings WHERE {BACKLOG}")
 
     def _check(self, fault: str) -> None:
         failures = self.failures[fault]

@@ -9,7 +9,8 @@ A recording may leave the box only when all of these hold (docs/retention.md):
   the floor anyway). Age counts from `started_at` (the camera's start), else `received_at`.
 
 Under disk pressure `edgebox.storage` may also free synced copies older than
-`keep_synced_days`; the first two conditions hold for every deletion, whoever asks.
+`keep_synced_days`, and younger ones when ingest would otherwise refuse new footage; the
+first two conditions hold for every deletion, whoever asks.
 
 Deleting is crypto-shredding: the header is rewritten with no key stanzas (so no
 key, not even central's, opens what is left), the file is removed, the row is

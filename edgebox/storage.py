@@ -6,7 +6,10 @@ the usual size would be refused, `relieve` frees, in this order, until use is be
 
 1. recordings past their retention rule (the retention sweep);
 2. synced copies kept for local review longer than `retention.keep_synced_days`,
-   oldest first.
+   oldest first;
+3. while ingest would still refuse a usual clip: younger synced copies too, oldest
+   first, until ROOM_CLIPS usual clips fit (central holds them; new footage is only
+   on a camera).
 
 Nothing unsynced and nothing on hold is ever freed (`retention.shred` enforces it).
 If the disk stays above the high watermark, an alarm is raised in status and the
@@ -55,12 +58,8 @@ def usage(path: Path) -> Usage:
 
 
 def ingest_headroom(box, disk: Usage | None = None) -> int:
-    """Bytes a new upload may still take: the same arithmetic as the ingest space check."""
-    disk = disk or usage(box.data_dir)
-    pending = box.store.one(
-        "SELECT COALESCE(SUM(length), 0) AS n FROM uploads WHERE state = 'receiving'"
-    )["n"]
-    return disk.free_bytes - box.config.ingest.reserve_free_bytes - pending
+    """Bytes a new upload may still take: the ingest space check's own arithmetic."""
+    return box.uploads.headroom((disk or usage(box.data_dir)).free_bytes)
 
 
 def typical_upload(box) -> int:

@@ -73,3 +73,19 @@ def test_a_box_cannot_speak_for_another_and_every_file_is_held_once(world):
     assert len(stats.completed) == check["expected"] == check["indexed"] == 6
     assert check["lost"] == check["wrong_hash"] == check["stored_twice"] == 0
     assert check["in_store"] == 6 and check["left_staged"] == 0
+
+
+def test_the_section_reads_the_figures_it_is_given():
+    from bench.fleet import summarise
+    from bench.fleet_report import COLUMNS, section
+
+    run = {key: 2.0 for _, key in COLUMNS}
+    run |= {"confirmed": 4, "expected": 4, "lost": 0, "wrong_hash": 0, "stored_twice": 0}
+    run |= {"left_staged": 0, "offline_spells": 1}
+    results = [{**run, "store": "s3", "workers": w, "mb_per_s": mb} for w, mb in ((1, 10), (4, 17))]
+    args = SimpleNamespace(boxes=2, recordings=2, size=3 << 20, chunk=1 << 20, ack_timeout=15,
+                           offline=0.05, plain=False)  # fmt: skip
+    text = section(summarise(results, {"s3": {1: 20.0, 4: 22.0}}, args))  # int keys, as run
+    assert "**1.7** (17 / 10); it meets the aim of 1.6" in text
+    assert "20.0 → 22.0 MB/s, **1.1**" in text
+    assert "8 confirmations over 2 runs, 0 files lost" in text

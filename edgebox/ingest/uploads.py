@@ -207,13 +207,10 @@ class Uploads(UploadEndings):
         stride = self.settings.segment_size
         return length + vault.HEADER_AREA + vault.TAG * vault.segment_count(length, stride)
 
-    def _check_space(self, length: int, written: int = 0) -> None:
-        """507 unless the disk keeps room for this upload (`length` bytes of footage, less the
-        `written` bytes its file already holds) and what the unfinished ones still need (their
-        declared size less what their files already hold). An upload of deferred length
-        reserves nothing beyond what it holds: each of its chunks, and its length once
-        declared, is checked here when it comes."""
-        needed = self._stored_size(length) - written
+    def headroom(self, free: int) -> int:
+        """Bytes a new upload may take when the disk has `free` bytes: less the reserve and
+        what the unfinished uploads still need (their declared size less what their files
+        already hold; one of deferred length holds only what it has)."""
         pending = 0
         for row in self.store.query(
             "SELECT id, length FROM uploads WHERE state = 'receiving' AND length IS NOT NULL"
@@ -223,8 +220,16 @@ class Uploads(UploadEndings):
             except FileNotFoundError:
                 written = 0
             pending += max(0, self._stored_size(row["length"]) - written)
-        free = shutil.disk_usage(self.settings.data_dir).free
-        if free - self.settings.reserve_free_bytes - pending < needed:
+        return free - self.settings.reserve_free_bytes - pending
+
+    def _check_space(self, length: int, written: int = 0) -> None:
+        """507 unless the disk keeps room for this upload (`length` bytes of footage, less the
+        `written` bytes its file already holds) and what the unfinished ones still need (their
+        declared size less what their files already hold). An upload of deferred length
+        reserves nothing beyond what it holds: each of its chunks, and its length once
+        declared, is checked here when it comes."""
+        needed = self._stored_size(length) - written
+        if self.headroom(shutil.disk_usage(self.settings.data_dir).free) < needed:
             raise IngestError(
                 f"not enough free space for {length} bytes; keep the recording and retry later",
                 status=507,
