@@ -16,6 +16,7 @@ rebuilds the box's database; `check_set` re-reads and re-hashes the set where it
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -59,8 +60,9 @@ def current_set(blobs, box_id: str) -> dict:
 
 def check_set(blobs, box_id: str) -> tuple[dict, list[str]]:
     """Read back and hash every file of the box's current set in the store; answers the
-    record and the paths found damaged or missing. Their objects are removed, so the next
-    set central mirrors writes them again from its own checked copy."""
+    record and the paths found damaged or missing. A damaged object is moved aside to
+    `replicas/<box>/damaged/<sha256>` (kept to look at), so the next set central mirrors
+    writes the file again from its own checked copy."""
     prefix, record, damaged = _prefix(box_id), current_set(blobs, box_id), []
     with tempfile.TemporaryDirectory(prefix="edgebox-replica-check-") as scratch:
         target = Path(scratch) / "file"
@@ -73,21 +75,43 @@ def check_set(blobs, box_id: str) -> tuple[dict, list[str]]:
                 continue
             if target.stat().st_size != entry["size"] or file_sha256(target) != entry["sha256"]:
                 damaged.append(path)
+                blobs.put(f"{prefix}/damaged/{entry['sha256']}", target.read_bytes())
                 blobs.delete(key)
     return record, damaged
 
 
 def restore_set(blobs, box_id: str, out: Path) -> dict:
     """Lay the box's current set from the store into `out` (new or empty), every file's
-    hash checked; answers the set's record."""
+    hash checked; answers the set's record. A set that cannot be laid out whole leaves
+    `out` as it found it."""
     prefix, record = _prefix(box_id), current_set(blobs, box_id)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ReplicaCopyError(f"{out} exists and is not empty", status=409)
-    for path, entry in sorted(record["files"].items()):
-        target = out / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        blobs.download(f"{prefix}/files/{entry['sha256']}", target)
-        if file_sha256(target) != entry["sha256"]:
-            raise ReplicaCopyError(f"the store's copy of {path} fails its hash", status=500)
+    created = not out.exists()
+    try:
+        for path, entry in sorted(record["files"].items()):
+            _fetch(blobs, f"{prefix}/files/{entry['sha256']}", out / path, path, entry)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
     return record
+
+
+def _fetch(blobs, key: str, target: Path, path: str, entry: dict) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        blobs.download(key, target)
+    except FileNotFoundError:
+        raise ReplicaCopyError(
+            f"the store has no copy of {path} (a check found it damaged, or it was "
+            "removed); the box's next replica set brings it again, or restore from "
+            "central's work folder",
+            status=500,
+        ) from None
+    if file_sha256(target) != entry["sha256"]:
+        raise ReplicaCopyError(f"the store's copy of {path} fails its hash", status=500)
