@@ -82,7 +82,8 @@ def fleet_acl(workers: int) -> list[str]:
     `workers` worker certificates (`central:worker-N`)."""
     shipped = (ROOT / "deploy" / "mosquitto" / "edgebox-central.acl").read_text().splitlines()
     start = shipped.index("user central:worker-1")
-    block = shipped[start : shipped.index("", start)]
+    end = next((n for n in range(start, len(shipped)) if not shipped[n].strip()), len(shipped))
+    block = shipped[start:end]
     named = {line for line in shipped if line.startswith("user central:worker-")}
     extra = []
     for n in range(1, workers + 1):

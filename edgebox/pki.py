@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgebox.keys import pem_private, write_private
+from edgebox.lowlevel.durable import atomic_write
 
 _PEM = Encoding.PEM
 
@@ -47,7 +48,7 @@ class LabCA:
             .sign(self.key, hashes.SHA256())
         )
         self.ca_path = self.folder / "ca.crt"
-        self.ca_path.write_bytes(self.cert.public_bytes(_PEM))
+        atomic_write(self.ca_path, self.cert.public_bytes(_PEM))
 
     def issue(self, common_name: str, *, server: bool = False) -> tuple[Path, Path]:
         """A certificate for a client (CN = MQTT user name) or for a server on 127.0.0.1."""
@@ -77,6 +78,6 @@ class LabCA:
         cert = builder.sign(self.key, hashes.SHA256())
         cert_path = self.folder / f"{common_name}.crt"
         key_path = self.folder / f"{common_name}.key"
-        cert_path.write_bytes(cert.public_bytes(_PEM))
+        atomic_write(cert_path, cert.public_bytes(_PEM))
         write_private(key_path, pem_private(key))
         return cert_path, key_path

@@ -159,6 +159,7 @@ def _create(
         custody.make_checkpoint(store, box_id, keys.identity())
     finally:
         store.close()
-    for made in dict.fromkeys((data / "keys", data, data.parent, config_path.parent)):
+    made_folders = (data / "keys", data, data.parent, config_path.parent, folder.parent)
+    for made in dict.fromkeys(made_folders):
         fsync_dir(made)  # the new folders' own entries survive a power cut too
     return result

@@ -2,7 +2,9 @@
 moment init returns (what the page cache had not yet written back is not in the copy, as after
 a real cut) and the copy mounted in its place. Every file init wrote must be there whole, and
 the box must start and verify. Before init made its public files durable, the TLS certificate,
-the public keys and the config were empty after the cut and the box could not start."""
+the public keys and the config were empty after the cut and the box could not start. (On
+the old code this fails unless the kernel wrote those pages back within the second between
+init and the copy, as it may on a machine busy writing; on correct code it cannot fail.)"""
 
 from __future__ import annotations
 
