@@ -153,28 +153,15 @@ def _free_old_copies(box, now: dt.datetime, low: float, result: Relief) -> None:
     """Shred synced copies past `keep_synced_days`, oldest first, until below `low`."""
     policy = retention.Policy.from_config(box.config.retention)
     cutoff = iso(now - dt.timedelta(days=policy.keep_synced_days))
-    candidates = box.store.query(
-        f"SELECT id FROM recordings WHERE {retention.LIVE} AND sync_state = 'synced' "  # noqa: S608
-        "AND legal_hold = 0 AND COALESCE(started_at, received_at) <= ? "
-        "ORDER BY COALESCE(started_at, received_at), id",
+    _shred_oldest_synced(
+        box,
+        now,
+        result,
+        "AND COALESCE(started_at, received_at) <= ?",
         (cutoff,),
+        (retention.REASON_PRESSURE, retention.old_synced_copy),
+        lambda: usage(box.data_dir).used_fraction < low,
     )
-    for rec in candidates:
-        if usage(box.data_dir).used_fraction < low:
-            return
-        report = retention.SweepReport(at=result.at)
-        retention.try_shred(
-            box,
-            rec["id"],
-            report,
-            retention.REASON_PRESSURE,
-            now,
-            "box",
-            policy,
-            retention.old_synced_copy,
-        )
-        result.freed += report.deleted
-        result.failed += report.failed
 
 
 ROOM_CLIPS = 20  # when new footage is refused, room is made for this many usual clips
@@ -186,26 +173,33 @@ def _make_room(box, now: dt.datetime, result: Relief) -> None:
     left): a copy central holds gives way to footage that exists only on a camera."""
     if not refusing_uploads(box, ingest_headroom(box, usage(box.data_dir))):
         return
-    policy = retention.Policy.from_config(box.config.retention)
     wanted = ROOM_CLIPS * typical_upload(box)
+    _shred_oldest_synced(
+        box,
+        now,
+        result,
+        "",
+        (),
+        (retention.REASON_ROOM, retention.synced_copy_for_room),
+        lambda: ingest_headroom(box, usage(box.data_dir)) >= wanted,
+    )
+
+
+def _shred_oldest_synced(box, now, result: Relief, where: str, params, why, enough) -> None:
+    """Shred synced, unheld copies (narrowed by `where`), oldest first, until `enough()`;
+    `why` is the custody reason and the shred check that must agree."""
+    reason, check = why
+    policy = retention.Policy.from_config(box.config.retention)
     candidates = box.store.query(
         f"SELECT id FROM recordings WHERE {retention.LIVE} AND sync_state = 'synced' "  # noqa: S608
-        "AND legal_hold = 0 ORDER BY COALESCE(started_at, received_at), id"
+        f"AND legal_hold = 0 {where} ORDER BY COALESCE(started_at, received_at), id",
+        params,
     )
     for rec in candidates:
-        if ingest_headroom(box, usage(box.data_dir)) >= wanted:
+        if enough():
             return
         report = retention.SweepReport(at=result.at)
-        retention.try_shred(
-            box,
-            rec["id"],
-            report,
-            retention.REASON_ROOM,
-            now,
-            "box",
-            policy,
-            retention.synced_copy_for_room,
-        )
+        retention.try_shred(box, rec["id"], report, reason, now, "box", policy, check)
         result.freed += report.deleted
         result.failed += report.failed
 
