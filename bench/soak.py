@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 import psutil  # noqa: E402
 
 from bench.common import edgebox_cmd, exit_on_sigterm, log  # noqa: E402
+from bench.plaintext_scan import SHORTEST, Markers  # noqa: E402
 from bench.soak_report import report  # noqa: E402
 from bench.soak_world import World, jitter  # noqa: E402
 from edgebox.errors import EdgeboxError  # noqa: E402
@@ -282,16 +282,17 @@ class Soak:
 
     def _plaintext_scan(self) -> int:
         """Files on the box changed since the last scan that hold any clip's bytes."""
-        markers = [m for c in self.world.cameras for m in c.markers.values() if len(m) >= 32]
+        markers = Markers(
+            [m for c in self.world.cameras for m in c.markers.values() if len(m) >= SHORTEST]
+        )
         if not markers:
             return 0
-        pattern = re.compile(b"|".join(re.escape(m) for m in markers))
         found, since = 0, self.scanned_until
         self.scanned_until = time.time()
         for path in self.world.box_dir.rglob("*"):
             try:
                 if path.is_file() and path.stat().st_mtime >= since - 1:
-                    if pattern.search(path.read_bytes()):
+                    if markers.found_in(path.read_bytes()):
                         found += 1
                         if path.name != PLANTED:
                             log(f"soak: PLAINTEXT of a clip in {path}")

@@ -64,3 +64,27 @@ def test_the_leak_trend_tells_a_leak_from_a_flat_line_and_a_restart():
     restarts = [(t, int(t // 600), 80 * mib + int(t % 600) * 1000, 40) for t, *_ in noisy]
     assert leak_slopes(restarts)["longest_life_minutes"] < 10  # each kill starts a new life
     assert "Too short" in _verdict(leak_slopes(restarts))
+
+
+def test_the_plaintext_scan_finds_a_marker_at_any_offset_and_nothing_else():
+    import os
+    import random
+
+    import pytest
+
+    from bench.plaintext_scan import SHORTEST, Markers
+
+    rng = random.Random(7)
+    markers = [rng.randbytes(48) for _ in range(500)]
+    index = Markers(markers)
+    noise = rng.randbytes(1 << 16)
+    assert not index.found_in(noise) and not index.found_in(b"")
+    for _ in range(200):
+        marker, at = rng.choice(markers), rng.randrange(len(noise) - 48)
+        planted = noise[:at] + marker + noise[at + 48 :]
+        assert index.found_in(planted), at
+        assert not index.found_in(planted[:at] + marker[:47])  # cut short: not the marker
+    shortest = os.urandom(SHORTEST)
+    assert Markers([shortest]).found_in(noise[:3] + shortest + noise[:5])
+    with pytest.raises(ValueError, match="at least"):
+        Markers([b"too short"])
