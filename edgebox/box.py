@@ -19,6 +19,7 @@ from edgebox.errors import ConfigError, CustodyError
 from edgebox.ingest.pairing import Pairing
 from edgebox.ingest.uploads import IngestSettings, Uploads
 from edgebox.keys import Keyring, certificate_fingerprint
+from edgebox.recordings import finish_header_changes
 from edgebox.replication.litestream import replication_status
 from edgebox.review import ReviewKeys
 from edgebox.sync import state as sync_state
@@ -75,6 +76,7 @@ class Box:
 
         report = self.uploads.recover()
         report["axis_dropped"] = self.axis.recover()
+        report.update(finish_header_changes(self))
         self._record_config()
         custody.record(
             self.store,

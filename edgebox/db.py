@@ -440,3 +440,24 @@ def m115_rtsp_cameras(db: sqlite_utils.Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m121_header_changes(db: sqlite_utils.Database) -> None:
+    """Header rewrites (seal, re-wrap) recorded before they reach the file: the new stored
+    hash, the sealed flag and the custody entry to log once the file carries it. A row
+    left by a crash is finished or dropped at the next start, by the file's own hash
+    (`recordings.finish_header_changes`)."""
+    db.executescript(
+        """
+        CREATE TABLE header_changes (
+            recording_id TEXT PRIMARY KEY REFERENCES recordings(id),
+            stored_sha256 TEXT NOT NULL,
+            sealed INTEGER NOT NULL,
+            event TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            details TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """
+    )

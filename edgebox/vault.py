@@ -769,17 +769,23 @@ def header_change(folder: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def planned_header(path: Path, stanzas: list[dict]) -> tuple[bytes, str]:
+    """The header area that gives `path` the key stanzas `stanzas`, and the file's SHA-256
+    once it carries it: both known before any change, so the database can hold the new hash
+    before the file does (`recordings.finish_header_changes` relies on that)."""
+    header = read_header(path)
+    header.stanzas = stanzas
+    raw = header.encode()
+    return raw, _sha256_after_header(Path(path), raw)
+
+
 def rewrite_header(path: Path, stanzas: list[dict]) -> str:
-    """Replace the key stanzas (seal, re-wrap) rewriting only the header; returns the new file hash.
+    """Replace the key stanzas rewriting only the header; returns the new file hash.
 
     The new header is journaled next to the file first, so a crash mid-write is
     repaired by `recover_header_journal`.
     """
-    path = Path(path)
-    header = read_header(path)
-    header.stanzas = stanzas
-    raw = header.encode()
-    stored = _sha256_after_header(path, raw)  # before any change: the DB follows in moments
+    raw, stored = planned_header(path, stanzas)
     journal_header(path, raw)
     return stored
 

@@ -6,7 +6,9 @@ the restored database still says "unsealed, stored hash X" while the file on dis
 sealed header and another hash; the uplink would then call the file damaged. `edgebox restore`
 finds such files by their header (no review stanza, though the database says unsealed, and an
 otherwise sound structure), and records them as sealed, with the file's hash, in the restored
-chain. Files that fail the structure check are left for `edgebox verify` to name.
+chain. Files that fail the structure check are left for `edgebox verify` to name. A seal the
+replica holds as pending (`header_changes`) is left to the box's start, which checks it against
+the hash recorded beforehand (`recordings.finish_header_changes`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def find(store: Store, vault_dir: Path) -> list[dict]:
     found = []
     for rec in store.query(
         "SELECT id, vault_file, stored_sha256 FROM recordings WHERE sealed = 0 "
-        "AND sync_state != 'deleted' ORDER BY id"
+        "AND sync_state != 'deleted' "
+        "AND id NOT IN (SELECT recording_id FROM header_changes) ORDER BY id"
     ):
         path = vault_dir / rec["vault_file"]
         journal = path.with_name(path.name + ".header-journal")
