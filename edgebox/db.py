@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,7 +182,9 @@ class Store:
         self._writer = connect(self.path)
         self._write_lock = threading.RLock()
         self._local = threading.local()
-        self._readers: list[sqlite_utils.Database] = []
+        # Weak: a thread's connection closes with the thread (its threading.local goes), so
+        # threads that come and go (a camera's puller, a job's worker) leave no file open.
+        self._readers: weakref.WeakSet[sqlite_utils.Database] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -215,7 +218,7 @@ class Store:
             db = connect(self.path)
             self._local.db = db
             with self._readers_lock:
-                self._readers.append(db)
+                self._readers.add(db)
         return db
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[dict]:
@@ -230,7 +233,7 @@ class Store:
     def close(self) -> None:
         """Close every connection this store opened."""
         with self._readers_lock:
-            for db in self._readers:
+            for db in list(self._readers):
                 db.close()
             self._readers.clear()
         self._writer.close()
