@@ -20,6 +20,11 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 BUSY_TIMEOUT_MS = 30_000  # Litestream locks the database briefly for its checkpoints
+# SQLite's memory for the whole process (a soft limit: page caches recycle their pages once it
+# is reached). Each thread reads through a connection of its own, and each connection's page
+# cache grows to 2 MiB by default: some 30 threads of a box would slowly fill 60 MiB of them.
+# The file's pages stay in the kernel's page cache, shared by all connections.
+HEAP_LIMIT = 16 << 20
 migrations = Migrations("edgebox")
 
 
@@ -137,6 +142,7 @@ def m001_core(db: sqlite_utils.Database) -> None:
 
 def _configure(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA soft_heap_limit = {HEAP_LIMIT}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA synchronous = FULL")
 

@@ -112,6 +112,26 @@ def litestream_health(box, now: dt.datetime | None = None) -> dict:
     return {k: report.get(k) for k in ("state", "lag_seconds", "restarts", "last_error")}
 
 
+def release_memory(box, now: dt.datetime | None = None) -> dict:
+    """Hand the free memory inside the heaps back to the kernel (`edgebox.lowlevel.allocator`)
+    and report the box's memory: resident, and the heaps' bytes in use and free, in KiB."""
+    from edgebox.lowlevel import allocator
+
+    figures = allocator.release()
+    if not figures:  # not glibc: nothing to do
+        return {}
+    result = {
+        "released_kib": max(0, figures["resident_before"] - figures["resident_after"]) >> 10,
+        "resident_kib": figures["resident_after"] >> 10,
+    }
+    if "in_use" in figures:
+        result |= {
+            "heap_in_use_kib": figures["in_use"] >> 10,
+            "heap_free_kib": figures["free"] >> 10,
+        }
+    return result
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One periodic job: its id, function, interval and delay before the first run."""
@@ -134,6 +154,7 @@ def default_jobs(box) -> list[JobSpec]:
         JobSpec("retention_sweep", retention_sweep, 3600, first_after=120),
         JobSpec("storage_watermarks", storage_watermarks, 60, first_after=15),
         JobSpec("litestream_health", litestream_health, 60, first_after=30),
+        JobSpec("release_memory", release_memory, 60, first_after=60),
     ]
 
 

@@ -68,3 +68,40 @@ def test_freed_buffers_are_kept_for_the_next_ones():
 def test_settings_from_the_environment_win():
     tuned = _probe("tuned", MALLOC_ARENA_MAX="4")
     assert set(tuned["applied"]) == {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"}
+
+
+# MiB buffers freed among small objects that live on (as SQLite's pages and Python's objects
+# do in the box): the heap's free memory stays resident until `release`.
+FRAGMENTS = """
+import json, sys
+from edgebox.lowlevel import allocator
+allocator.tune()
+kept, buffers = [], []
+for _ in range(64):
+    buffers.append(bytearray(1 << 20))
+    kept.append(bytearray(3000))  # lands after the buffer, so the heap cannot shrink past it
+buffers.clear()
+figures = allocator.release() if sys.argv[1] == "release" else {}
+print(json.dumps({"heap": allocator.heap(), **figures}))
+"""
+
+
+@pytest.mark.skipif(not _glibc(), reason="malloc_trim is glibc's")
+def test_release_hands_the_free_memory_of_the_heaps_back():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    run = lambda mode: json.loads(  # noqa: E731
+        subprocess.run(
+            [sys.executable, "-c", FRAGMENTS, mode],
+            env=clean,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
+    kept, released = run("keep"), run("release")
+    assert kept["heap"]["free"] >= 48 << 20  # the 64 freed MiB, kept by the tuned heap
+    assert released["heap"]["free"] >= 48 << 20  # still the heap's (its address space)...
+    gone = released["resident_before"] - released["resident_after"]
+    assert gone >= 48 << 20, released  # ...but no longer resident
+    assert released["in_use"] < released["resident_after"]

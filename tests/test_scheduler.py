@@ -29,6 +29,7 @@ STANDARD = {
     "retention_sweep",
     "storage_watermarks",
     "litestream_health",
+    "release_memory",
 }
 
 
@@ -45,6 +46,10 @@ def test_every_job_shows_its_next_run(box):
     health = jobs_of(box).run_now("litestream_health")
     assert isinstance(health["state"], str)  # this box's server runs without its replicator
     assert jobs_report(box)["litestream_health"]["last_result"]["state"] == health["state"]
+    memory = jobs_of(box).run_now("release_memory")
+    assert memory["resident_kib"] > 10 << 10  # a box's Python process is tens of MiB
+    assert memory["heap_in_use_kib"] > 0 and memory["heap_free_kib"] >= 0
+    assert jobs_report(box)["release_memory"]["last_result"] == memory
 
 
 def test_jobs_see_the_moved_clock(box, camera):

@@ -1,0 +1,144 @@
+"""The database's per-thread readers: what they hold stays bounded however many threads read.
+
+Each thread reads through a connection of its own (`Store.read`). The store also listed every
+reader, to close them all at stop, and that list kept the connections of ended threads alive:
+each thread that came and went (a camera's puller, a job's worker) left an open file and a
+page cache behind for the life of the box. And each connection's page cache grows to 2 MiB:
+SQLite's memory for the process is held to `db.HEAP_LIMIT` instead.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from edgebox.db import Store
+
+
+def _open_files(name: str) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").endswith(name)
+        except OSError:  # closed while listing
+            pass
+    return count
+
+
+def _read_in_threads(store: Store, count: int) -> None:
+    for _ in range(count):
+        thread = threading.Thread(target=store.query, args=("SELECT count(*) FROM devices",))
+        thread.start()
+        thread.join()
+    gc.collect()
+
+
+def test_threads_that_come_and_go_leave_no_connections(tmp_path):
+    store = Store(tmp_path / "box.db")
+    try:
+        _read_in_threads(store, 20)
+        after_first = _open_files("box.db")
+        for _ in range(3):
+            _read_in_threads(store, 20)
+        # SQLite keeps a closed connection's descriptor for the next one while the process
+        # holds a lock on the file (POSIX locks), so the count settles instead of growing.
+        assert _open_files("box.db") <= after_first < 60
+        assert len(store._readers) == 0  # noqa: SLF001 - the list that kept them alive
+        assert store.query("SELECT count(*) AS n FROM devices") == [{"n": 0}]
+    finally:
+        store.close()
+    assert _open_files("box.db") == 0
+
+
+def test_close_closes_the_readers_of_living_threads(tmp_path):
+    store = Store(tmp_path / "box.db")
+    ready, done = threading.Event(), threading.Event()
+
+    def reader():
+        store.query("SELECT 1")
+        ready.set()
+        done.wait(30)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    ready.wait(30)
+    store.query("SELECT 1")
+    assert len(store._readers) == 2  # noqa: SLF001
+    store.close()
+    assert _open_files("box.db") == 0
+    done.set()
+    thread.join()
+
+
+# 24 threads each read every page of a 24 MiB table; SQLite's memory is measured while they
+# all still hold their connections.
+READERS = """
+import ctypes, json, sqlite3, sys, threading, _sqlite3
+from pathlib import Path
+from edgebox import db
+
+if sys.argv[2] == "unlimited":
+    db.HEAP_LIMIT = 0
+store = db.Store(Path(sys.argv[1]))
+with store.write() as w:
+    w.execute("CREATE TABLE IF NOT EXISTS blobs (body BLOB)")
+    w.execute("DELETE FROM blobs")
+    w.conn.executemany("INSERT INTO blobs VALUES (randomblob(1000))", [()] * 24000)
+read, done = threading.Barrier(25), threading.Event()
+
+
+def reader():
+    store.query("SELECT sum(length(body)) FROM blobs")
+    read.wait()
+    done.wait()  # the thread, and so its connection, lives until measured
+
+
+threads = [threading.Thread(target=reader) for _ in range(24)]
+for thread in threads:
+    thread.start()
+read.wait()
+used = _sqlite3_lib().sqlite3_memory_used()
+readers = len(store._readers)
+done.set()
+print(json.dumps({"used": used, "limit": db.HEAP_LIMIT, "readers": readers}))
+"""
+
+LIBRARY = """
+def _sqlite3_lib():
+    # the SQLite this Python runs: a shared libsqlite3 when it is mapped, else the module's own
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "libsqlite3" in line}
+    lib = ctypes.CDLL(paths.pop() if paths else _sqlite3.__file__)
+    lib.sqlite3_memory_used.restype = ctypes.c_int64
+    return lib
+"""
+
+
+def _sqlite_memory(path, mode: str) -> dict:
+    code = READERS.replace("store = db.Store", LIBRARY + "store = db.Store", 1)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if "sqlite3_memory_used" in out.stderr:
+        pytest.skip("this Python's SQLite does not export sqlite3_memory_used")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_sqlite_memory_is_held_to_the_limit_however_many_threads_read(tmp_path):
+    limited = _sqlite_memory(tmp_path / "box.db", "limited")
+    unlimited = _sqlite_memory(tmp_path / "box.db", "unlimited")
+    assert limited["readers"] == unlimited["readers"] == 24
+    # Past the limit only what each connection holds besides pages (schema, lookaside slots)
+    assert limited["used"] <= limited["limit"] + limited["readers"] * (256 << 10), limited
+    assert unlimited["used"] > limited["limit"] * 2, unlimited  # 24 caches of 2 MiB without it
