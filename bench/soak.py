@@ -32,7 +32,7 @@ import psutil  # noqa: E402
 
 from bench.common import edgebox_cmd, exit_on_sigterm, log  # noqa: E402
 from bench.plaintext_scan import SHORTEST, Markers  # noqa: E402
-from bench.soak_report import report  # noqa: E402
+from bench.soak_report import BOX_KILLING, report  # noqa: E402
 from bench.soak_world import World, jitter  # noqa: E402
 from edgebox.errors import EdgeboxError  # noqa: E402
 from edgebox.keys import x25519_private_from_file  # noqa: E402
@@ -42,7 +42,6 @@ from edgebox.vault import Reader  # noqa: E402
 PLANTED = "planted-by-soak"  # the file the final scan must find (its own check)
 # Recordings the box still has to sync or seal (a shredded one, 'deleted', is done).
 BACKLOG = "sync_state NOT IN ('synced', 'deleted') OR (sync_state = 'synced' AND sealed = 0)"
-BOX_KILLING = {"kill_ingest", "kill_sync", "power_cut"}
 # Kill-heavy, as the counts are (100 box kills to 20 broker or link flaps): 13 of
 # every 20 cycles kill the box, 4 flap the broker or the link.
 SCHEDULE = [
@@ -392,7 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     parser.add_argument("--json", help="write the raw figures here")
+    parser.add_argument(
+        "--alongside",
+        action="append",
+        metavar="JSON",
+        help="the --json of a run made at the same time, reported under this one's",
+    )
     args = parser.parse_args(argv)
+    args.command = f"--minutes {args.minutes:g} --leak-share {args.leak_share:g}" + (
+        f" --faults {','.join(args.faults)}" if args.faults != SCHEDULE else ""
+    )
     unknown = [f for f in args.faults if f not in SCHEDULE]
     if unknown:
         parser.error(f"unknown fault {unknown[0]!r}; known: {', '.join(sorted(set(SCHEDULE)))}")

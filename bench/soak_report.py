@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.common import machine, write_section
 
+BOX_KILLING = {"kill_ingest", "kill_sync", "power_cut"}
 HEADING = "Reliability"
 WARM_UP = 60  # seconds after a box start left out of the leak trend
 COLUMNS = ("lost", "corrupted", "duplicated", "deleted unsynced", "verify failures", "5xx")
@@ -83,21 +84,45 @@ def _fmt(value, spec: str = ".1f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _table(counts: dict, failures: dict, recovery: dict) -> list[str]:
+    """The per-fault table: cycles, each failure column, recovery p50 / p99."""
+    header = "| fault | cycles | " + " | ".join(COLUMNS) + " | recovery p50 / p99 (s) |"
+    rows = [header, "|" + "---|" * (len(COLUMNS) + 3)]
+    for fault in [*sorted(counts), "final"]:
+        found = failures.get(fault, {})
+        times = recovery.get(fault, [])
+        cells = [str(found.get(c, 0)) for c in COLUMNS]
+        timing = f"{_fmt(_percentile(times, 0.5))} / {_fmt(_percentile(times, 0.99))}"
+        rows.append(
+            f"| {fault} | {counts.get(fault, 'end')} | " + " | ".join(cells) + f" | {timing} |"
+        )
+    return rows
+
+
+def box_kills(counts: dict) -> int:
+    """How many cycles killed the box process (kill -9 or power cut)."""
+    return sum(n for fault, n in counts.items() if fault in BOX_KILLING)
+
+
+def companion(raw: dict) -> list[str]:
+    """A run made alongside this one (its --json), as a paragraph and its table."""
+    clean = sum(n for found in raw["failures"].values() for n in found.values()) == 0
+    return [
+        f"Run alongside it: `python bench/soak.py {raw['command']}`: {raw['cycles']} fault "
+        f"cycles in {raw['minutes']:.1f} min, {raw['delivered']} clips delivered, "
+        f"{box_kills(raw['counts'])} box kills, the same checks after every cycle and at the "
+        f"end ({'nothing failed' if clean else 'SOME CHECKS FAILED: see the table'}).",
+        "",
+        *_table(raw["counts"], raw["failures"], raw["recovery"]),
+    ]
+
+
 def report(soak, world, ran: int, args) -> int:
     """Print the table, write RESULTS.md (unless --no-write) and --json; exit status."""
     leaks = leak_slopes(soak.samples)
     minutes = (soak.samples[-1][0] / 60) if soak.samples else 0
-    rows = []
-    header = "| fault | cycles | " + " | ".join(COLUMNS) + " | recovery p50 / p99 (s) |"
-    rows += [header, "|" + "---|" * (len(COLUMNS) + 3)]
-    faults = sorted(soak.counts) + ["final"]
-    for fault in faults:
-        failures = soak.failures.get(fault, {})
-        times = soak.recovery.get(fault, [])
-        cells = [str(failures.get(c, 0)) for c in COLUMNS]
-        count = str(soak.counts.get(fault, "end"))
-        recovery = f"{_fmt(_percentile(times, 0.5))} / {_fmt(_percentile(times, 0.99))}"
-        rows.append(f"| {fault} | {count} | " + " | ".join(cells) + f" | {recovery} |")
+    rows = _table(soak.counts, soak.failures, soak.recovery)
+    alongside = [json.loads(Path(p).read_text()) for p in args.alongside or []]
     other = {
         f"{fault}: {kind}": n
         for fault, failures in soak.failures.items()
@@ -113,7 +138,7 @@ def report(soak, world, ran: int, args) -> int:
     lines = [
         f"## {HEADING}",
         "",
-        f"`python bench/soak.py --minutes {args.minutes:g}` on {machine()}: {ran} fault cycles in "
+        f"`python bench/soak.py {args.command}` on {machine()}: {ran} fault cycles in "
         f"{minutes:.1f} min, {len(world.cameras)} simulated cameras, {delivered} clips "
         "delivered. After every cycle the cameras drain and the soak checks central, "
         "`edgebox verify` and the box's disk (recovery: fault healed -> every delivered clip "
@@ -148,11 +173,18 @@ def report(soak, world, ran: int, args) -> int:
     ]
     if other:
         lines += ["", "Other problems: " + "; ".join(f"{k} ×{v}" for k, v in other.items())]
+    for raw in alongside:
+        lines += ["", *companion(raw)]
+    if alongside:
+        kills = box_kills(soak.counts) + sum(box_kills(raw["counts"]) for raw in alongside)
+        lines += ["", f"Box kills in these runs together: {kills}."]
     if fuzz:
         lines += ["", fuzz["markdown"]]
     section = "\n".join(lines) + "\n"
     print(section)
     raw = {
+        "command": args.command,
+        "minutes": minutes,
         "cycles": ran,
         "counts": dict(soak.counts),
         "failures": {k: dict(v) for k, v in soak.failures.items()},

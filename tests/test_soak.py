@@ -88,3 +88,24 @@ def test_the_plaintext_scan_finds_a_marker_at_any_offset_and_nothing_else():
     assert Markers([shortest]).found_in(noise[:3] + shortest + noise[:5])
     with pytest.raises(ValueError, match="at least"):
         Markers([b"too short"])
+
+
+def test_a_run_made_alongside_is_reported_with_its_own_table():
+    from bench.soak_report import box_kills, companion
+
+    raw = {
+        "command": "--minutes 40 --leak-share 0 --faults kill_ingest,power_cut",
+        "minutes": 40.2,
+        "cycles": 3,
+        "delivered": 57,
+        "counts": {"kill_ingest": 2, "power_cut": 1},
+        "failures": {"power_cut": {"lost": 1}},
+        "recovery": {"kill_ingest": [2.0, 4.0], "power_cut": [3.0]},
+    }
+    assert box_kills(raw["counts"]) == 3 and box_kills({"net_cut": 5}) == 0
+    text = "\n".join(companion(raw))
+    assert "--faults kill_ingest,power_cut`: 3 fault cycles in 40.2 min, 57 clips" in text
+    assert "3 box kills" in text and "SOME CHECKS FAILED" in text
+    assert "| power_cut | 1 | 1 | 0 |" in text and "| kill_ingest | 2 | 0 |" in text
+    raw["failures"] = {}
+    assert "nothing failed" in "\n".join(companion(raw))
