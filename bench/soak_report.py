@@ -42,8 +42,12 @@ def leak_slopes(samples: list[tuple[float, int, int, int]]) -> dict:
         by_pid[pid] = [p for p in points if p[0] - points[0][0] >= WARM_UP]
     result = {name: _slope(by_pid.values(), column) for name, column in SLOPES}
     longest = max(by_pid.values(), key=len, default=[])
-    for name, column in SLOPES:  # the calm phase's one box alone: the cleanest trend
+    # The calm phase's one box alone: the cleanest trend. Its second half shows whether what
+    # grew levels off (caches filling to their bound) or keeps growing (a leak).
+    late = [p for p in longest if p[0] >= (longest[0][0] + longest[-1][0]) / 2]
+    for name, column in SLOPES:
         result[f"longest_{name}"] = _slope([longest], column)
+        result[f"late_{name}"] = _slope([late], column)
     result["longest_life_samples"] = len(longest)
     result["longest_life_minutes"] = (longest[-1][0] - longest[0][0]) / 60 if longest else 0
     result["rss_mib_range"] = (
@@ -62,13 +66,15 @@ FDS_MARGIN = 2.0  # open files an hour
 
 
 def _leak_verdict(leaks: dict) -> str:
-    """Whether the longest-lived box stayed flat within the margins (none: too short)."""
-    rss, fds = leaks.get("longest_rss_mib_per_hour"), leaks.get("longest_fds_per_hour")
-    if rss is None or fds is None or leaks["longest_life_minutes"] < 10:
-        return "Too short a life to call a trend (10 minutes at least)."
+    """Whether the longest-lived box was flat within the margins over the second half of its
+    life (none: too short a life to have a second half worth the name)."""
+    rss, fds = leaks.get("late_rss_mib_per_hour"), leaks.get("late_fds_per_hour")
+    if rss is None or fds is None or leaks["longest_life_minutes"] < 20:
+        return "Too short a life to call a trend (20 minutes at least)."
     flat = abs(rss) <= RSS_MARGIN and abs(fds) <= FDS_MARGIN
     return (
-        f"{'Flat' if flat else 'NOT flat'} within the margins of ±{RSS_MARGIN:g} MiB/hour and "
+        f"Over the second half of that life: RSS {rss:.1f} MiB/hour, open files {fds:.1f}/hour, "
+        f"{'flat' if flat else 'NOT flat'} within the margins of ±{RSS_MARGIN:g} MiB/hour and "
         f"±{FDS_MARGIN:g} open files/hour."
     )
 

@@ -54,13 +54,18 @@ def test_the_leak_trend_tells_a_leak_from_a_flat_line_and_a_restart():
     mib = 1 << 20
     noisy = [(2.0 * n, 7, 80 * mib + (n * 7919 % 13) * mib // 4, 40) for n in range(900)]
     flat = leak_slopes(noisy)
-    assert abs(flat["longest_rss_mib_per_hour"]) < 1 and "Flat" in _verdict(flat)
+    assert abs(flat["longest_rss_mib_per_hour"]) < 1 and ", flat within" in _verdict(flat)
+    warming = [  # a cache filling to its bound in the first 10 minutes, then flat
+        (t, pid, rss + int(min(t, 600) * mib / 30), fds) for t, pid, rss, fds in noisy
+    ]
+    levelled = leak_slopes(warming)
+    assert levelled["longest_rss_mib_per_hour"] > 5 and ", flat within" in _verdict(levelled)
     growing = [
         (t, pid, rss + int(t * mib / 360), fds + int(t // 600)) for t, pid, rss, fds in noisy
     ]
     leak = leak_slopes(growing)  # 10 MiB and 6 files (a staircase) an hour
     assert round(leak["longest_rss_mib_per_hour"]) == 10 and 4 < leak["fds_per_hour"] < 7
-    assert "NOT flat" in _verdict(leak)
+    assert "NOT flat" in _verdict(leak) and round(leak["late_rss_mib_per_hour"]) == 10
     restarts = [(t, int(t // 600), 80 * mib + int(t % 600) * 1000, 40) for t, *_ in noisy]
     assert leak_slopes(restarts)["longest_life_minutes"] < 10  # each kill starts a new life
     assert "Too short" in _verdict(leak_slopes(restarts))
