@@ -46,6 +46,18 @@ def _dirty_bytes() -> int:
     return 0
 
 
+def unmount(mount: Path, lazy: bool = True) -> bool:
+    """Unmount `mount`, retrying while a file being closed keeps it busy (10 s); then, with
+    `lazy`, detach it anyway. Returns whether it was unmounted outright."""
+    for _ in range(50):
+        if _run("umount", str(mount)).returncode == 0:
+            return True
+        time.sleep(0.2)
+    if lazy:
+        _run("umount", "-l", str(mount))
+    return False
+
+
 class LoopDisk:
     """A small ext4 filesystem in a file, loop-mounted (root only); `power_cut()` leaves
     on it only what had reached the medium."""
@@ -80,11 +92,7 @@ class LoopDisk:
         copied = _run("cp", "--sparse=always", str(self.image), str(cut))
         if copied.returncode:
             raise RuntimeError(f"power cut: copy failed: {copied.stderr}")
-        for _ in range(50):  # the old disk goes, with what its page cache still held
-            if _run("umount", str(self.mount)).returncode == 0:
-                break
-            time.sleep(0.2)
-        else:
+        if not unmount(self.mount, lazy=False):  # the old disk goes, with its page cache
             raise RuntimeError("power cut: the old disk stays busy")
         cut.replace(self.image)
         mounted = _run("mount", "-o", "loop", str(self.image), str(self.mount))
@@ -93,9 +101,9 @@ class LoopDisk:
         return time.monotonic() - started, dirty
 
     def close(self) -> None:
-        """Unmount (lazily if still busy) and remove the image."""
-        if self.mounted and _run("umount", str(self.mount)).returncode:
-            _run("umount", "-l", str(self.mount))
+        """Unmount (lazily if it stays busy) and remove the image."""
+        if self.mounted:
+            unmount(self.mount)
         self.image.unlink(missing_ok=True)
 
 

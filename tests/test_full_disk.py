@@ -12,10 +12,10 @@ import json
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 
+from bench.soak_world import LoopDisk, unmount
 from edgebox import catalog, retention, storage
 from edgebox.box import Box
 from edgebox.clock import iso, utcnow
@@ -45,30 +45,18 @@ def small_disk(tmp_path):
     tmpfs); always unmounted afterwards."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small filesystem needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    image = tmp_path / "disk.img"
-    problems = []
-    with open(image, "wb") as handle:
-        handle.truncate(DISK_MIB * MIB)
-    made = _run("mkfs.ext4", "-q", "-m", "0", "-F", str(image))
-    mounted = made.returncode == 0 and _run("mount", "-o", "loop", str(image), str(mount))
-    if not mounted or mounted.returncode != 0:
-        problems.append(f"ext4 on a loop device: {made.stderr or mounted and mounted.stderr}")
-        tmpfs = _run("mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(mount))
+    disk = LoopDisk(tmp_path / "medium", DISK_MIB)
+    if not disk.mounted:
+        tmpfs = _run("mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(disk.mount))
         if tmpfs.returncode != 0:
-            problems.append(f"tmpfs: {tmpfs.stderr}")
-            pytest.skip("cannot mount a small filesystem here: " + "; ".join(problems))
+            pytest.skip(f"cannot mount a small filesystem here: {disk.problem}; {tmpfs.stderr}")
     try:
-        yield mount
+        yield disk.mount
     finally:
-        for _ in range(50):
-            if _run("umount", str(mount)).returncode == 0:
-                break
-            time.sleep(0.2)  # a closing file may keep it busy for a moment
+        if disk.mounted:
+            disk.close()
         else:
-            _run("umount", "-l", str(mount))
-        image.unlink(missing_ok=True)
+            unmount(disk.mount)
 
 
 def fill_up(path, leave: int = 0) -> None:
