@@ -398,8 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the --json of a run made at the same time, reported under this one's",
     )
     args = parser.parse_args(argv)
-    args.command = f"--minutes {args.minutes:g} --leak-share {args.leak_share:g}" + (
-        f" --faults {','.join(args.faults)}" if args.faults != SCHEDULE else ""
+    args.command = " ".join(
+        [f"--minutes {args.minutes:g}", f"--leak-share {args.leak_share:g}"]
+        + ([f"--cycles {args.cycles}"] if args.cycles else [])
+        + ([f"--faults {','.join(args.faults)}"] if args.faults != SCHEDULE else [])
     )
     unknown = [f for f in args.faults if f not in SCHEDULE]
     if unknown:

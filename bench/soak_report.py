@@ -110,6 +110,19 @@ def box_kills(counts: dict) -> int:
     return sum(n for fault, n in counts.items() if fault in BOX_KILLING)
 
 
+def _read_alongside(path: str) -> dict | str:
+    """A companion run's figures, or why there are none (not written yet, not figures)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        return f"Run alongside it: no figures from {Path(path).name} ({exc.__class__.__name__})."
+    needed = {"command", "minutes", "cycles", "delivered", "counts", "failures", "recovery"}
+    missing = sorted(needed - set(raw))
+    if missing:
+        return f"Run alongside it: {Path(path).name} lacks {', '.join(missing)}."
+    return raw
+
+
 def companion(raw: dict) -> list[str]:
     """A run made alongside this one (its --json), as a paragraph and its table."""
     clean = sum(n for found in raw["failures"].values() for n in found.values()) == 0
@@ -128,7 +141,6 @@ def report(soak, world, ran: int, args) -> int:
     leaks = leak_slopes(soak.samples)
     minutes = (soak.samples[-1][0] / 60) if soak.samples else 0
     rows = _table(soak.counts, soak.failures, soak.recovery)
-    alongside = [json.loads(Path(p).read_text()) for p in args.alongside or []]
     other = {
         f"{fault}: {kind}": n
         for fault, failures in soak.failures.items()
@@ -179,11 +191,12 @@ def report(soak, world, ran: int, args) -> int:
     ]
     if other:
         lines += ["", "Other problems: " + "; ".join(f"{k} ×{v}" for k, v in other.items())]
-    for raw in alongside:
-        lines += ["", *companion(raw)]
-    if alongside:
-        kills = box_kills(soak.counts) + sum(box_kills(raw["counts"]) for raw in alongside)
-        lines += ["", f"Box kills in these runs together: {kills}."]
+    runs = [_read_alongside(path) for path in args.alongside or []]
+    for run in runs:
+        lines += ["", run] if isinstance(run, str) else ["", *companion(run)]
+    if any(isinstance(run, dict) for run in runs):
+        others = sum(box_kills(run["counts"]) for run in runs if isinstance(run, dict))
+        lines += ["", f"Box kills in these runs together: {box_kills(soak.counts) + others}."]
     if fuzz:
         lines += ["", fuzz["markdown"]]
     section = "\n".join(lines) + "\n"
@@ -200,8 +213,10 @@ def report(soak, world, ran: int, args) -> int:
         "notes": dict(soak.notes),
         "delivered": delivered,
     }
-    if args.json:
-        Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
+    if args.json:  # whole or not at all: a run alongside may read it at any moment
+        written = Path(args.json).with_suffix(".json.part")
+        written.write_text(json.dumps(raw, indent=1, default=str))
+        written.replace(args.json)
     if not args.no_write:
         write_section(Path(args.results), HEADING, section)
     bad = sum(n for failures in soak.failures.values() for n in failures.values())

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from edgebox import custody, serving, storage
+from edgebox import custody, header_changes, serving, storage, vault
 from edgebox.clock import iso
 from edgebox.config import Config
 from edgebox.db import Store
@@ -19,7 +19,6 @@ from edgebox.errors import ConfigError, CustodyError
 from edgebox.ingest.pairing import Pairing
 from edgebox.ingest.uploads import IngestSettings, Uploads
 from edgebox.keys import Keyring, certificate_fingerprint
-from edgebox.recordings import finish_header_changes
 from edgebox.replication.litestream import replication_status
 from edgebox.review import ReviewKeys
 from edgebox.sync import state as sync_state
@@ -76,15 +75,13 @@ class Box:
 
         report = self.uploads.recover()
         report["axis_dropped"] = self.axis.recover()
-        report.update(finish_header_changes(self))
+        with vault.header_change(self.uploads.vault_dir):  # after the journals were replayed
+            settled = header_changes.settle(self)
         self._record_config()
-        custody.record(
-            self.store,
-            "box.started",
-            "box",
-            None,
-            {"recovered": {k: len(v) for k, v in report.items()}},
-        )
+        details = {"recovered": {k: len(v) for k, v in report.items()}}
+        if any(settled.values()):  # which recordings, for the auditor
+            details["header_changes"] = settled
+        custody.record(self.store, "box.started", "box", None, details)
         from edgebox.replication.litestream import Replicator
 
         # Not in _running: it must outlive the last checkpoint written by stop().

@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import sqlite3
 import threading
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +19,12 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 BUSY_TIMEOUT_MS = 30_000  # Litestream locks the database briefly for its checkpoints
-# SQLite's memory for the whole process (a soft limit: page caches recycle their pages once it
-# is reached). Each thread reads through a connection of its own, and each connection's page
-# cache grows to 2 MiB by default: some 30 threads of a box would slowly fill 60 MiB of them.
-# The file's pages stay in the kernel's page cache, shared by all connections.
-HEAP_LIMIT = 16 << 20
+# SQLite's memory in a process that opens a Store (the box, its commands), a soft limit: page
+# caches recycle their pages once it is reached. Each thread reads through a connection of its
+# own, and each connection's page cache grows to 2 MiB by default: some 30 threads of a box
+# would slowly fill 60 MiB of them. The file's pages stay in the kernel's page cache, shared
+# by all connections. (A SQLite built without memory statistics ignores it.)
+SQLITE_SOFT_HEAP_LIMIT = 16 << 20
 migrations = Migrations("edgebox")
 
 
@@ -142,7 +142,6 @@ def m001_core(db: sqlite_utils.Database) -> None:
 
 def _configure(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute(f"PRAGMA soft_heap_limit = {HEAP_LIMIT}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA synchronous = FULL")
 
@@ -187,10 +186,12 @@ class Store:
         migrate(self.path)
         self._writer = connect(self.path)
         self._write_lock = threading.RLock()
+        self._writer.conn.execute(f"PRAGMA soft_heap_limit = {SQLITE_SOFT_HEAP_LIMIT}")
         self._local = threading.local()
-        # Weak: a thread's connection closes with the thread (its threading.local goes), so
-        # threads that come and go (a camera's puller, a job's worker) leave no file open.
-        self._readers: weakref.WeakSet[sqlite_utils.Database] = weakref.WeakSet()
+        # Each reading thread's connection, closed by the next thread that opens one once its
+        # own has ended: threads that come and go (a camera's puller, a job's worker) leave
+        # no file open and no page cache behind.
+        self._readers: dict[threading.Thread, sqlite_utils.Database] = {}
         self._readers_lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -224,7 +225,9 @@ class Store:
             db = connect(self.path)
             self._local.db = db
             with self._readers_lock:
-                self._readers.add(db)
+                for ended in [t for t in self._readers if not t.is_alive()]:
+                    self._readers.pop(ended).close()
+                self._readers[threading.current_thread()] = db
         return db
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[dict]:
@@ -239,7 +242,7 @@ class Store:
     def close(self) -> None:
         """Close every connection this store opened."""
         with self._readers_lock:
-            for db in list(self._readers):
+            for db in self._readers.values():
                 db.close()
             self._readers.clear()
         self._writer.close()
@@ -456,7 +459,7 @@ def m121_header_changes(db: sqlite_utils.Database) -> None:
     """Header rewrites (seal, re-wrap) recorded before they reach the file: the new stored
     hash, the sealed flag and the custody entry to log once the file carries it. A row
     left by a crash is finished or dropped at the next start, by the file's own hash
-    (`recordings.finish_header_changes`)."""
+    (`header_changes.settle`)."""
     db.executescript(
         """
         CREATE TABLE header_changes (

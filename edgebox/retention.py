@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgebox import custody, vault
+from edgebox import custody, header_changes, vault
 from edgebox.clock import iso, parse_rfc3339, utcnow
 from edgebox.lowlevel.durable import fsync_dir
 from edgebox.sync.outbox import queue_meta
@@ -272,9 +272,16 @@ def shred(
     `keep_synced_days`).
     """
     policy = policy or Policy.from_config(box.config.retention)
+    with vault.header_change(box.uploads.vault_dir):
+        header_changes.settle(box, recording_id)  # the row's hash is the file's before it goes
+        return _shred_locked(box, recording_id, reason, now, actor, policy, check)
+
+
+def _shred_locked(box, recording_id, reason, now, actor, policy, check) -> dict | None:
+    """`shred`, under the vault's header lock."""
     path = box.uploads.vault_path(recording_id)
     tomb = path.with_name(path.name + TOMB_SUFFIX)
-    with vault.header_change(path.parent), box.store.write() as db:
+    with box.store.write() as db:
         row = db.execute("SELECT * FROM recordings WHERE id = ?", [recording_id]).fetchone()
         if row is None:
             return None
@@ -286,9 +293,11 @@ def shred(
             return None
         if not path.exists():
             raise FileNotFoundError(errno.ENOENT, "vault file missing; nothing was deleted", path)
-        shredded = destroy_keys(path)
+        # The file leaves its place first: a crash from here on leaves a tomb, which
+        # `finish_interrupted` shreds and records, never a keyless file at the live path.
         os.replace(path, tomb)
         fsync_dir(path.parent)
+        shredded = destroy_keys(tomb)
         entry = _record_deletion(box.store, db, row, reason, actor, now, shredded, why)
     _remove(tomb)
     return {
@@ -385,8 +394,9 @@ def _remove(tomb: Path) -> None:
 def finish_interrupted(box) -> list[str]:
     """Complete shreds cut short by a crash or a full disk; returns the recordings concerned.
 
-    A `<id>.ebv.shredded` file has already lost its keys. If its deletion was
-    recorded, only the file is left to remove; if not, the deletion is recorded now.
+    A `<id>.ebv.shredded` file was taken from its place to be shredded. If its deletion was
+    recorded, its keys are gone and only the file is left to remove; if not, its keys are
+    destroyed (again, if the crash came after) and the deletion is recorded now.
     """
     done = []
     for tomb in sorted(box.uploads.vault_dir.glob("*" + TOMB_SUFFIX)):
@@ -394,6 +404,7 @@ def finish_interrupted(box) -> list[str]:
         row = box.store.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
         try:
             if row is not None and not is_deleted(row):
+                shredded = destroy_keys(tomb)
                 with box.store.write() as db:
                     _record_deletion(
                         box.store,
@@ -402,8 +413,8 @@ def finish_interrupted(box) -> list[str]:
                         "interrupted_shred",
                         "box",
                         utcnow(),
-                        vault.file_sha256(tomb),
-                        {"note": "keys destroyed before an interruption; removal completed now"},
+                        shredded,
+                        {"note": "shred interrupted; keys destroyed and removal completed now"},
                     )
         except (OSError, sqlite3.Error) as exc:  # still no room: try again next sweep
             log.error("could not record the shred of %s: %s", recording_id, exc)

@@ -769,14 +769,30 @@ def header_change(folder: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def planned_header(path: Path, stanzas: list[dict]) -> tuple[bytes, str]:
+def planned_header(
+    path: Path, stanzas: list[dict], expect: str | None = None, block: int = 1 << 20
+) -> tuple[bytes, str]:
     """The header area that gives `path` the key stanzas `stanzas`, and the file's SHA-256
     once it carries it: both known before any change, so the database can hold the new hash
-    before the file does (`recordings.finish_header_changes` relies on that)."""
+    before the file does (`edgebox.header_changes`). With `expect`, the file's hash as it is
+    must be that one: a file that changed since its hash was recorded is refused (409), not
+    given a fresh hash that would hide the damage."""
     header = read_header(path)
     header.stanzas = stanzas
     raw = header.encode()
-    return raw, _sha256_after_header(Path(path), raw)
+    now, after = hashlib.sha256(), hashlib.sha256(raw)
+    with open(path, "rb") as handle:
+        now.update(handle.read(len(raw)))
+        while chunk := handle.read(block):
+            now.update(chunk)
+            after.update(chunk)
+    if expect is not None and now.hexdigest() != expect:
+        raise VaultError(
+            f"{Path(path).name}: stored bytes changed since they were recorded (sha256 "
+            f"{now.hexdigest()[:16]}..., recorded {expect[:16]}...); the header is left as it is",
+            status=409,
+        )
+    return raw, after.hexdigest()
 
 
 def rewrite_header(path: Path, stanzas: list[dict]) -> str:
@@ -802,18 +818,6 @@ def journal_header(path: Path, raw: bytes) -> None:
     _apply_header(path, raw)
     journal.unlink()
     fsync_dir(path.parent)
-
-
-def _sha256_after_header(path: Path, raw: bytes, block: int = 1 << 20) -> str:
-    """SHA-256 of the file as it will be once its header area is replaced by `raw` (of the
-    same size), computed before the change, so a reader of the database and the file meets
-    the two out of step for a few milliseconds, not for a whole-file hash."""
-    digest = hashlib.sha256(raw)
-    with open(path, "rb") as handle:
-        handle.seek(len(raw))
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _apply_header(path: Path, raw: bytes) -> None:

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 
-from edgebox import custody, vault
+from edgebox import custody, header_changes, vault
 from edgebox.errors import EdgeboxError
 
 
@@ -83,6 +83,7 @@ def _verify_into(report: Report, box, review_key) -> None:
     logged = _logged(box)
     report.problems.extend(_ingest_problems(box, logged))
     known = set()
+    pending = {c["recording_id"]: c for c in header_changes.pending(box.store)}
     for rec in box.store.query("SELECT * FROM recordings ORDER BY received_at"):
         report.recordings += 1
         path = box.uploads.vault_path(rec["id"])
@@ -91,6 +92,11 @@ def _verify_into(report: Report, box, review_key) -> None:
         if problems is None:  # crypto-shredded by retention: no file, a custody entry
             report.problems.extend(deletion_problems(box, rec))
             continue
+        if rec["id"] in pending:  # a seal or re-wrap cut short: say which, and where it stands
+            actual = vault.file_sha256(path) if path.exists() else None
+            problems.append(
+                header_changes.problem(pending[rec["id"]], actual, rec["stored_sha256"])
+            )
         report.problems.extend(f"recording {rec['id']}: {p}" for p in problems)
         if review_key is not None and path.exists() and not rec["sealed"]:
             report.problems.extend(_decrypt_problems(report, rec, path, review_key, problems))

@@ -21,6 +21,7 @@ import pytest
 from edgebox import vault
 from edgebox.box import Box
 from edgebox.config import load_config
+from edgebox.errors import VaultError
 from edgebox.recordings import seal_recording
 from edgebox.verify import verify_box
 from tests.conftest import enroll
@@ -32,6 +33,7 @@ import os, signal, sys
 from edgebox import vault
 from edgebox.box import Box
 from edgebox.config import load_config
+from edgebox.errors import VaultError
 from edgebox.recordings import seal_recording
 
 config, recording, step = sys.argv[1:]
@@ -101,11 +103,14 @@ def test_a_seal_cut_short_is_settled_at_the_next_start(box_config, step, sealed)
         started = box.store.query(
             "SELECT details FROM custody WHERE event = 'box.started' ORDER BY seq DESC LIMIT 1"
         )
-        recovered = json.loads(started[0]["details"])["recovered"]
-        assert recovered["headers_finished"] == int(sealed)
-        assert recovered["headers_dropped"] == int(not sealed)
+        settled = json.loads(started[0]["details"])["header_changes"]
+        assert settled == {
+            "completed": [recording] if sealed else [],
+            "dropped": [] if sealed else [recording],
+            "left": [],
+        }
         if sealed:
-            assert seals[0]["finished_at_start"] is True
+            assert seals[0]["completed_late"] is True and seals[0]["requested_at"]
             assert seals[0]["previous_stored_sha256"] == before["stored_sha256"]
         else:  # the seal that never reached the file is simply done again
             seal_recording(box, recording)
@@ -143,5 +148,64 @@ def test_a_file_that_matches_neither_hash_stays_pending_and_verify_names_it(box_
         assert row["sealed"] == 0 and _seals(box, recording) == []
         report = verify_box(box)
         assert any(recording in p and "stored bytes changed" in p for p in report.problems)
+        assert any(
+            recording in p and "recording.sealed" in p and "neither the recorded" in p
+            for p in report.problems
+        ), report.problems
     finally:
         box.stop()
+
+
+def _one_recording(box_config) -> str:
+    box = Box(load_config(box_config)).start(("127.0.0.1", 0))
+    try:
+        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"])
+        response, _ = upload_all(camera, os.urandom(1 << 20))
+        return response.headers["EdgeBox-Recording-Id"]
+    finally:
+        box.stop()
+
+
+def test_a_seal_the_process_could_not_commit_is_completed_by_the_next_seal(box_config):
+    recording = _one_recording(box_config)
+    subprocess.run(
+        [sys.executable, "-c", SEALER, str(box_config), recording, "after the file"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    box = Box(load_config(box_config))  # not started: nothing settled it yet
+    try:
+        assert "the box completes it" in " ".join(verify_box(box).problems)
+        with pytest.raises(VaultError, match="already sealed"):
+            seal_recording(box, recording)  # settles the pending seal first, then has none to do
+        assert len(_seals(box, recording)) == 1
+        assert verify_box(box).ok
+    finally:
+        box.store.close()
+
+
+def test_a_file_that_changed_since_its_hash_was_recorded_is_not_sealed(box_config):
+    recording = _one_recording(box_config)
+    box = Box(load_config(box_config))
+    try:
+        path = box.uploads.vault_path(recording)
+        with open(path, "r+b") as handle:  # rot in the last segment, before the seal
+            handle.seek(-5, os.SEEK_END)
+            byte = handle.read(1)
+            handle.seek(-5, os.SEEK_END)
+            handle.write(bytes([byte[0] ^ 1]))
+        damaged = path.read_bytes()
+        with pytest.raises(
+            VaultError, match="stored bytes changed since they were recorded"
+        ) as err:
+            seal_recording(box, recording)
+        assert err.value.status == 409
+        assert path.read_bytes() == damaged  # the header is left as it is
+        assert box.store.query("SELECT * FROM header_changes") == []
+        assert _seals(box, recording) == []
+        row = box.store.one("SELECT sealed FROM recordings WHERE id = ?", (recording,))
+        assert row["sealed"] == 0  # and verify still names the damage under the old hash
+        assert any("stored bytes changed" in p for p in verify_box(box).problems)
+    finally:
+        box.store.close()

@@ -284,24 +284,31 @@ def test_a_seal_and_a_shred_of_one_recording_never_interleave(rbox, rcam):
     assert report.ok, report.problems
 
 
-def test_a_shred_cut_short_is_completed(rbox, rcam):
+@pytest.mark.parametrize("keys_destroyed", [False, True])
+def test_a_shred_cut_short_is_completed(rbox, rcam, keys_destroyed):
     t0 = utcnow()
     rid, _ = record(rcam, started_at=iso(t0))
     set_state(rbox, rid)
     path = rbox.uploads.vault_path(rid)
-    # As if the box died after destroying the keys and moving the file aside, before
-    # the deletion committed: the next sweep records it and removes the leftover.
-    retention.destroy_keys(path)
+    row = rbox.store.one("SELECT * FROM recordings WHERE id = ?", (rid,))
+    # As if the box died after moving the file aside (and, in the second case, destroying
+    # its keys), before the deletion committed: the next sweep destroys the keys if they are
+    # still there, records the deletion and removes the leftover. The live path never holds
+    # a keyless file: the file is moved aside before its keys go.
     tomb = path.with_name(path.name + retention.TOMB_SUFFIX)
     os.replace(path, tomb)
+    keyless = retention.destroy_keys(tomb) if keys_destroyed else None
     retention.sweep(rbox, t0 + DAY)
     assert not tomb.exists()
-    row = rbox.store.one("SELECT * FROM recordings WHERE id = ?", (rid,))
-    assert retention.is_deleted(row)
+    assert retention.is_deleted(rbox.store.one("SELECT * FROM recordings WHERE id = ?", (rid,)))
     entry = rbox.store.one(
         "SELECT details FROM custody WHERE subject = ? AND event = 'recording.deleted'", (rid,)
     )
-    assert json.loads(entry["details"])["reason"] == "interrupted_shred"
+    details = json.loads(entry["details"])
+    assert details["reason"] == "interrupted_shred"
+    assert details["shredded_sha256"] != row["stored_sha256"]  # the keys went before the file
+    assert keyless is None or details["shredded_sha256"] == keyless
+    assert verify_box(rbox).ok
 
 
 def test_a_missing_file_is_reported_not_recorded_as_deleted(rbox, rcam):

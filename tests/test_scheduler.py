@@ -10,6 +10,7 @@ from edgebox import retention
 from edgebox.box import Box
 from edgebox.clock import parse_rfc3339, utcnow
 from edgebox.config import load_config
+from edgebox.lowlevel import allocator
 from edgebox.scheduler import (
     Clock,
     JobSpec,
@@ -47,9 +48,10 @@ def test_every_job_shows_its_next_run(box):
     assert isinstance(health["state"], str)  # this box's server runs without its replicator
     assert jobs_report(box)["litestream_health"]["last_result"]["state"] == health["state"]
     memory = jobs_of(box).run_now("release_memory")
-    assert memory["resident_kib"] > 10 << 10  # a box's Python process is tens of MiB
-    assert memory["heap_in_use_kib"] > 0 and memory["heap_free_kib"] >= 0
     assert jobs_report(box)["release_memory"]["last_result"] == memory
+    if allocator.heap():  # glibc 2.33 or later (elsewhere the job has nothing to say)
+        assert memory["resident_kib"] > 10 << 10  # a box's Python process is tens of MiB
+        assert memory["heap_in_use_kib"] > 0 and memory["heap_free_kib"] >= 0
 
 
 def test_jobs_see_the_moved_clock(box, camera):

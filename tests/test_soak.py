@@ -114,3 +114,17 @@ def test_a_run_made_alongside_is_reported_with_its_own_table():
     assert "| power_cut | 1 | 1 | 0 |" in text and "| kill_ingest | 2 | 0 |" in text
     raw["failures"] = {}
     assert "nothing failed" in "\n".join(companion(raw))
+
+
+def test_a_run_alongside_that_left_no_figures_is_said_not_fatal(tmp_path):
+    from bench.soak_report import _read_alongside
+
+    assert "no figures from none.json (FileNotFoundError)" in _read_alongside(
+        str(tmp_path / "none.json")
+    )
+    (tmp_path / "half.json").write_text('{"cycles": 3')
+    assert "(JSONDecodeError)" in _read_alongside(str(tmp_path / "half.json"))
+    (tmp_path / "old.json").write_text('{"cycles": 3, "counts": {}}')
+    assert "old.json lacks command, delivered, failures, minutes, recovery" in _read_alongside(
+        str(tmp_path / "old.json")
+    )

@@ -37,9 +37,8 @@ ARENAS = 2
 def tune() -> dict[str, int]:
     """Apply the settings this process has not been given in its environment; returns what
     was set (empty where `mallopt` is missing)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return {}
     wanted = {
         "MALLOC_TRIM_THRESHOLD_": (M_TRIM_THRESHOLD, TRIM),
@@ -76,13 +75,22 @@ def _resident_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _libc_function(name: str):
+    """The C library's function `name`, or None where there is none (musl, a static build)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def heap() -> dict[str, int]:
-    """The heaps' bytes in use and free (glibc's mallinfo2); empty where it is missing."""
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "mallinfo2"):
+    """The heaps' bytes in use and free (glibc's mallinfo2, 2.33 and later); empty where it
+    is missing."""
+    mallinfo2 = _libc_function("mallinfo2")
+    if mallinfo2 is None:
         return {}
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
     return {
         "in_use": info.uordblks + info.hblkhd,  # heap chunks, plus chunks mapped on their own
         "free": info.fordblks,
@@ -92,9 +100,9 @@ def heap() -> dict[str, int]:
 def release() -> dict[str, int]:
     """Give the free pages inside the heaps back to the kernel (glibc's `malloc_trim`); returns
     the resident bytes before and after and the heaps' use after (empty without glibc)."""
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "malloc_trim"):
+    malloc_trim = _libc_function("malloc_trim")
+    if malloc_trim is None:
         return {}
     before = _resident_bytes()
-    libc.malloc_trim(ctypes.c_size_t(0))
+    malloc_trim(ctypes.c_size_t(0))
     return {"resident_before": before, "resident_after": _resident_bytes(), **heap()}

@@ -6,16 +6,16 @@ the restored database still says "unsealed, stored hash X" while the file on dis
 sealed header and another hash; the uplink would then call the file damaged. `edgebox restore`
 finds such files by their header (no review stanza, though the database says unsealed, and an
 otherwise sound structure), and records them as sealed, with the file's hash, in the restored
-chain. Files that fail the structure check are left for `edgebox verify` to name. A seal the
-replica holds as pending (`header_changes`) is left to the box's start, which checks it against
-the hash recorded beforehand (`recordings.finish_header_changes`).
+chain. Files that fail the structure check are left for `edgebox verify` to name. A file that
+has the hash of a change the replica holds as pending (`header_changes`) is left to the box's
+start, which completes it; a pending change the file has gone past is forgotten.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from edgebox import custody, vault
+from edgebox import custody, header_changes, vault
 from edgebox.db import Store
 
 
@@ -28,12 +28,14 @@ def _sealed_on_disk(path: Path) -> bool:
 
 
 def find(store: Store, vault_dir: Path) -> list[dict]:
-    """Recordings the database holds unsealed whose vault file carries a sealed header."""
+    """Recordings the database holds unsealed whose vault file carries a sealed header, but
+    not those whose file has the hash of a change the replica holds as pending: the box's
+    start completes those (`header_changes.settle`)."""
+    pending = {c["recording_id"]: c["stored_sha256"] for c in header_changes.pending(store)}
     found = []
     for rec in store.query(
         "SELECT id, vault_file, stored_sha256 FROM recordings WHERE sealed = 0 "
-        "AND sync_state != 'deleted' "
-        "AND id NOT IN (SELECT recording_id FROM header_changes) ORDER BY id"
+        "AND sync_state != 'deleted' ORDER BY id"
     ):
         path = vault_dir / rec["vault_file"]
         journal = path.with_name(path.name + ".header-journal")
@@ -42,7 +44,7 @@ def find(store: Store, vault_dir: Path) -> list[dict]:
         if vault.check_structure(path):
             continue
         stored = vault.file_sha256(path)
-        if stored != rec["stored_sha256"]:
+        if stored not in (rec["stored_sha256"], pending.get(rec["id"])):
             found.append({"id": rec["id"], "previous": rec["stored_sha256"], "stored": stored})
     return found
 
@@ -57,6 +59,7 @@ def record(store: Store, found: list[dict]) -> None:
                 "WHERE id = ?",
                 [rec["stored"], rec["id"]],
             )
+            header_changes.forget(db, rec["id"])  # a change pending in the replica, overtaken
             custody.append(
                 db,
                 "recording.sealed",
