@@ -83,7 +83,6 @@ def _verify_into(report: Report, box, review_key) -> None:
     logged = _logged(box)
     report.problems.extend(_ingest_problems(box, logged))
     known = set()
-    pending = {c["recording_id"]: c for c in header_changes.pending(box.store)}
     for rec in box.store.query("SELECT * FROM recordings ORDER BY received_at"):
         report.recordings += 1
         path = box.uploads.vault_path(rec["id"])
@@ -92,11 +91,6 @@ def _verify_into(report: Report, box, review_key) -> None:
         if problems is None:  # crypto-shredded by retention: no file, a custody entry
             report.problems.extend(deletion_problems(box, rec))
             continue
-        if rec["id"] in pending:  # a seal or re-wrap cut short: say which, and where it stands
-            actual = vault.file_sha256(path) if path.exists() else None
-            problems.append(
-                header_changes.problem(pending[rec["id"]], actual, rec["stored_sha256"])
-            )
         report.problems.extend(f"recording {rec['id']}: {p}" for p in problems)
         if review_key is not None and path.exists() and not rec["sealed"]:
             report.problems.extend(_decrypt_problems(report, rec, path, review_key, problems))
@@ -182,9 +176,14 @@ def _file_problems(box, rec: dict, logged: _Logged) -> list[str] | None:
         )
     if is_deleted(rec):
         return None
-    return problems + vault.check_structure(
-        box.uploads.vault_path(rid), rec["stored_sha256"], recording_id=rid, size=rec["size"]
+    path = box.uploads.vault_path(rid)
+    problems += vault.check_structure(
+        path, rec["stored_sha256"], recording_id=rid, size=rec["size"]
     )
+    for change in header_changes.pending(box.store, rid):  # a seal or re-wrap cut short
+        actual = vault.file_sha256(path) if path.exists() else None
+        problems.append(header_changes.problem(change, actual, rec["stored_sha256"]))
+    return problems
 
 
 def _settled_problems(box, rec: dict, logged: _Logged):
