@@ -189,19 +189,25 @@ class Soak:
         self.world.resume_cameras()
         time.sleep(jitter(1, 3))
         note = getattr(self.faults, fault)()
-        healed = time.monotonic()
         self.notes[f"{fault}: {note}"] += 1
         self.counts[fault] += 1
-        drained = self.world.drain_cameras(timeout=180)
-        converged = _wait_until(self._converged, 180, 0.2)
-        took = time.monotonic() - healed
-        if drained and converged:
+        took = self.settle(fault)
+        if took is not None:
             self.recovery[fault].append(took)
-        else:
-            self.failures[fault]["not recovered in 180 s"] += 1
-            self._say_why(drained)
         self._check(fault)
-        log(f"soak: cycle {number} {fault} ({note}): recovered in {took:.1f} s")
+        outcome = "NOT recovered within 180 s" if took is None else f"recovered in {took:.1f} s"
+        log(f"soak: cycle {number} {fault} ({note}): {outcome}")
+
+    def settle(self, fault: str) -> float | None:
+        """Let the cameras drain and the box deliver everything to central (180 s each);
+        returns the seconds it took, or None (counted and explained) when it did not."""
+        started = time.monotonic()
+        drained = self.world.drain_cameras(timeout=180)
+        if drained and _wait_until(self._converged, 180, 0.2):
+            return time.monotonic() - started
+        self.failures[fault]["not recovered in 180 s"] += 1
+        self._say_why(drained)
+        return None
 
     def _say_why(self, drained: bool) -> None:
         """Log what the box, central and the cameras show when a cycle did not recover."""
@@ -413,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     soak = Soak(world)
     try:
         ran = soak.run(args.minutes, args.cycles, args.leak_share, args.faults)
-        world.drain_cameras(timeout=180)
+        soak.settle("final")  # as after every cycle: what was delivered reaches central
         soak.scanned_until = 0.0  # the final scan reads every file
         soak._check("final")
         soak.failures["final"]["corrupted"] += soak.decrypt_at_central()
