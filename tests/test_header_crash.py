@@ -65,28 +65,48 @@ def _seals(box, recording: str) -> list[dict]:
     return [json.loads(r["details"]) for r in rows]
 
 
-@pytest.mark.parametrize(
-    ("step", "sealed"),
-    [("before the file", False), ("journaled", True), ("after the file", True)],
-)
-def test_a_seal_cut_short_is_settled_at_the_next_start(box_config, step, sealed):
+def _one_recording(box_config, size: int = 1 << 20) -> tuple[str, dict]:
+    """Upload one recording through a started box, then stop it; (its id, its row)."""
     box = Box(load_config(box_config)).start(("127.0.0.1", 0))
     try:
         camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"])
-        response, _ = upload_all(camera, os.urandom(2 << 20))
+        response, _ = upload_all(camera, os.urandom(size))
         recording = response.headers["EdgeBox-Recording-Id"]
-        before = box.store.one("SELECT * FROM recordings WHERE id = ?", (recording,))
+        return recording, box.store.one("SELECT * FROM recordings WHERE id = ?", (recording,))
     finally:
         box.stop()
-    killed = subprocess.run(
+
+
+def _seal_killed(box_config, recording: str, step: str) -> subprocess.CompletedProcess:
+    """Seal `recording` in a process that kills itself (-9) at `step`."""
+    return subprocess.run(
         [sys.executable, "-c", SEALER, str(box_config), recording, step],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def _flip_a_byte_of_the_last_segment(path) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(-5, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-5, os.SEEK_END)
+        handle.write(bytes([byte[0] ^ 1]))
+
+
+@pytest.mark.parametrize(
+    ("step", "sealed"),
+    [("before the file", False), ("journaled", True), ("after the file", True)],
+)
+def test_a_seal_cut_short_is_settled_at_the_next_start(box_config, step, sealed):
+    recording, before = _one_recording(box_config, 2 << 20)
+    killed = _seal_killed(box_config, recording, step)
     assert killed.returncode == -9, killed.stderr
+    box = Box(load_config(box_config))
     path = box.uploads.vault_path(recording)
+    box.store.close()
     changed = vault.file_sha256(path) != before["stored_sha256"]
     assert changed == (step == "after the file")  # a journaled header is applied at start
 
@@ -121,25 +141,12 @@ def test_a_seal_cut_short_is_settled_at_the_next_start(box_config, step, sealed)
 
 
 def test_a_file_that_matches_neither_hash_stays_pending_and_verify_names_it(box_config):
-    box = Box(load_config(box_config)).start(("127.0.0.1", 0))
-    try:
-        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"])
-        response, _ = upload_all(camera, os.urandom(1 << 20))
-        recording = response.headers["EdgeBox-Recording-Id"]
-    finally:
-        box.stop()
-    subprocess.run(
-        [sys.executable, "-c", SEALER, str(box_config), recording, "after the file"],
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    recording, _ = _one_recording(box_config)
+    assert _seal_killed(box_config, recording, "after the file").returncode == -9
+    box = Box(load_config(box_config))
     path = box.uploads.vault_path(recording)
-    with open(path, "r+b") as handle:  # a flipped byte in the last segment
-        handle.seek(-5, os.SEEK_END)
-        byte = handle.read(1)
-        handle.seek(-5, os.SEEK_END)
-        handle.write(bytes([byte[0] ^ 1]))
+    box.store.close()
+    _flip_a_byte_of_the_last_segment(path)
     box = Box(load_config(box_config)).start(("127.0.0.1", 0))
     try:
         pending = box.store.query("SELECT recording_id FROM header_changes")
@@ -156,24 +163,9 @@ def test_a_file_that_matches_neither_hash_stays_pending_and_verify_names_it(box_
         box.stop()
 
 
-def _one_recording(box_config) -> str:
-    box = Box(load_config(box_config)).start(("127.0.0.1", 0))
-    try:
-        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"])
-        response, _ = upload_all(camera, os.urandom(1 << 20))
-        return response.headers["EdgeBox-Recording-Id"]
-    finally:
-        box.stop()
-
-
 def test_a_seal_the_process_could_not_commit_is_completed_by_the_next_seal(box_config):
-    recording = _one_recording(box_config)
-    subprocess.run(
-        [sys.executable, "-c", SEALER, str(box_config), recording, "after the file"],
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    recording, _ = _one_recording(box_config)
+    assert _seal_killed(box_config, recording, "after the file").returncode == -9
     box = Box(load_config(box_config))  # not started: nothing settled it yet
     try:
         assert "the box completes it" in " ".join(verify_box(box).problems)
@@ -186,15 +178,11 @@ def test_a_seal_the_process_could_not_commit_is_completed_by_the_next_seal(box_c
 
 
 def test_a_file_that_changed_since_its_hash_was_recorded_is_not_sealed(box_config):
-    recording = _one_recording(box_config)
+    recording, _ = _one_recording(box_config)
     box = Box(load_config(box_config))
     try:
         path = box.uploads.vault_path(recording)
-        with open(path, "r+b") as handle:  # rot in the last segment, before the seal
-            handle.seek(-5, os.SEEK_END)
-            byte = handle.read(1)
-            handle.seek(-5, os.SEEK_END)
-            handle.write(bytes([byte[0] ^ 1]))
+        _flip_a_byte_of_the_last_segment(path)  # rot, before the seal
         damaged = path.read_bytes()
         with pytest.raises(
             VaultError, match="stored bytes changed since they were recorded"
