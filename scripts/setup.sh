@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(mosquitto ffmpeg fonts-dejavu-core python3 python3-venv python3-dev gcc openssl
-  ca-certificates systemd hostapd dnsmasq-base nftables openssh-client chromium util-linux
+  ca-certificates systemd hostapd dnsmasq-base nftables openssh-client chromium util-linux e2fsprogs
   postgresql gstreamer1.0-rtsp python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad)
 VENV=${EDGEBOX_VENV:-.venv}
