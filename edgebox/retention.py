@@ -395,13 +395,20 @@ def finish_interrupted(box) -> list[str]:
     """Complete shreds cut short by a crash or a full disk; returns the recordings concerned.
 
     A `<id>.ebv.shredded` file was taken from its place to be shredded. If its deletion was
-    recorded, its keys are gone and only the file is left to remove; if not, its keys are
-    destroyed (again, if the crash came after) and the deletion is recorded now.
+    recorded, its keys are gone and only the file is left to remove. If not, and a legal hold
+    was placed since while the file still has its keys, the hold wins: the file goes back.
+    Otherwise its keys are destroyed (again, if the crash came after) and the deletion is
+    recorded now.
     """
     done = []
     for tomb in sorted(box.uploads.vault_dir.glob("*" + TOMB_SUFFIX)):
         recording_id = tomb.name.split(".", 1)[0]
         row = box.store.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
+        if row is not None and not is_deleted(row) and row["legal_hold"] and _has_keys(tomb):
+            os.replace(tomb, box.uploads.vault_path(recording_id))
+            fsync_dir(tomb.parent)
+            log.warning("recording %s: put on hold during a cut-short shred; kept", recording_id)
+            continue
         try:
             if row is not None and not is_deleted(row):
                 shredded = destroy_keys(tomb)
@@ -422,6 +429,14 @@ def finish_interrupted(box) -> list[str]:
         _remove(tomb)
         done.append(recording_id)
     return done
+
+
+def _has_keys(path: Path) -> bool:
+    """Whether a vault file's header still holds any key stanza."""
+    try:
+        return bool(vault.read_header(path).stanzas)
+    except vault.VaultError:
+        return False
 
 
 def deletion_problems(box, rec: Mapping) -> list[str]:

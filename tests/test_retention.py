@@ -22,7 +22,7 @@ from edgebox.keys import x25519_private_from_file
 from edgebox.recordings import data_key_for, seal_recording
 from edgebox.scheduler import jobs_of
 from edgebox.verify import verify_box
-from tests.conftest import enroll, make_box
+from tests.conftest import SECRET, enroll, make_box
 from tests.sync_fixtures import central_workers, synced, upstream_env, wait_for
 from tests.test_ingest import upload_all
 
@@ -308,6 +308,24 @@ def test_a_shred_cut_short_is_completed(rbox, rcam, keys_destroyed):
     assert details["reason"] == "interrupted_shred"
     assert details["shredded_sha256"] != row["stored_sha256"]  # the keys went before the file
     assert keyless is None or details["shredded_sha256"] == keyless
+    assert verify_box(rbox).ok
+
+
+def test_a_hold_placed_during_a_cut_short_shred_keeps_the_recording(rbox, rcam):
+    t0 = utcnow()
+    rid, data = record(rcam, started_at=iso(t0))
+    set_state(rbox, rid)
+    path = rbox.uploads.vault_path(rid)
+    before = path.read_bytes()
+    # The box died after moving the file aside, before destroying its keys; a supervisor
+    # placed a hold before the next sweep. The hold wins: the file goes back, whole.
+    os.replace(path, path.with_name(path.name + retention.TOMB_SUFFIX))
+    catalog.set_hold(rbox.store, rid, True, "court order", "user:supervisor")
+    retention.sweep(rbox, t0 + 31 * DAY)
+    assert path.read_bytes() == before and live(rbox) == {rid}
+    assert rbox.store.one("SELECT 1 FROM custody WHERE event = 'recording.deleted'") is None
+    key = data_key_for(path, rbox.keys.unlock_review(SECRET))
+    assert vault.Reader(path, key).verify() == hashlib.sha256(data).hexdigest()
     assert verify_box(rbox).ok
 
 
