@@ -6,10 +6,16 @@ writing, fsync, the whole-file check at fin) as a callable, which the caller run
 or hands to another thread (`edgebox.central.lanes`). The costly parts are safe to run
 concurrently: segment writes are positional and idempotent and hold the transfer's lock
 shared, while init and fin decisions hold it exclusively.
+
+A completion moves the file into the blob store, records it, then drops the transfer's
+folder; a crash between those steps leaves a folder whose data is gone. The next init or fin
+of that transfer settles it (and a new receiver settles all of them as it starts): the file
+in the store is recorded if it is this transfer's whole file, and the folder is dropped.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +25,7 @@ from edgebox.central.kinds import Refused, check_init, kind_of
 from edgebox.sync import protocol
 from edgebox.sync.protocol import ProtocolError
 
+log = logging.getLogger(__name__)
 Later = Callable[[], None] | None
 
 
@@ -43,6 +50,37 @@ class FileChannel:
             transfer = self._transfers[(box, tid)] = Transfer(self.root, box, tid)
         return transfer
 
+    def settle_all(self) -> int:
+        """Settle every transfer a crash left behind: cut short, or complete but not dropped
+        (run as a receiver starts); how many were settled."""
+        settled = 0
+        for init_path in sorted((self.root / "transfers").glob("*/*/init.json")):
+            box, tid = init_path.parent.parent.name, init_path.parent.name
+            transfer, kind = Transfer(self.root, box, tid), kind_of(tid, self.kinds)
+            with transfer.locked():
+                if self._settle_cut_short(box, tid, transfer, kind):
+                    settled += 1
+                elif transfer.exists and kind.held(box, tid) is not None:
+                    transfer.discard()
+                    settled += 1
+        return settled
+
+    def _settle_cut_short(self, box: str, tid: str, transfer: Transfer, kind) -> bool:
+        """Under the transfer's lock: if a crash cut its completion short, record the file in
+        the store when it is this transfer's whole file, and drop the folder (the box's next
+        message then hears `complete`, or starts the transfer again)."""
+        if not transfer.cut_short:
+            return False
+        finished = kind.finish_moved(box, tid, transfer.init())
+        transfer.discard()
+        log.warning(
+            "transfer %s/%s was cut short after its file left the folder: %s",
+            box,
+            tid,
+            "recorded the stored file" if finished else "no whole file stored; it starts again",
+        )
+        return True
+
     def _complete(self, box: str, answering: str, tid: str, sha256: str, size: int) -> None:
         """Tell the box central holds the whole file with this hash and size."""
         self.ack(
@@ -65,6 +103,7 @@ class FileChannel:
         def accept() -> None:
             transfer = self._transfer(box, tid)
             with transfer.locked():
+                self._settle_cut_short(box, tid, transfer, kind)
                 verdict = kind.verdict(box, tid, message)
                 if verdict is not None:
                     self.ack(box, {"re": "init", "tid": tid, **verdict})
@@ -98,7 +137,10 @@ class FileChannel:
             with transfer.locked(shared=True):
                 present = transfer.exists  # a fin may have completed it meanwhile
                 if present:
-                    transfer.put(offset, payload, chunk)
+                    try:
+                        transfer.put(offset, payload, chunk)
+                    except FileNotFoundError:  # cut short: its next init or fin settles it
+                        present = False
             if present:
                 self.ack(box, {"re": "seg", "tid": tid, "offset": offset, "status": "ok"})
             else:
@@ -136,6 +178,7 @@ class FileChannel:
 
         def decide() -> None:
             with transfer.locked():
+                self._settle_cut_short(box, tid, transfer, kind)
                 if kind.held(box, tid):
                     self._complete(box, "fin", tid, init["sha256"], init["size"])
                     return
@@ -160,6 +203,7 @@ class FileChannel:
                     self.ack(box, {"re": "fin", "tid": tid, "status": "resend_all"})
                     return
                 kind.store(box, tid, transfer, init)
+                transfer.discard()
             self._complete(box, "fin", tid, init["sha256"], init["size"])
 
         return decide

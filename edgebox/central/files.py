@@ -49,6 +49,12 @@ class Transfer:
         """Whether an init was accepted for this transfer."""
         return self.init_path.exists()
 
+    @property
+    def cut_short(self) -> bool:
+        """Whether a crash cut its completion short: the init is there but the data file was
+        already handed to the blob store (`edgebox.central.channel` settles it)."""
+        return self.exists and not self.data.exists()
+
     def init(self) -> dict:
         """The accepted init message."""
         return json.loads(self.init_path.read_text())
@@ -57,8 +63,9 @@ class Transfer:
         """Accept an init: make the folder, the preallocated data file and the (empty) map of
         present segments (idempotent)."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        fresh = not self.data.exists()  # marks without their data are not trusted
         for path, size in ((self.data, init["size"]), (self.present, 0)):
-            if not path.exists():
+            if fresh or not path.exists():
                 with open(path, "wb") as handle:
                     handle.truncate(size)
         if not self.exists:
@@ -118,14 +125,17 @@ class Transfer:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def complete_into(self, blobs, key: str, init: dict, manifest: dict | None = None) -> None:
+    def hand_over(self, blobs, key: str, init: dict, manifest: dict | None = None) -> None:
         """Hand the verified file to the blob store under `key` (a recording's with its
-        manifest beside it), then drop the transfer's folder. The store has checked what it
-        holds before this returns (`edgebox.central.blobs`); if it fails, the folder stays and
-        the box's next fin tries again."""
+        manifest beside it). The store has checked what it holds before this returns
+        (`edgebox.central.blobs`); if it fails, the folder stays and the box's next fin tries
+        again. The caller drops the folder (`discard`) once the file is recorded."""
         if manifest is not None:
             blobs.put(manifest_key(key), json.dumps(manifest, indent=2, sort_keys=True).encode())
         blobs.keep(key, self.data, init["sha256"], init["size"])
+
+    def discard(self) -> None:
+        """Drop the transfer's folder (its file is complete elsewhere, or will be sent anew)."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

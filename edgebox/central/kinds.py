@@ -125,12 +125,25 @@ class RecordingFiles:
         problems = vault.check_structure(transfer.data)  # the hash was checked by the caller
         if problems:
             self.index.alarm(box, f"recording {init['recording_id']}: {problems[0]}")
-        transfer.complete_into(
+        transfer.hand_over(
             self.blobs,
             key,
             init,
             {"manifest": init["manifest"], "signature": init["signature"], "tid": tid},
         )
+        self._index(box, tid, init, key)
+
+    def finish_moved(self, box: str, tid: str, init: dict) -> bool:
+        """After a crash cut a completion short (the file moved into the store, not indexed):
+        index it if the store holds this transfer's whole file, by size and hash."""
+        key = recording_key(box, init["recording_id"])
+        stat = self.blobs.head(key)
+        if stat is None or (stat.size, stat.sha256) != (init["size"], init["sha256"]):
+            return False
+        self._index(box, tid, init, key)
+        return True
+
+    def _index(self, box: str, tid: str, init: dict, key: str) -> None:
         recording = init["manifest"]["recording"]
         with self.index.write() as db:
             db.execute(
@@ -194,7 +207,12 @@ class ReplicaFiles:
     def store(self, box: str, tid: str, transfer: Transfer, init: dict) -> None:
         """Keep the checked file under its hash until its set comes."""
         incoming = ReplicaStore(self.root, box).incoming(init["sha256"])
-        transfer.complete_into(_folder_of(self.root), str(incoming.relative_to(self.root)), init)
+        transfer.hand_over(_folder_of(self.root), str(incoming.relative_to(self.root)), init)
+
+    def finish_moved(self, box: str, tid: str, init: dict) -> bool:
+        """After a crash cut a completion short: whether the file reached its place (a
+        replica file needs nothing more; it is found by its content)."""
+        return self.held(box, tid) is not None
 
     def commit(self, box: str, message: dict, public) -> dict:
         """Apply a `replica.set` message: the answer's status and fields."""

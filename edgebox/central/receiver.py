@@ -58,6 +58,13 @@ class Receiver:
             "replica": ReplicaFiles(self.root, self.index, self.blobs),
         }
         self.files = FileChannel(self.root, self.index, self.kinds, self._ack)
+        try:
+            settled = self.files.settle_all()
+        except StoreError as exc:  # the next init or fin of each settles it instead
+            log.error("could not settle the transfers a crash left behind: %s", exc.message)
+        else:
+            if settled:
+                log.warning("settled %d transfers a crash left behind", settled)
 
     def handle(
         self,

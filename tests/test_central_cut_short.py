@@ -1,0 +1,159 @@
+"""A central worker killed with SIGKILL while it completes a recording: between moving the file
+into the store and indexing it, or between indexing it and dropping the transfer's folder.
+
+The soak found the first: the folder kept its init and segment marks but no data, every later
+fin of that transfer raised, central never answered, and the box's whole sync stalled. Now the
+next init or fin of the transfer (in a worker that kept running) or the start of a receiver
+settles what the crash left: the stored file is indexed when it is the transfer's whole file,
+otherwise the transfer starts again; the folder goes either way.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from bench.fleet_box import SimBox
+from edgebox.central import files as central_files
+from edgebox.central.blobs import local as local_blobs
+from edgebox.central.receiver import Receiver
+from edgebox.sync import protocol
+
+CHUNK = 64 * 1024
+
+
+class Central:
+    """A receiver on a folder; answers collected in order."""
+
+    def __init__(self, folder: Path):
+        self.answers: list[dict] = []
+        self.receiver = Receiver(
+            folder, lambda _topic, payload: self.answers.append(json.loads(payload))
+        )
+
+    def send(self, message: tuple[str, bytes]) -> dict | None:
+        before = len(self.answers)
+        self.receiver.handle(*message)
+        return self.answers[-1] if len(self.answers) > before else None
+
+    def rows(self) -> list[dict]:
+        return self.receiver.index.query("SELECT recording_id, stored_sha256 FROM recordings")
+
+
+@pytest.fixture
+def world(tmp_path):
+    box = SimBox("van-9", tmp_path / "box")
+    rec = box.make_recording(300_000, X25519PrivateKey.generate().public_key())
+    central = Central(tmp_path / "central")
+    yield box, rec, central, tmp_path / "central"
+    central.receiver.index.close()
+
+
+def send_all_but_fin(central: Central, box: SimBox, rec) -> None:
+    assert central.send(box.init(rec, CHUNK))["status"] == "ok"
+    for offset in protocol.offsets(rec.size, CHUNK):
+        assert central.send(box.segment(rec, offset, CHUNK))["status"] == "ok"
+
+
+def fin_in_a_worker_killed_at(store: Path, box: SimBox, rec, module, name: str, when) -> None:
+    """Send the fin to a receiver in another process that kills itself (SIGKILL) at the first
+    call of `module.name` for which `when(*args)` holds, and check it died there."""
+
+    def worker() -> None:
+        central = Central(store)
+        real = getattr(module, name)
+
+        def killing(*args, **kwargs):
+            if when(*args):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+
+        setattr(module, name, killing)
+        central.send(box.fin(rec))
+        os._exit(0)  # not reached when the kill came
+
+    process = multiprocessing.get_context("fork").Process(target=worker)
+    process.start()
+    process.join(60)
+    assert process.exitcode == -signal.SIGKILL
+
+
+def stored_file(store: Path, rec) -> Path:
+    return store / "boxes" / "van-9" / "recordings" / f"{rec.id}.ebv"
+
+
+def transfer_folder(store: Path, rec) -> Path:
+    return store / "transfers" / "van-9" / protocol.transfer_id(rec.id, rec.sha256)
+
+
+def into_recordings(path) -> bool:
+    return Path(path).name == "recordings"
+
+
+def test_a_kill_after_the_move_is_settled_by_the_next_fin_and_by_a_start(world):
+    box, rec, central, store = world
+    send_all_but_fin(central, box, rec)
+    fin_in_a_worker_killed_at(store, box, rec, local_blobs, "fsync_dir", into_recordings)
+    folder = transfer_folder(store, rec)
+    assert (folder / "init.json").exists() and not (folder / "data").exists()
+    assert stored_file(store, rec).read_bytes() == rec.path.read_bytes()
+    assert central.rows() == []  # moved, not indexed: the state that stalled the box
+
+    # The worker that kept running answers the box's next fin (it raised before).
+    assert central.send(box.fin(rec))["status"] == "complete"
+    assert central.rows() == [{"recording_id": rec.id, "stored_sha256": rec.sha256}]
+    assert not folder.exists()
+    assert central.send(box.fin(rec))["status"] == "complete"  # and again, the same
+
+    # The same crash again, this time settled by a receiver as it starts.
+    other = box.make_recording(200_000, X25519PrivateKey.generate().public_key())
+    send_all_but_fin(central, box, other)
+    fin_in_a_worker_killed_at(store, box, other, local_blobs, "fsync_dir", into_recordings)
+    restarted = Central(store)
+    assert not transfer_folder(store, other).exists()
+    assert {r["recording_id"] for r in restarted.rows()} == {rec.id, other.id}
+    assert restarted.send(box.init(other, CHUNK))["status"] == "complete"
+    restarted.receiver.index.close()
+
+
+def test_an_init_after_the_kill_hears_complete_without_a_resend(world):
+    box, rec, central, store = world
+    send_all_but_fin(central, box, rec)
+    fin_in_a_worker_killed_at(store, box, rec, local_blobs, "fsync_dir", into_recordings)
+    answer = central.send(box.init(rec, CHUNK))
+    assert answer["status"] == "complete" and answer["sha256"] == rec.sha256
+    assert len(central.rows()) == 1 and not transfer_folder(store, rec).exists()
+
+
+def test_a_kill_after_the_index_leaves_a_folder_the_next_start_drops(world):
+    box, rec, central, store = world
+    send_all_but_fin(central, box, rec)
+    fin_in_a_worker_killed_at(store, box, rec, central_files.shutil, "rmtree", lambda *a: True)
+    assert transfer_folder(store, rec).exists() and len(central.rows()) == 1
+    assert central.send(box.fin(rec))["status"] == "complete"
+    Central(store).receiver.index.close()
+    assert not transfer_folder(store, rec).exists()
+    assert stored_file(store, rec).read_bytes() == rec.path.read_bytes()
+
+
+def test_a_cut_short_transfer_whose_file_is_not_stored_starts_again(world):
+    box, rec, central, store = world
+    send_all_but_fin(central, box, rec)
+    fin_in_a_worker_killed_at(store, box, rec, local_blobs, "fsync_dir", into_recordings)
+    stored_file(store, rec).write_bytes(b"not the whole file")  # the store lost it meanwhile
+    offset = protocol.offsets(rec.size, CHUNK)[1]
+    assert central.send(box.segment(rec, offset, CHUNK))["status"] == "unknown"  # no raise
+    assert central.send(box.fin(rec))["status"] == "unknown"
+    assert central.rows() == [] and not transfer_folder(store, rec).exists()
+    answer = central.send(box.init(rec, CHUNK))
+    assert answer["status"] == "ok" and answer["have"] == []  # no stale marks trusted
+    for offset in protocol.offsets(rec.size, CHUNK):
+        assert central.send(box.segment(rec, offset, CHUNK))["status"] == "ok"
+    assert central.send(box.fin(rec))["status"] == "complete"
+    assert stored_file(store, rec).read_bytes() == rec.path.read_bytes()
