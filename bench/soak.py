@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -66,6 +67,19 @@ SCHEDULE = [
     "power_cut",
     "kill_ingest",
 ]
+
+
+STACK_DEPTH = 8  # frames of a camera's thread shown when a cycle does not recover
+
+
+def where_is(thread: threading.Thread, depth: int = STACK_DEPTH) -> list[str]:
+    """Where a running thread is now: its innermost `depth` frames as "file:line in function",
+    innermost last (empty once it has ended)."""
+    frame = sys._current_frames().get(thread.ident)
+    if frame is None:
+        return []
+    frames = traceback.extract_stack(frame)[-depth:]
+    return [f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames]
 
 
 def _wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
@@ -222,6 +236,7 @@ class Soak:
         for camera in self.world.cameras:
             for line in list(camera.said):  # the camera may still be talking
                 log(f"soak:   {line}")
+            log(f"soak:   {camera.name} is at: " + " <- ".join(reversed(where_is(camera))))
 
     def _delivered(self) -> dict[str, tuple[str, str]]:
         merged: dict[str, tuple[str, str]] = {}

@@ -48,6 +48,15 @@ def leak_slopes(samples: list[tuple[float, int, int, int]]) -> dict:
     for name, column in SLOPES:
         result[f"longest_{name}"] = _slope([longest], column)
         result[f"late_{name}"] = _slope([late], column)
+    # A level band with a wobble and a slow climb can share a half's slope; quarters tell them
+    # apart (a leak climbs in each, a wobble changes sign).
+    quarters: list[list] = [[], [], [], []]
+    span = (longest[-1][0] - longest[0][0]) / 4 if longest else 0
+    for point in longest if span else []:
+        quarters[min(int((point[0] - longest[0][0]) / span), 3)].append(point)
+    result["quarters_rss_mib_per_hour"] = [
+        None if (v := _slope([quarter], 1)) is None else round(v, 1) for quarter in quarters
+    ]
     result["longest_life_samples"] = len(longest)
     result["longest_life_minutes"] = (longest[-1][0] - longest[0][0]) / 60 if longest else 0
     result["rss_mib_range"] = (
@@ -77,6 +86,10 @@ def _leak_verdict(leaks: dict) -> str:
         f"{'flat' if flat else 'NOT flat'} within the margins of ±{RSS_MARGIN:g} MiB/hour and "
         f"±{FDS_MARGIN:g} open files/hour."
     )
+
+
+def _quarters(slopes: list) -> str:
+    return ", ".join(_fmt(v) for v in slopes) if slopes else "–"
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -183,7 +196,8 @@ def report(soak, world, ran: int, args) -> int:
         f"RSS {leaks['rss_mib_range']} MiB, open files {leaks['fds_range']}): RSS "
         f"{_fmt(leaks['longest_rss_mib_per_hour'])} MiB/hour, open files "
         f"{_fmt(leaks['longest_fds_per_hour'])}/hour over its life after a "
-        f"{WARM_UP} s warm-up. {_leak_verdict(leaks)}",
+        f"{WARM_UP} s warm-up; RSS by quarter of that life: "
+        f"{_quarters(leaks['quarters_rss_mib_per_hour'])} MiB/hour. {_leak_verdict(leaks)}",
         "",
         "What happened at each fault: "
         + "; ".join(f"{k} ×{v}" for k, v in sorted(soak.notes.items()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
 from tests.conftest import ROOT
 
@@ -55,6 +56,7 @@ def test_the_leak_trend_tells_a_leak_from_a_flat_line_and_a_restart():
     noisy = [(2.0 * n, 7, 80 * mib + (n * 7919 % 13) * mib // 4, 40) for n in range(900)]
     flat = leak_slopes(noisy)
     assert abs(flat["longest_rss_mib_per_hour"]) < 1 and ", flat within" in _verdict(flat)
+    assert all(abs(q) < 1 for q in flat["quarters_rss_mib_per_hour"])
     warming = [  # a cache filling to its bound in the first 10 minutes, then flat
         (t, pid, rss + int(min(t, 600) * mib / 30), fds) for t, pid, rss, fds in noisy
     ]
@@ -66,6 +68,12 @@ def test_the_leak_trend_tells_a_leak_from_a_flat_line_and_a_restart():
     leak = leak_slopes(growing)  # 10 MiB and 6 files (a staircase) an hour
     assert round(leak["longest_rss_mib_per_hour"]) == 10 and 4 < leak["fds_per_hour"] < 7
     assert "NOT flat" in _verdict(leak) and round(leak["late_rss_mib_per_hour"]) == 10
+    assert [round(q) for q in leak["quarters_rss_mib_per_hour"]] == [10, 10, 10, 10]
+    wobbling = [  # up 10 MiB over 15 minutes, then down again: every quarter's slope is steep
+        (t, pid, rss + int((900 - abs(t - 900)) * mib / 90), fds) for t, pid, rss, fds in noisy
+    ]
+    quarters = leak_slopes(wobbling)["quarters_rss_mib_per_hour"]
+    assert quarters[0] > 30 and quarters[1] > 30 and quarters[2] < -30 and quarters[3] < -30
     restarts = [(t, int(t // 600), 80 * mib + int(t % 600) * 1000, 40) for t, *_ in noisy]
     assert leak_slopes(restarts)["longest_life_minutes"] < 10  # each kill starts a new life
     assert "Too short" in _verdict(leak_slopes(restarts))
@@ -128,3 +136,24 @@ def test_a_run_alongside_that_left_no_figures_is_said_not_fatal(tmp_path):
     assert "old.json lacks command, delivered, failures, minutes, recovery" in _read_alongside(
         str(tmp_path / "old.json")
     )
+
+
+def test_a_stalled_thread_is_shown_where_it_waits():
+    from bench.soak import where_is
+
+    released = threading.Event()
+
+    def waiting_for_the_box() -> None:
+        released.wait(30)
+
+    thread = threading.Thread(target=waiting_for_the_box)
+    thread.start()
+    try:
+        frames = where_is(thread, depth=3)
+        assert len(frames) == 3
+        assert any(f.startswith("test_soak.py:") and "waiting_for_the_box" in f for f in frames)
+        assert frames[-1].startswith("threading.py:")  # innermost last: inside Event.wait
+    finally:
+        released.set()
+        thread.join()
+    assert where_is(thread) == []  # ended: nowhere
