@@ -121,7 +121,7 @@ def release_memory(box, now: dt.datetime | None = None) -> dict:
     if not figures:  # not glibc: nothing to do
         return {}
     result = {
-        "released_kib": max(0, figures["resident_before"] - figures["resident_after"]) >> 10,
+        "released_kib": figures["released"] >> 10,
         "resident_kib": figures["resident_after"] >> 10,
     }
     if "in_use" in figures:

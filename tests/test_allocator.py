@@ -107,3 +107,50 @@ def test_release_hands_the_free_memory_of_the_heaps_back():
     gone = released["resident_before"] - released["resident_after"]
     assert gone >= 48 << 20, released  # ...but no longer resident
     assert released["in_use"] < released["resident_after"]
+
+
+# Central's serving loop (`run_until`) hands the heaps' free memory back on its own, with the
+# same fragments left behind; a stand-in worker, since the loop only stops its workers.
+CENTRAL = """
+import json, sys, threading, time
+from edgebox.central.worker import run_until
+from edgebox.lowlevel import allocator
+allocator.tune()
+kept, buffers = [], []
+for _ in range(48):  # below the 64 MiB a tuned heap keeps
+    buffers.append(bytearray(1 << 20))
+    kept.append(bytearray(3000))
+buffers.clear()
+class StandInWorker:
+    stopped = False
+    def stop(self):
+        self.stopped = True
+worker, stop = StandInWorker(), threading.Event()
+before = allocator.resident_bytes()
+loop = threading.Thread(target=run_until, args=(stop, [worker], float(sys.argv[1])))
+loop.start()
+time.sleep(1.5)
+stop.set()
+loop.join()
+after = allocator.resident_bytes()
+print(json.dumps({"before": before, "after": after, "stopped": worker.stopped}))
+"""
+
+
+@pytest.mark.skipif(not allocator.heap(), reason="mallinfo2 is glibc's (2.33 and later)")
+def test_central_hands_free_memory_back_while_it_serves():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    run = lambda every: json.loads(  # noqa: E731
+        subprocess.run(
+            [sys.executable, "-c", CENTRAL, str(every)],
+            env=clean,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
+    serving, not_yet = run(0.2), run(3600)
+    assert serving["stopped"] and not_yet["stopped"]
+    assert serving["before"] - serving["after"] >= 32 << 20, serving  # given back while serving
+    assert not_yet["before"] - not_yet["after"] < 16 << 20, not_yet  # not before its time

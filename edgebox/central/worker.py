@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -11,8 +13,12 @@ from edgebox.central.blobs import open_store
 from edgebox.central.index import open_index
 from edgebox.central.lanes import Lanes
 from edgebox.central.receiver import Receiver
+from edgebox.lowlevel import allocator
 from edgebox.sync import protocol
 from edgebox.sync.link import Link, LinkSettings
+
+log = logging.getLogger(__name__)
+RELEASE_EVERY = 60.0  # seconds between hand-backs of the heaps' free memory, as on the box
 
 
 class CentralWorker:
@@ -93,11 +99,25 @@ def start_workers(
     ]
 
 
-def run_until(stop: threading.Event, workers: list[CentralWorker]) -> None:
-    """Serve until `stop` is set, then stop every worker."""
+def run_until(
+    stop: threading.Event, workers: list[CentralWorker], release_every: float = RELEASE_EVERY
+) -> None:
+    """Serve until `stop` is set, then stop every worker. Every `release_every` seconds the
+    free memory inside the heaps goes back to the kernel (`edgebox.lowlevel.allocator`): the
+    workers' MiB-sized segment buffers leave holes that would otherwise stay resident."""
+    next_release = time.monotonic() + release_every
     try:
         while not stop.wait(0.5):
-            pass
+            if time.monotonic() < next_release:
+                continue
+            figures = allocator.release()
+            if figures:
+                log.debug(
+                    "released %d KiB; resident %d KiB",
+                    figures["released"] >> 10,
+                    figures["resident_after"] >> 10,
+                )
+            next_release = time.monotonic() + release_every
     finally:
         for worker in workers:
             worker.stop()

@@ -16,8 +16,9 @@ Python objects) settle in the holes freed buffers leave, the next buffer no long
 and the heap grows around the holes. Memory in use stayed flat while the box's RSS rose by
 some 60 MiB an hour, all of it free memory inside the heaps. `release` hands the whole pages
 of that free memory back to the kernel (`malloc_trim`, well under a millisecond); the box runs
-it every minute (the `release_memory` job), so what stays resident is what is in use, and a
-burst of uploads between two runs still reuses its buffers.
+it every minute (the `release_memory` job), and so does central between messages
+(`edgebox.central.worker.run_until`), so what stays resident is what is in use, and a burst of
+uploads between two runs still reuses its buffers.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
-def _resident_bytes() -> int:
+def resident_bytes() -> int:
+    """This process's resident memory (from /proc/self/statm)."""
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -99,10 +101,17 @@ def heap() -> dict[str, int]:
 
 def release() -> dict[str, int]:
     """Give the free pages inside the heaps back to the kernel (glibc's `malloc_trim`); returns
-    the resident bytes before and after and the heaps' use after (empty without glibc)."""
+    the resident bytes before and after, how many were given back, and the heaps' use after
+    (empty without glibc)."""
     malloc_trim = _libc_function("malloc_trim")
     if malloc_trim is None:
         return {}
-    before = _resident_bytes()
+    before = resident_bytes()
     malloc_trim(ctypes.c_size_t(0))
-    return {"resident_before": before, "resident_after": _resident_bytes(), **heap()}
+    after = resident_bytes()
+    return {
+        "resident_before": before,
+        "resident_after": after,
+        "released": max(0, before - after),
+        **heap(),
+    }
