@@ -114,8 +114,9 @@ def litestream_health(box, now: dt.datetime | None = None) -> dict:
 
 def release_memory(box, now: dt.datetime | None = None) -> dict:
     """Hand the free memory inside the heaps back to the kernel (`edgebox.lowlevel.allocator`)
-    and report the box's memory: resident, and the heaps' bytes in use and free, in KiB."""
-    from edgebox.lowlevel import allocator
+    and report the box's memory: resident, the heaps' bytes in use and free, and SQLite's
+    share of what is in use (held to `db.SQLITE_SOFT_HEAP_LIMIT`), in KiB."""
+    from edgebox.lowlevel import allocator, sqlite_memory
 
     figures = allocator.release()
     if not figures:  # not glibc: nothing to do
@@ -129,6 +130,9 @@ def release_memory(box, now: dt.datetime | None = None) -> dict:
             "heap_in_use_kib": figures["in_use"] >> 10,
             "heap_free_kib": figures["free"] >> 10,
         }
+    sqlite = sqlite_memory.used()
+    if sqlite is not None:
+        result["sqlite_kib"] = sqlite >> 10
     return result
 
 
