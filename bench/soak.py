@@ -6,7 +6,9 @@ Litestream killed, a power cut of the box's loop-mounted disk).
 After each cycle the cameras drain and the soak checks: every clip a camera was told was
 delivered is at central once with the camera's hash, `edgebox verify` passes, no clip's
 bytes are on the box's disk, nothing unsynced was deleted. It samples the box's RSS and
-open files, and times each fault's recovery (fault healed -> everything at central).
+open files, and each minute what the box says of its own memory (its `release_memory` job:
+the heaps' bytes in use, SQLite's share), and times each fault's recovery (fault healed ->
+everything at central).
 
     python bench/soak.py --minutes 15            # as many cycles as fit
     python bench/soak.py --cycles 5 --no-write   # a few cycles, print only
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -40,6 +43,7 @@ from edgebox.keys import x25519_private_from_file  # noqa: E402
 from edgebox.recordings import data_key_for  # noqa: E402
 from edgebox.vault import Reader  # noqa: E402
 
+MEMORY_JOB = "job:release_memory"  # the job's record in the box's sync_state
 PLANTED = "planted-by-soak"  # the file the final scan must find (its own check)
 # Recordings the box still has to sync or seal (a shredded one, 'deleted', is done).
 BACKLOG = "sync_state NOT IN ('synced', 'deleted') OR (sync_state = 'synced' AND sealed = 0)"
@@ -187,6 +191,9 @@ class Soak:
         self.world = world
         self.faults = Faults(world)
         self.samples: list[tuple[float, int, int, int]] = []  # (t, pid, rss, fds)
+        # (t, pid, heap in use, SQLite's share): the box's release_memory job, once a run
+        self.heap_samples: list[tuple[float, int, int, int]] = []
+        self._heap_run_seen = None
         self.recovery: dict[str, list[float]] = defaultdict(list)
         self.counts: Counter = Counter()
         self.failures: dict[str, Counter] = defaultdict(Counter)
@@ -381,9 +388,33 @@ class Soak:
         self.sampling = False
         return number
 
+    def _sample_heap(self) -> None:
+        """The box's own figures from its last release_memory run, once per run (read from
+        the job's record in its database)."""
+        try:
+            rows = self.world.box_db("SELECT value FROM sync_state WHERE key = ?", [MEMORY_JOB])
+            pid = self.world.box.pid
+        except (sqlite3.Error, AttributeError):
+            return
+        record = json.loads(rows[0][0]) if rows else {}
+        result = record.get("last_result") or {}
+        if record.get("last_run") == self._heap_run_seen or "heap_in_use_kib" not in result:
+            return
+        self._heap_run_seen = record["last_run"]
+        self.heap_samples.append(
+            (
+                time.monotonic() - self.started,
+                pid,
+                result["heap_in_use_kib"] << 10,
+                result.get("sqlite_kib", 0) << 10,
+            )
+        )
+
     def _sampling(self, deadline: float) -> None:
         while self.sampling and time.monotonic() < deadline:
             self._sample()
+            if len(self.samples) % 10 == 0:  # every 20 s: the job runs each minute
+                self._sample_heap()
             time.sleep(2)
 
 

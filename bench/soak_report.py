@@ -11,6 +11,7 @@ from bench.common import machine, write_section
 
 BOX_KILLING = {"kill_ingest", "kill_sync", "power_cut"}
 HEADING = "Reliability"
+MIB = 1 << 20
 WARM_UP = 60  # seconds after a box start left out of the leak trend
 COLUMNS = ("lost", "corrupted", "duplicated", "deleted unsynced", "verify failures", "5xx")
 
@@ -32,19 +33,39 @@ def _slope(lives, column: int) -> float | None:
     return top / bottom * 3600 if bottom else None
 
 
+def _lives(samples, point) -> dict[int, list]:
+    """Each box process's points, `point(sample)`, by pid (a kill starts a new life), the
+    first minute of each life left out as warm-up."""
+    by_pid: dict[int, list] = defaultdict(list)
+    for sample in samples:
+        by_pid[sample[1]].append(point(sample))
+    return {
+        pid: [p for p in points if p[0] - points[0][0] >= WARM_UP] for pid, points in by_pid.items()
+    }
+
+
+def _second_half(points: list) -> list:
+    return [p for p in points if p[0] >= (points[0][0] + points[-1][0]) / 2] if points else []
+
+
+def _range(points: list, column: int, digits: int | None = 1) -> list | None:
+    if not points:
+        return None
+    return [
+        round(min(p[column] for p in points), digits),
+        round(max(p[column] for p in points), digits),
+    ]
+
+
 def leak_slopes(samples: list[tuple[float, int, int, int]]) -> dict:
     """RSS (MiB/hour) and open files (per hour) trends of the box: the least-squares slope
     within each box process's life (a kill starts a new one), pooled over all of them."""
-    by_pid: dict[int, list] = defaultdict(list)
-    for t, pid, rss, fds in samples:
-        by_pid[pid].append((t, rss / (1 << 20), fds))
-    for pid, points in list(by_pid.items()):  # the first minute of a life is warm-up
-        by_pid[pid] = [p for p in points if p[0] - points[0][0] >= WARM_UP]
-    result = {name: _slope(by_pid.values(), column) for name, column in SLOPES}
-    longest = max(by_pid.values(), key=len, default=[])
+    lives = _lives(samples, lambda s: (s[0], s[2] / MIB, s[3]))
+    result = {name: _slope(lives.values(), column) for name, column in SLOPES}
+    longest = max(lives.values(), key=len, default=[])
     # The calm phase's one box alone: the cleanest trend. Its second half shows whether what
     # grew levels off (caches filling to their bound) or keeps growing (a leak).
-    late = [p for p in longest if p[0] >= (longest[0][0] + longest[-1][0]) / 2]
+    late = _second_half(longest)
     for name, column in SLOPES:
         result[f"longest_{name}"] = _slope([longest], column)
         result[f"late_{name}"] = _slope([late], column)
@@ -59,15 +80,36 @@ def leak_slopes(samples: list[tuple[float, int, int, int]]) -> dict:
     ]
     result["longest_life_samples"] = len(longest)
     result["longest_life_minutes"] = (longest[-1][0] - longest[0][0]) / 60 if longest else 0
-    result["rss_mib_range"] = (
-        [round(min(p[1] for p in longest), 1), round(max(p[1] for p in longest), 1)]
-        if longest
-        else None
-    )
-    result["fds_range"] = (
-        [min(p[2] for p in longest), max(p[2] for p in longest)] if longest else None
-    )
+    result["rss_mib_range"] = _range(longest, 1)
+    result["fds_range"] = _range(longest, 2, None)
     return result
+
+
+def heap_trend(samples: list[tuple[float, int, int, int]]) -> dict:
+    """What the box said of its own memory over its longest life (its release_memory job:
+    the heaps' bytes in use and SQLite's share, MiB): the slope of what is in use over that
+    life and over its second half, and the ranges. RSS beside it tells free memory kept inside
+    the heaps (fragmentation) from memory in use (a leak)."""
+    lives = _lives(samples, lambda s: (s[0], s[2] / MIB, s[3] / MIB))
+    longest = max(lives.values(), key=len, default=[])
+    return {
+        "runs": len(longest),
+        "in_use_mib_per_hour": _slope([longest], 1),
+        "late_in_use_mib_per_hour": _slope([_second_half(longest)], 1),
+        "in_use_mib_range": _range(longest, 1),
+        "sqlite_mib_range": _range(longest, 2),
+    }
+
+
+def _heap_paragraph(heap: dict) -> str:
+    if heap["in_use_mib_per_hour"] is None:
+        return "The box's own memory figures: too few release_memory runs in one life to show."
+    return (
+        f"What the box said of its own memory over its longest life (its release_memory job, "
+        f"{heap['runs']} runs): heap in use {heap['in_use_mib_range']} MiB, of it SQLite's "
+        f"{heap['sqlite_mib_range']} MiB; in use {_fmt(heap['in_use_mib_per_hour'])} MiB/hour "
+        f"over the life, {_fmt(heap['late_in_use_mib_per_hour'])} MiB/hour over its second half."
+    )
 
 
 RSS_MARGIN = 5.0  # MiB an hour: a box that grew this much would double in about 15 hours
@@ -152,6 +194,7 @@ def companion(raw: dict) -> list[str]:
 def report(soak, world, ran: int, args) -> int:
     """Print the table, write RESULTS.md (unless --no-write) and --json; exit status."""
     leaks = leak_slopes(soak.samples)
+    heap = heap_trend(soak.heap_samples)
     minutes = (soak.samples[-1][0] / 60) if soak.samples else 0
     rows = _table(soak.counts, soak.failures, soak.recovery)
     other = {
@@ -199,6 +242,8 @@ def report(soak, world, ran: int, args) -> int:
         f"{WARM_UP} s warm-up; RSS by quarter of that life: "
         f"{_quarters(leaks['quarters_rss_mib_per_hour'])} MiB/hour. {_leak_verdict(leaks)}",
         "",
+        _heap_paragraph(heap),
+        "",
         "What happened at each fault: "
         + "; ".join(f"{k} ×{v}" for k, v in sorted(soak.notes.items()))
         + ".",
@@ -224,6 +269,8 @@ def report(soak, world, ran: int, args) -> int:
         "recovery": dict(soak.recovery),
         "leaks": leaks,
         "samples": soak.samples,
+        "heap": heap,
+        "heap_samples": soak.heap_samples,
         "notes": dict(soak.notes),
         "delivered": delivered,
     }

@@ -5,11 +5,19 @@ camera's hash, `edgebox verify` passes and no clip's bytes are on the box's disk
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
+import pytest
+
+from edgebox.lowlevel import allocator
+from edgebox.scheduler import jobs_of
 from tests.conftest import ROOT
 
 
@@ -46,6 +54,7 @@ def test_a_few_soak_cycles_lose_nothing(tmp_path):
     assert result["delivered"] >= 4  # the cameras kept delivering through the faults
     assert all(n == 0 for failures in result["failures"].values() for n in failures.values())
     assert set(result["recovery"]) == set(result["counts"])  # each fault recovered
+    assert all(in_use > sqlite >= 0 for _, _, in_use, sqlite in result["heap_samples"])
 
 
 def test_the_leak_trend_tells_a_leak_from_a_flat_line_and_a_restart():
@@ -157,3 +166,53 @@ def test_a_stalled_thread_is_shown_where_it_waits():
         released.set()
         thread.join()
     assert where_is(thread) == []  # ended: nowhere
+
+
+class BoxSeenBySoak:
+    """Stands in for the soak's World where `_sample_heap` looks: a real box's database, read
+    as the soak reads it, and the box's pid (the in-process box: this process)."""
+
+    def __init__(self, box):
+        self.path = box.store.path
+        self.box = SimpleNamespace(pid=os.getpid())
+
+    def box_db(self, sql: str, params=()) -> list[tuple]:
+        with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
+            return db.execute(sql, params).fetchall()
+
+
+@pytest.mark.skipif(not allocator.heap(), reason="mallinfo2 is glibc's (2.33 and later)")
+def test_the_soak_takes_the_box_s_own_memory_figures_once_per_run(box):
+    from bench.soak import Soak
+
+    soak = Soak(BoxSeenBySoak(box))
+    jobs_of(box).pause()
+    soak._sample_heap()
+    assert soak.heap_samples == []  # the job has not run yet
+    memory = jobs_of(box).run_now("release_memory")
+    soak._sample_heap()
+    soak._sample_heap()  # the same run again: taken once
+    assert len(soak.heap_samples) == 1
+    _, pid, in_use, sqlite = soak.heap_samples[0]
+    assert pid == os.getpid() and in_use == memory["heap_in_use_kib"] << 10
+    assert sqlite == memory["sqlite_kib"] << 10 and 0 < sqlite < in_use
+    jobs_of(box).run_now("release_memory")
+    soak._sample_heap()
+    assert len(soak.heap_samples) == 2
+
+
+def test_the_heap_trend_reads_the_longest_life():
+    from bench.soak_report import heap_trend
+
+    mib = 1 << 20
+    # a box killed at 10 minutes, then one that lives 90: in use flat around 40 MiB, SQLite's
+    # share filling to 12 MiB in its first 20 minutes
+    first = [(60.0 * n, 1, 60 * mib, 2 * mib) for n in range(10)]
+    second = [(600 + 60.0 * n, 2, (40 + n % 3) * mib, min(n, 20) * 3 * mib // 5) for n in range(90)]
+    heap = heap_trend(first + second)
+    assert heap["runs"] == 89  # the second life after its warm-up minute
+    assert heap["in_use_mib_range"] == [40, 42] and heap["sqlite_mib_range"] == [0.6, 12.0]
+    assert abs(heap["in_use_mib_per_hour"]) < 1 and abs(heap["late_in_use_mib_per_hour"]) < 1
+    leaking = heap_trend([(60.0 * n, 3, (40 * mib) + n * mib // 6, 0) for n in range(90)])
+    assert round(leaking["in_use_mib_per_hour"]) == round(leaking["late_in_use_mib_per_hour"]) == 10
+    assert heap_trend([])["in_use_mib_per_hour"] is None
