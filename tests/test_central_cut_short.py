@@ -157,3 +157,15 @@ def test_a_cut_short_transfer_whose_file_is_not_stored_starts_again(world):
         assert central.send(box.segment(rec, offset, CHUNK))["status"] == "ok"
     assert central.send(box.fin(rec))["status"] == "complete"
     assert stored_file(store, rec).read_bytes() == rec.path.read_bytes()
+
+
+def test_a_failure_of_central_s_own_raises_an_alarm_and_changes_nothing(world):
+    box, rec, central, store = world
+    send_all_but_fin(central, box, rec)
+    init = transfer_folder(store, rec) / "init.json"
+    init.write_text(init.read_text()[:40])  # damaged under central: no longer JSON
+    assert central.send(box.fin(rec)) is None  # not answered (the box tries again), no raise
+    alarms = central.receiver.index.query("SELECT box_id, message FROM alarms")
+    assert len(alarms) == 1 and alarms[0]["box_id"] == "van-9"
+    assert alarms[0]["message"].startswith(f"central failed on {box.fin(rec)[0]}: JSONDecodeError")
+    assert central.rows() == [] and not stored_file(store, rec).exists()

@@ -73,7 +73,8 @@ class Receiver:
         defer: Callable | None = None,
         defer_in_order: Callable | None = None,
     ) -> None:
-        """Dispatch one message; problems are logged as rejections, never raised.
+        """Dispatch one message; problems are logged, never raised: a
+        refused message as a rejection, a failure of central's own as an alarm.
 
         The checks run now, in arrival order; the costly rest runs now too, or is handed
         on to run on another thread: a file message's (hashing, writing, the fin decision)
@@ -99,6 +100,15 @@ class Receiver:
             # timeout, and the transfer waits in the work folder meanwhile.
             log.error("blob store failed on %s: %s", topic[:120], exc.message)
             self.index.alarm(_box_of(topic), f"blob store: {exc.message}"[:500])
+            return None
+        except Exception as exc:  # noqa: BLE001 - a fault of central's, not of the message
+            # Unanswered too, so the box tries again; operators see it at once, instead of a
+            # box whose sync waits on central with nothing said anywhere.
+            log.exception("central failed on %s", topic[:120])
+            self.index.alarm(
+                _box_of(topic),
+                f"central failed on {topic[:200]}: {type(exc).__name__}: {exc}"[:500],
+            )
             return None
 
     def _dispatch(self, topic: str, payload: bytes):
