@@ -204,6 +204,7 @@ class Soak:
         self.full_disk_answers: Counter = Counter()  # 507s the cameras got, per fault
         self.decrypted = 0  # clips decrypted at central by the final check
         self.duplicates_seen = 0
+        self.central_alarms: list[str] = []  # what central's index said went wrong, at the end
 
     def cycle(self, number: int, fault: str) -> None:
         """Run with cameras, inject the fault, heal, drain, check."""
@@ -470,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         soak._check("final")
         soak.failures["final"]["corrupted"] += soak.decrypt_at_central()
         soak.canary = soak.scan_finds_a_planted_clip()
+        soak.central_alarms = [m for (m,) in world.central_db("SELECT message FROM alarms")]
     finally:
         world.close()
         if not args.keep:

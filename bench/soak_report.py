@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from bench.common import machine, write_section
@@ -134,6 +134,19 @@ def _quarters(slopes: list) -> str:
     return ", ".join(_fmt(v) for v in slopes) if slopes else "–"
 
 
+def central_alarms(messages: list[str]) -> str:
+    """Central's alarms at the end of the run, counted by kind (the text before the first
+    colon)."""
+    if not messages:
+        return "Alarms raised at central: none."
+    kinds = Counter(message.split(":")[0][:100] for message in messages)
+    return (
+        f"Alarms raised at central: {len(messages)} ("
+        + "; ".join(f"{kind} ×{n}" for kind, n in kinds.most_common(5))
+        + ")."
+    )
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -230,7 +243,8 @@ def report(soak, world, ran: int, args) -> int:
         "in other cycles, when the box's own disk filled up between retention sweeps: "
         f"{sum(n for f, n in soak.full_disk_answers.items() if f != 'disk_full')}. 5xx "
         "excludes those 507s. At the end every clip at central was decrypted with central's "
-        f"key ({soak.decrypted} files) and hashed: a mismatch counts as corrupted.",
+        f"key ({soak.decrypted} files) and hashed: a mismatch counts as corrupted. "
+        + central_alarms(soak.central_alarms),
         "",
         f"Leaks (least-squares slope within each box process, pooled): RSS "
         f"{_fmt(leaks['rss_mib_per_hour'])} MiB/hour, open files "
@@ -273,6 +287,7 @@ def report(soak, world, ran: int, args) -> int:
         "heap_samples": soak.heap_samples,
         "notes": dict(soak.notes),
         "delivered": delivered,
+        "central_alarms": soak.central_alarms,
     }
     if args.json:  # whole or not at all: a run alongside may read it at any moment
         written = Path(args.json).with_suffix(".json.part")

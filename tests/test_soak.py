@@ -55,6 +55,7 @@ def test_a_few_soak_cycles_lose_nothing(tmp_path):
     assert all(n == 0 for failures in result["failures"].values() for n in failures.values())
     assert set(result["recovery"]) == set(result["counts"])  # each fault recovered
     assert all(in_use > sqlite >= 0 for _, _, in_use, sqlite in result["heap_samples"])
+    assert result["central_alarms"] == []  # central met nothing it had to raise
 
 
 def test_the_leak_trend_tells_a_leak_from_a_flat_line_and_a_restart():
@@ -216,3 +217,17 @@ def test_the_heap_trend_reads_the_longest_life():
     leaking = heap_trend([(60.0 * n, 3, (40 * mib) + n * mib // 6, 0) for n in range(90)])
     assert round(leaking["in_use_mib_per_hour"]) == round(leaking["late_in_use_mib_per_hour"]) == 10
     assert heap_trend([])["in_use_mib_per_hour"] is None
+
+
+def test_central_s_alarms_are_counted_by_kind():
+    from bench.soak_report import central_alarms
+
+    assert central_alarms([]) == "Alarms raised at central: none."
+    said = central_alarms(
+        [
+            "blob store: bucket unreachable",
+            "stale index row: recording r1 is indexed but missing",
+            "blob store: timed out",
+        ]
+    )
+    assert said == "Alarms raised at central: 3 (blob store ×2; stale index row ×1)."
