@@ -346,6 +346,13 @@ class Soak:
         self.decrypted = len(files)
         return wrong
 
+    def alarms_at_central(self) -> list[str]:
+        """The alarms central's index holds (what it could not read is said as one)."""
+        try:
+            return [m for (m,) in self.world.central_db("SELECT message FROM alarms")]
+        except sqlite3.Error as exc:
+            return [f"soak: central's index unreadable: {exc}"]
+
     def scan_finds_a_planted_clip(self) -> bool:
         """The scan's own check: a clip's bytes planted in the box's folder are found."""
         markers = [m for c in self.world.cameras for m in c.markers.values()]
@@ -471,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         soak._check("final")
         soak.failures["final"]["corrupted"] += soak.decrypt_at_central()
         soak.canary = soak.scan_finds_a_planted_clip()
-        soak.central_alarms = [m for (m,) in world.central_db("SELECT message FROM alarms")]
+        soak.central_alarms = soak.alarms_at_central()
     finally:
         world.close()
         if not args.keep:

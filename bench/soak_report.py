@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -136,10 +137,10 @@ def _quarters(slopes: list) -> str:
 
 def central_alarms(messages: list[str]) -> str:
     """Central's alarms at the end of the run, counted by kind (the text before the first
-    colon)."""
+    colon, or before " on " where a topic follows)."""
     if not messages:
         return "Alarms raised at central: none."
-    kinds = Counter(message.split(":")[0][:100] for message in messages)
+    kinds = Counter(re.split(r":| on ", message, maxsplit=1)[0][:100] for message in messages)
     return (
         f"Alarms raised at central: {len(messages)} ("
         + "; ".join(f"{kind} ×{n}" for kind, n in kinds.most_common(5))

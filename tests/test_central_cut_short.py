@@ -10,6 +10,7 @@ otherwise the transfer starts again; the folder goes either way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from bench.fleet_box import SimBox
+from bench.fleet_box import SimBox, SimRecording
 from edgebox.central import files as central_files
 from edgebox.central.blobs import local as local_blobs
 from edgebox.central.receiver import Receiver
@@ -152,11 +153,70 @@ def test_a_cut_short_transfer_whose_file_is_not_stored_starts_again(world):
     assert central.send(box.fin(rec))["status"] == "unknown"
     assert central.rows() == [] and not transfer_folder(store, rec).exists()
     answer = central.send(box.init(rec, CHUNK))
-    assert answer["status"] == "ok" and answer["have"] == []  # no stale marks trusted
+    assert answer["status"] == "ok" and answer["have"] == []
     for offset in protocol.offsets(rec.size, CHUNK):
         assert central.send(box.segment(rec, offset, CHUNK))["status"] == "ok"
     assert central.send(box.fin(rec))["status"] == "complete"
     assert stored_file(store, rec).read_bytes() == rec.path.read_bytes()
+
+
+def test_marks_left_without_their_data_are_not_trusted(world):
+    box, rec, central, store = world
+    send_all_but_fin(central, box, rec)
+    folder = transfer_folder(store, rec)
+    (folder / "init.json").unlink()  # a kill while the folder was being dropped
+    (folder / "data").unlink()
+    answer = central.send(box.init(rec, CHUNK))  # the same receiver, still serving
+    assert answer["status"] == "ok" and answer["have"] == []  # every segment sent again
+    for offset in protocol.offsets(rec.size, CHUNK):
+        assert central.send(box.segment(rec, offset, CHUNK))["status"] == "ok"
+    assert central.send(box.fin(rec))["status"] == "complete"
+    assert stored_file(store, rec).read_bytes() == rec.path.read_bytes()
+
+
+def test_a_start_settles_every_folder_it_can_and_raises_an_alarm_for_the_rest(world):
+    box, rec, central, store = world
+    other = box.make_recording(100_000, X25519PrivateKey.generate().public_key())
+    send_all_but_fin(central, box, rec)
+    send_all_but_fin(central, box, other)
+    damaged = transfer_folder(store, rec)
+    (damaged / "data").unlink()
+    (damaged / "init.json").write_text("{")  # cut short, and its init damaged
+    leftover = transfer_folder(store, other)
+    (leftover / "init.json").unlink()  # a drop cut short
+    restarted = Central(store)  # starts: neither folder stops it
+    assert not leftover.exists() and damaged.exists()
+    alarms = restarted.receiver.index.query("SELECT box_id, message FROM alarms")
+    assert [a["box_id"] for a in alarms] == ["van-9"]
+    assert alarms[0]["message"].startswith(f"transfer {damaged.name} left by a crash")
+    restarted.receiver.index.close()
+
+
+def other_bytes_same_id(box: SimBox, rec, folder: Path) -> SimRecording:
+    """The same recording id with one byte flipped: what central must never put in its place."""
+    data = bytearray(rec.path.read_bytes())
+    data[-1] ^= 1
+    path = folder / f"{rec.id}.other.ebv"
+    path.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    manifest = {**rec.manifest, "stored_sha256": sha}
+    signature = protocol.sign(manifest, box.identity)
+    return SimRecording(rec.id, path, len(data), sha, rec.evidence_sha256, manifest, signature)
+
+
+def test_other_bytes_in_flight_never_replace_a_held_recording(world, tmp_path):
+    box, rec, central, store = world
+    other = other_bytes_same_id(box, rec, tmp_path)
+    send_all_but_fin(central, box, rec)
+    send_all_but_fin(central, box, other)  # both in flight before either is complete
+    assert central.send(box.fin(rec))["status"] == "complete"
+    answer = central.send(box.fin(other))
+    assert answer["status"] == "rejected" and "other bytes" in answer["reason"]
+    assert stored_file(store, rec).read_bytes() == rec.path.read_bytes()
+    assert central.rows() == [{"recording_id": rec.id, "stored_sha256": rec.sha256}]
+    assert not transfer_folder(store, other).exists()
+    alarms = [a["message"] for a in central.receiver.index.query("SELECT message FROM alarms")]
+    assert alarms == [f"recording {rec.id} sent again with other bytes"]
 
 
 def test_a_failure_of_central_s_own_raises_an_alarm_and_changes_nothing(world):
@@ -164,8 +224,9 @@ def test_a_failure_of_central_s_own_raises_an_alarm_and_changes_nothing(world):
     send_all_but_fin(central, box, rec)
     init = transfer_folder(store, rec) / "init.json"
     init.write_text(init.read_text()[:40])  # damaged under central: no longer JSON
-    assert central.send(box.fin(rec)) is None  # not answered (the box tries again), no raise
+    for _ in range(3):  # not answered (the box tries again), no raise
+        assert central.send(box.fin(rec)) is None
     alarms = central.receiver.index.query("SELECT box_id, message FROM alarms")
-    assert len(alarms) == 1 and alarms[0]["box_id"] == "van-9"
+    assert len(alarms) == 1 and alarms[0]["box_id"] == "van-9"  # one for the three
     assert alarms[0]["message"].startswith(f"central failed on {box.fin(rec)[0]}: JSONDecodeError")
     assert central.rows() == [] and not stored_file(store, rec).exists()

@@ -228,6 +228,10 @@ def test_central_s_alarms_are_counted_by_kind():
             "blob store: bucket unreachable",
             "stale index row: recording r1 is indexed but missing",
             "blob store: timed out",
+            "central failed on edgebox/v1/van/file/t.1/fin: OSError: no space",
+            "central failed on edgebox/v1/van/file/t.2/fin: OSError: no space",
         ]
     )
-    assert said == "Alarms raised at central: 3 (blob store ×2; stale index row ×1)."
+    assert said == (
+        "Alarms raised at central: 5 (blob store ×2; central failed ×2; stale index row ×1)."
+    )

@@ -51,19 +51,31 @@ class FileChannel:
         return transfer
 
     def settle_all(self) -> int:
-        """Settle every transfer a crash left behind: cut short, or complete but not dropped
-        (run as a receiver starts); how many were settled."""
+        """Settle every transfer a crash left behind (run as a receiver starts): cut short,
+        complete but not dropped, or a drop cut short (no init left). A folder that cannot be
+        settled raises an alarm and stays for its next init or fin; it never stops the start.
+        Returns how many were settled."""
         settled = 0
-        for init_path in sorted((self.root / "transfers").glob("*/*/init.json")):
-            box, tid = init_path.parent.parent.name, init_path.parent.name
-            transfer, kind = Transfer(self.root, box, tid), kind_of(tid, self.kinds)
-            with transfer.locked():
-                if self._settle_cut_short(box, tid, transfer, kind):
-                    settled += 1
-                elif transfer.exists and kind.held(box, tid) is not None:
-                    transfer.discard()
-                    settled += 1
+        for folder in sorted((self.root / "transfers").glob("*/*/")):
+            box, tid = folder.parent.name, folder.name
+            try:
+                settled += self._settle_left(box, tid)
+            except Exception as exc:  # noqa: BLE001 - one bad folder must not stop central
+                log.exception("could not settle transfer %s/%s", box, tid)
+                self.index.alarm(
+                    box, f"transfer {tid} left by a crash: {type(exc).__name__}: {exc}"[:500]
+                )
         return settled
+
+    def _settle_left(self, box: str, tid: str) -> bool:
+        transfer, kind = Transfer(self.root, box, tid), kind_of(tid, self.kinds)
+        with transfer.locked():  # an init being created holds it until its init.json is there
+            if self._settle_cut_short(box, tid, transfer, kind):
+                return True
+            if not transfer.exists or kind.held(box, tid) is not None:
+                transfer.discard()
+                return True
+        return False
 
     def _settle_cut_short(self, box: str, tid: str, transfer: Transfer, kind) -> bool:
         """Under the transfer's lock: if a crash cut its completion short, record the file in
@@ -71,13 +83,13 @@ class FileChannel:
         message then hears `complete`, or starts the transfer again)."""
         if not transfer.cut_short:
             return False
-        finished = kind.finish_moved(box, tid, transfer.init())
+        recorded = kind.record_stored(box, tid, transfer.init())
         transfer.discard()
         log.warning(
             "transfer %s/%s was cut short after its file left the folder: %s",
             box,
             tid,
-            "recorded the stored file" if finished else "no whole file stored; it starts again",
+            "recorded the stored file" if recorded else "no whole file stored; it starts again",
         )
         return True
 
@@ -168,23 +180,24 @@ class FileChannel:
         if held is not None:
             self._complete(box, "fin", tid, held["sha256"], held["size"])
             return None
-        if not transfer.exists:
+        known = self.inits.get(transfer)  # None too when a decision just dropped the folder
+        if known is None:
             self.index.reject(protocol.fin_topic(box, tid), "fin for an unknown transfer")
             self.ack(box, {"re": "fin", "tid": tid, "status": "unknown"})
             return None
-        init = transfer.init()
-        if message.get("size") != init["size"] or message.get("sha256") != init["sha256"]:
+        if message.get("size") != known["size"] or message.get("sha256") != known["sha256"]:
             raise ProtocolError("fin names another size or hash than the init")
 
         def decide() -> None:
             with transfer.locked():
                 self._settle_cut_short(box, tid, transfer, kind)
                 if kind.held(box, tid):
-                    self._complete(box, "fin", tid, init["sha256"], init["size"])
+                    self._complete(box, "fin", tid, known["sha256"], known["size"])
                     return
                 if not transfer.exists:  # forgotten meanwhile: the box starts it again
                     self.ack(box, {"re": "fin", "tid": tid, "status": "unknown"})
                     return
+                init = transfer.init()
                 chunk = init["chunk"]
                 missing = sorted(
                     set(protocol.offsets(init["size"], chunk)) - set(transfer.have(chunk))
@@ -202,8 +215,15 @@ class FileChannel:
                     transfer.forget_segments()
                     self.ack(box, {"re": "fin", "tid": tid, "status": "resend_all"})
                     return
-                kind.store(box, tid, transfer, init)
-                transfer.discard()
+                try:
+                    kind.store(box, tid, transfer, init)
+                except Refused as exc:  # nothing stored; the box keeps its copy
+                    transfer.discard()
+                    self.index.reject(protocol.fin_topic(box, tid), exc.message)
+                    answer = {"status": "rejected", "reason": exc.message}
+                    self.ack(box, {"re": "fin", "tid": tid, **answer})
+                    return
+                transfer.discard()  # after the store: a failed one leaves it for the next fin
             self._complete(box, "fin", tid, init["sha256"], init["size"])
 
         return decide

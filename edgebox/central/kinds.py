@@ -90,11 +90,7 @@ class RecordingFiles:
             if not self._in_store(box, held):
                 return None
             return {"status": "complete", "sha256": held["stored_sha256"], "size": held["size"]}
-        self.index.alarm(box, f"recording {message['recording_id']} sent again with other bytes")
-        return {
-            "status": "rejected",
-            "reason": "central already holds this recording with other bytes",
-        }
+        return {"status": "rejected", "reason": self._other_bytes(box, message)}
 
     def held(self, box: str, tid: str) -> dict | None:
         """Hash and size of the complete file of this transfer, if central holds it."""
@@ -120,8 +116,10 @@ class RecordingFiles:
         return False
 
     def store(self, box: str, tid: str, transfer: Transfer, init: dict) -> None:
-        """Move the checked file into the box's recordings and index it."""
+        """Move the checked file into the box's recordings and index it; refused when central
+        indexed this recording with other bytes meanwhile (its file is never replaced)."""
         key = recording_key(box, init["recording_id"])
+        self._refuse_other_bytes(box, init)
         problems = vault.check_structure(transfer.data)  # the hash was checked by the caller
         if problems:
             self.index.alarm(box, f"recording {init['recording_id']}: {problems[0]}")
@@ -133,7 +131,20 @@ class RecordingFiles:
         )
         self._index(box, tid, init, key)
 
-    def finish_moved(self, box: str, tid: str, init: dict) -> bool:
+    def _refuse_other_bytes(self, box: str, init: dict) -> None:
+        held = self.index.one(
+            "SELECT stored_sha256 FROM recordings WHERE box_id = ? AND recording_id = ?",
+            (box, init["recording_id"]),
+        )
+        if held is not None and held["stored_sha256"] != init["sha256"]:
+            raise Refused(self._other_bytes(box, init))
+
+    def _other_bytes(self, box: str, message: dict) -> str:
+        """Raise the alarm for a recording sent again with other bytes; the reason to answer."""
+        self.index.alarm(box, f"recording {message['recording_id']} sent again with other bytes")
+        return "central already holds this recording with other bytes"
+
+    def record_stored(self, box: str, tid: str, init: dict) -> bool:
         """After a crash cut a completion short (the file moved into the store, not indexed):
         index it if the store holds this transfer's whole file, by size and hash."""
         key = recording_key(box, init["recording_id"])
@@ -209,7 +220,7 @@ class ReplicaFiles:
         incoming = ReplicaStore(self.root, box).incoming(init["sha256"])
         transfer.hand_over(_folder_of(self.root), str(incoming.relative_to(self.root)), init)
 
-    def finish_moved(self, box: str, tid: str, init: dict) -> bool:
+    def record_stored(self, box: str, tid: str, init: dict) -> bool:
         """After a crash cut a completion short: whether the file reached its place (a
         replica file needs nothing more; it is found by its content)."""
         return self.held(box, tid) is not None

@@ -12,6 +12,7 @@ import base64
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from edgebox.sync import protocol
 from edgebox.sync.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
+FAILURE_ALARM_EVERY = 300.0  # seconds between two alarms for the same failure
 CUSTODY_INSERT = (
     "INSERT OR IGNORE INTO custody (box_id, seq, ts, event, actor, subject, details, prev_hash, "
     "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -58,6 +60,7 @@ class Receiver:
             "replica": ReplicaFiles(self.root, self.index, self.blobs),
         }
         self.files = FileChannel(self.root, self.index, self.kinds, self._ack)
+        self._failures_alarmed: dict[tuple, float] = {}
         try:
             settled = self.files.settle_all()
         except StoreError as exc:  # the next init or fin of each settles it instead
@@ -105,11 +108,27 @@ class Receiver:
             # Unanswered too, so the box tries again; operators see it at once, instead of a
             # box whose sync waits on central with nothing said anywhere.
             log.exception("central failed on %s", topic[:120])
-            self.index.alarm(
-                _box_of(topic),
-                f"central failed on {topic[:200]}: {type(exc).__name__}: {exc}"[:500],
-            )
+            self._failure_alarm(topic, exc)
             return None
+
+    def _failure_alarm(self, topic: str, exc: Exception) -> None:
+        """An alarm for a failure of central's own: one per box, message kind and error every
+        `FAILURE_ALARM_EVERY` seconds (a fault that stays fails every message, and the index
+        may be what fails)."""
+        box = _box_of(topic)
+        kind = topic.rsplit("/", 1)[-1] if "/seg/" not in topic else "seg"
+        key, now = (box, kind, type(exc).__name__), time.monotonic()
+        if now - self._failures_alarmed.get(key, -FAILURE_ALARM_EVERY) < FAILURE_ALARM_EVERY:
+            return
+        if len(self._failures_alarmed) >= 4096:
+            self._failures_alarmed.clear()
+        self._failures_alarmed[key] = now
+        try:
+            self.index.alarm(
+                box, f"central failed on {topic[:200]}: {type(exc).__name__}: {exc}"[:500]
+            )
+        except Exception:  # noqa: BLE001 - logged above; the index itself may be the fault
+            log.exception("could not raise an alarm for the failure on %s", topic[:120])
 
     def _dispatch(self, topic: str, payload: bytes):
         parts = protocol.parse_topic(topic)

@@ -110,14 +110,18 @@ def run_until(
         while not stop.wait(0.5):
             if time.monotonic() < next_release:
                 continue
-            figures = allocator.release()
+            next_release = time.monotonic() + release_every
+            try:
+                figures = allocator.release()
+            except Exception:  # noqa: BLE001 - serving matters more than a hand-back
+                log.exception("could not hand free memory back")
+                continue
             if figures:
                 log.debug(
                     "released %d KiB; resident %d KiB",
                     figures["released"] >> 10,
                     figures["resident_after"] >> 10,
                 )
-            next_release = time.monotonic() + release_every
     finally:
         for worker in workers:
             worker.stop()
