@@ -18,6 +18,9 @@ from edgebox.errors import EdgeboxError
 from edgebox.sync import protocol
 
 log = logging.getLogger(__name__)
+# Unanswered fins (each after the ack timeout, the link up) before the box starts the transfer
+# again with an init: central answers an init on another path, and settles what it can there.
+FIN_TRIES = 3
 MANIFEST_FIELDS = (
     "id",
     "device_id",
@@ -141,25 +144,27 @@ class SegmentedTransfer:
                     self._send_segments(self._fd, *self._wanted(ack))
                     return True
                 except _Restart:
-                    log.info("central lost transfer %s; starting it again", self.tid)
+                    log.info("transfer %s starts again with an init", self.tid)
         except BaseException:
             self._close()
             raise
 
     def finish(self) -> None:
         """Send the fin and act on central's answers (resend what it lacks, start again if
-        it lost the transfer) until its verdict; then close the file."""
+        it lost the transfer or stays silent on the fin) until its verdict; then close the
+        file."""
         try:
-            ack = self._request("fin")
+            opening = "fin"
             while True:
                 try:
+                    ack = self._request(opening)
                     while not self._settled(ack):
                         self._send_segments(self._fd, *self._wanted(ack))
                         ack = self._request("fin")
                     return
                 except _Restart:
-                    log.info("central lost transfer %s; starting it again", self.tid)
-                    ack = self._request("init")
+                    log.info("transfer %s starts again with an init", self.tid)
+                    opening = "init"
         finally:
             self._close()
 
@@ -177,7 +182,16 @@ class SegmentedTransfer:
             topic = protocol.fin_topic(self.box_id, self.tid)
             message = {"tid": self.tid, "box": self.box_id, "size": self.size}
             message["sha256"] = self.sha256
-        return self.uplink.request(topic, message, self._match(kind), self.tid)
+        tries = FIN_TRIES if kind == "fin" else None
+        ack = self.uplink.request(topic, message, self._match(kind), self.tid, tries)
+        if ack is None:  # central alive (the link is up) but silent on this fin
+            log.warning(
+                "central did not answer %d fins of transfer %s; starting it again with an init",
+                FIN_TRIES,
+                self.tid,
+            )
+            raise _Restart()
+        return ack
 
     def _settled(self, ack: dict) -> bool:
         """Whether central's answer ends the transfer (raises _Restart when central lost it)."""

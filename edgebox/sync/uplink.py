@@ -216,13 +216,21 @@ class Uplink:
         """Run the replica round that is due (between two windows of a long transfer)."""
         self.replica.ship_if_due()
 
-    def request(self, topic: str, message: dict, match, tid: str | None = None) -> dict:
-        """Publish a JSON message and wait for its ack, resending after each timeout."""
+    def request(
+        self, topic: str, message: dict, match, tid: str | None = None, tries: int | None = None
+    ) -> dict | None:
+        """Publish a JSON message and wait for its ack, resending after each timeout; with
+        `tries`, None once that many sends went unanswered while the link was up (a link that
+        drops raises `LinkLost` instead)."""
+        sent = 0
         while True:
             self.publish(topic, protocol.encode(message))
+            sent += 1
             ack = self.wait_ack(match, self.up.ack_timeout_seconds, tid)
             if ack is not None:
                 return ack
+            if tries is not None and sent >= tries:
+                return None
 
     # -- custody and metadata -------------------------------------------------
     def _send_custody(self) -> bool:
