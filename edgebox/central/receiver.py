@@ -61,13 +61,9 @@ class Receiver:
         }
         self.files = FileChannel(self.root, self.index, self.kinds, self._ack)
         self._failures_alarmed: dict[tuple, float] = {}
-        try:
-            settled = self.files.settle_all()
-        except StoreError as exc:  # the next init or fin of each settles it instead
-            log.error("could not settle the transfers a crash left behind: %s", exc.message)
-        else:
-            if settled:
-                log.warning("settled %d transfers a crash left behind", settled)
+        settled = self.files.settle_all()  # never raises: what it cannot settle raises alarms
+        if settled:
+            log.warning("settled %d transfers a crash left behind", settled)
 
     def handle(
         self,
