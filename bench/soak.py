@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sqlite3
 import subprocess
@@ -84,6 +85,16 @@ def where_is(thread: threading.Thread, depth: int = STACK_DEPTH) -> list[str]:
         return []
     frames = traceback.extract_stack(frame)[-depth:]
     return [f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames]
+
+
+FILLS_MIB_PER_HOUR = 500  # two cameras' review copies and the local Litestream replica
+
+
+def disk_mib_for(minutes: float) -> int:
+    """A loop disk the run's own footage does not fill: at 1 GiB a 115-minute run filled it
+    (917 MiB), the box made room 20 usual clips at a time, and the cameras waited out its
+    Retry-After of 300 s in two cycles that were not meant to test a full disk."""
+    return max(1024, math.ceil(FILLS_MIB_PER_HOUR * minutes / 60 * 1.5))
 
 
 def _wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
@@ -443,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--clip-seconds", type=float, default=3)
     parser.add_argument(
-        "--disk-mib", type=int, default=1024, help="size of the loop disk (an hour fills 400 MiB)"
+        "--disk-mib",
+        type=int,
+        help="size of the loop disk (default: room for the whole run, `disk_mib_for`)",
     )
     parser.add_argument("--workdir", help="parent of the temp dir (default: system temp)")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
@@ -469,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()
     root = Path(tempfile.mkdtemp(prefix="edgebox-soak-", dir=args.workdir))
     log(f"soak: working in {root}")
-    world = World(root, args.cameras, args.clip_seconds, args.disk_mib)
+    disk_mib = args.disk_mib or disk_mib_for(args.minutes)
+    world = World(root, args.cameras, args.clip_seconds, disk_mib)
     soak = Soak(world)
     try:
         ran = soak.run(args.minutes, args.cycles, args.leak_share, args.faults)

@@ -235,3 +235,11 @@ def test_central_s_alarms_are_counted_by_kind():
     assert said == (
         "Alarms raised at central: 5 (blob store ×2; central failed ×2; stale index row ×1)."
     )
+
+
+def test_the_loop_disk_has_room_for_the_whole_run():
+    from bench.soak import FILLS_MIB_PER_HOUR, disk_mib_for
+
+    assert disk_mib_for(4) == 1024  # the smallest
+    for minutes in (115, 240, 1440):
+        assert disk_mib_for(minutes) >= FILLS_MIB_PER_HOUR * minutes / 60 * 1.5
