@@ -33,10 +33,12 @@ print(json.dumps({"applied": applied, "faults": faults[0]}))
 """
 
 
-def _probe(mode: str, **env) -> dict:
+def _run(code: str, argument, **env) -> dict:
+    """Run `code` in a fresh Python with `argument`, without the caller's MALLOC_ settings
+    (plus `env`); its JSON output."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode],
+        [sys.executable, "-c", code, str(argument)],
         env={**clean, **env},
         capture_output=True,
         text=True,
@@ -44,6 +46,10 @@ def _probe(mode: str, **env) -> dict:
         timeout=60,
     )
     return json.loads(out.stdout)
+
+
+def _probe(mode: str, **env) -> dict:
+    return _run(PROBE, mode, **env)
 
 
 def _glibc() -> bool:
@@ -90,18 +96,7 @@ print(json.dumps({"heap": allocator.heap(), **figures}))
 
 @pytest.mark.skipif(not allocator.heap(), reason="mallinfo2 is glibc's (2.33 and later)")
 def test_release_hands_the_free_memory_of_the_heaps_back():
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    run = lambda mode: json.loads(  # noqa: E731
-        subprocess.run(
-            [sys.executable, "-c", FRAGMENTS, mode],
-            env=clean,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout
-    )
-    kept, released = run("keep"), run("release")
+    kept, released = _run(FRAGMENTS, "keep"), _run(FRAGMENTS, "release")
     assert kept["heap"]["free"] >= 48 << 20  # the 64 freed MiB, kept by the tuned heap
     assert released["heap"]["free"] >= 48 << 20  # still the heap's (its address space)...
     gone = released["resident_before"] - released["resident_after"]
@@ -139,18 +134,7 @@ print(json.dumps({"before": before, "after": after, "stopped": worker.stopped}))
 
 @pytest.mark.skipif(not allocator.heap(), reason="mallinfo2 is glibc's (2.33 and later)")
 def test_central_hands_free_memory_back_while_it_serves():
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    run = lambda every: json.loads(  # noqa: E731
-        subprocess.run(
-            [sys.executable, "-c", CENTRAL, str(every)],
-            env=clean,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout
-    )
-    serving, not_yet = run(0.2), run(3600)
+    serving, not_yet = _run(CENTRAL, 0.2), _run(CENTRAL, 3600)
     assert serving["stopped"] and not_yet["stopped"]
     assert serving["before"] - serving["after"] >= 32 << 20, serving  # given back while serving
     assert not_yet["before"] - not_yet["after"] < 16 << 20, not_yet  # not before its time

@@ -62,6 +62,17 @@ def send_all_but_fin(central: Central, box: SimBox, rec) -> None:
         assert central.send(box.segment(rec, offset, CHUNK))["status"] == "ok"
 
 
+def sent_again_whole(central: Central, box: SimBox, rec, store: Path) -> None:
+    """The box starts the transfer again: central holds no segment of it (every one is sent
+    again), then the fin completes it and the store holds the box's bytes."""
+    answer = central.send(box.init(rec, CHUNK))
+    assert answer["status"] == "ok" and answer["have"] == []
+    for offset in protocol.offsets(rec.size, CHUNK):
+        assert central.send(box.segment(rec, offset, CHUNK))["status"] == "ok"
+    assert central.send(box.fin(rec))["status"] == "complete"
+    assert stored_file(store, rec).read_bytes() == rec.path.read_bytes()
+
+
 def fin_in_a_worker_killed_at(store: Path, box: SimBox, rec, module, name: str, when) -> None:
     """Send the fin to a receiver in another process that kills itself (SIGKILL) at the first
     call of `module.name` for which `when(*args)` holds, and check it died there."""
@@ -152,12 +163,7 @@ def test_a_cut_short_transfer_whose_file_is_not_stored_starts_again(world):
     assert central.send(box.segment(rec, offset, CHUNK))["status"] == "unknown"  # no raise
     assert central.send(box.fin(rec))["status"] == "unknown"
     assert central.rows() == [] and not transfer_folder(store, rec).exists()
-    answer = central.send(box.init(rec, CHUNK))
-    assert answer["status"] == "ok" and answer["have"] == []
-    for offset in protocol.offsets(rec.size, CHUNK):
-        assert central.send(box.segment(rec, offset, CHUNK))["status"] == "ok"
-    assert central.send(box.fin(rec))["status"] == "complete"
-    assert stored_file(store, rec).read_bytes() == rec.path.read_bytes()
+    sent_again_whole(central, box, rec, store)
 
 
 def test_marks_left_without_their_data_are_not_trusted(world):
@@ -166,12 +172,7 @@ def test_marks_left_without_their_data_are_not_trusted(world):
     folder = transfer_folder(store, rec)
     (folder / "init.json").unlink()  # a kill while the folder was being dropped
     (folder / "data").unlink()
-    answer = central.send(box.init(rec, CHUNK))  # the same receiver, still serving
-    assert answer["status"] == "ok" and answer["have"] == []  # every segment sent again
-    for offset in protocol.offsets(rec.size, CHUNK):
-        assert central.send(box.segment(rec, offset, CHUNK))["status"] == "ok"
-    assert central.send(box.fin(rec))["status"] == "complete"
-    assert stored_file(store, rec).read_bytes() == rec.path.read_bytes()
+    sent_again_whole(central, box, rec, store)  # the same receiver, still serving
 
 
 def test_a_start_settles_every_folder_it_can_and_raises_an_alarm_for_the_rest(world):
