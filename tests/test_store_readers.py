@@ -21,11 +21,17 @@ import pytest
 from edgebox.db import Store
 
 
-def _open_files(name: str) -> int:
+def _open_files(path) -> int:
+    """Open files of this process on the database file at `path`.
+
+    Only this test's own files count: in the whole suite another test's store, left to the
+    garbage collector, may still hold a `box.db` of its own.
+    """
+    name = str(path.resolve())
     count = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
-            count += os.readlink(f"/proc/self/fd/{fd}").endswith(name)
+            count += os.readlink(f"/proc/self/fd/{fd}") == name
         except OSError:  # closed while listing
             pass
     return count
@@ -45,14 +51,14 @@ def test_threads_that_come_and_go_leave_no_connections(tmp_path):
         _read_in_threads(store, 60)
         # Each thread's connection is closed when the next one opens: the last thread's is
         # left (one file for the database; the writer's two and the WAL's are the store's).
-        assert _open_files("box.db") <= 3
+        assert _open_files(tmp_path / "box.db") <= 3
         assert len(store._readers) == 1  # noqa: SLF001
         assert store.query("SELECT count(*) AS n FROM devices") == [{"n": 0}]
         assert len(store._readers) == 1  # noqa: SLF001 - the ended thread's gave way
     finally:
         gc.enable()
         store.close()
-    assert _open_files("box.db") == 0
+    assert _open_files(tmp_path / "box.db") == 0
 
 
 def test_close_closes_the_readers_of_living_threads(tmp_path):
@@ -70,7 +76,7 @@ def test_close_closes_the_readers_of_living_threads(tmp_path):
     store.query("SELECT 1")
     assert len(store._readers) == 2  # noqa: SLF001
     store.close()
-    assert _open_files("box.db") == 0
+    assert _open_files(tmp_path / "box.db") == 0
     done.set()
     thread.join()
 
