@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,41 @@ def test_a_failure_of_central_s_own_raises_an_alarm_and_changes_nothing(world):
     assert len(alarms) == 1 and alarms[0]["box_id"] == "van-9"  # one for the three
     assert alarms[0]["message"].startswith(f"central failed on {box.fin(rec)[0]}: JSONDecodeError")
     assert central.rows() == [] and not stored_file(store, rec).exists()
+
+
+def test_two_workers_deciding_other_bytes_at_once_never_split_store_and_index(world, tmp_path):
+    """Two fins of one recording with other bytes, decided at the same moment by two workers:
+    the first is paused inside its hand-over to the store (a wrapper around the real store's
+    `keep`, the only stand-in) while the second decides. Without a lock per recording both
+    passed the check for other bytes; the second's file took the key while the index kept
+    the first's hash (or the other way round)."""
+    box, rec, first, store = world
+    other = other_bytes_same_id(box, rec, tmp_path)
+    send_all_but_fin(first, box, rec)
+    send_all_but_fin(first, box, other)
+    second = Central(store)  # another worker on the same store and index
+    in_keep, go = threading.Event(), threading.Event()
+    real_keep = first.receiver.blobs.keep
+
+    def paused_keep(*args, **kwargs):
+        in_keep.set()
+        go.wait(30)
+        return real_keep(*args, **kwargs)
+
+    first.receiver.blobs.keep = paused_keep
+    answers: dict[str, dict | None] = {}
+    deciding_first = threading.Thread(target=lambda: answers.update(a=first.send(box.fin(rec))))
+    deciding_first.start()
+    assert in_keep.wait(30)
+    deciding_second = threading.Thread(target=lambda: answers.update(b=second.send(box.fin(other))))
+    deciding_second.start()
+    deciding_second.join(2)  # long enough for it to pass its checks when nothing stops it
+    go.set()
+    deciding_first.join(30)
+    deciding_second.join(30)
+    second.receiver.index.close()
+
+    assert answers["a"]["status"] == "complete"
+    assert answers["b"]["status"] == "rejected" and "other bytes" in answers["b"]["reason"]
+    assert stored_file(store, rec).read_bytes() == rec.path.read_bytes()
+    assert first.rows() == [{"recording_id": rec.id, "stored_sha256": rec.sha256}]

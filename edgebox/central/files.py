@@ -33,6 +33,33 @@ from edgebox.lowlevel.durable import atomic_write, fsync_dir
 LOCK_STRIPES = 64
 
 
+def recording_lock(root: Path, box_id: str, recording_id: str):
+    """Serialise what decides a recording's bytes at central (the check that no other bytes
+    are held, the hand-over to the store, the index row) across workers: two transfers of
+    one recording with different bytes have different transfer ids, so their own locks do
+    not exclude each other. Taken only under a transfer's lock, never the other way round,
+    and from lock files of its own, so the two never wait on each other in a circle."""
+    stripe = zlib.crc32(f"{box_id}/{recording_id}".encode()) % LOCK_STRIPES
+    return _held(Path(root) / "transfers" / ".locks" / f"recording-{stripe}.lock")
+
+
+@contextlib.contextmanager
+def _held(lock_path: Path, shared: bool = False):
+    """Hold an flock on `lock_path` (made on first use) for the block: per open file, so
+    threads of one process exclude each other as processes do."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    try:
+        fd = os.open(lock_path, flags, 0o644)
+    except FileNotFoundError:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, flags, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 class Transfer:
     """One file transfer's folder in the store."""
 
@@ -107,23 +134,12 @@ class Transfer:
         """Mark every segment missing (after a whole-file hash mismatch all is sent again)."""
         os.truncate(self.present, 0)
 
-    @contextlib.contextmanager
     def locked(self, shared: bool = False):
         """Serialise init and fin decisions across workers, threads and processes (striped
         lock files outside the transfer folder, which completion removes). Segment writes
         hold it `shared`: many at once, but never while a fin moves the file into place or
         drops the marks."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        try:
-            fd = os.open(self.lock_path, flags, 0o644)
-        except FileNotFoundError:
-            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, flags, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
+        return _held(self.lock_path, shared)
 
     def hand_over(self, blobs, key: str, init: dict, manifest: dict | None = None) -> None:
         """Hand the verified file to the blob store under `key` (a recording's with its

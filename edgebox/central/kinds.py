@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from edgebox import vault
-from edgebox.central.files import Transfer, recording_key
+from edgebox.central.files import Transfer, recording_key, recording_lock
 from edgebox.central.index import Index
 from edgebox.central.replica_blobs import mirror_set
 from edgebox.central.replicas import ReplicaStore
@@ -119,17 +119,18 @@ class RecordingFiles:
         """Move the checked file into the box's recordings and index it; refused when central
         indexed this recording with other bytes meanwhile (its file is never replaced)."""
         key = recording_key(box, init["recording_id"])
-        self._refuse_other_bytes(box, init)
         problems = vault.check_structure(transfer.data)  # the hash was checked by the caller
-        if problems:
-            self.index.alarm(box, f"recording {init['recording_id']}: {problems[0]}")
-        transfer.hand_over(
-            self.blobs,
-            key,
-            init,
-            {"manifest": init["manifest"], "signature": init["signature"], "tid": tid},
-        )
-        self._index(box, tid, init, key)
+        with recording_lock(self.root, box, init["recording_id"]):
+            self._refuse_other_bytes(box, init)
+            if problems:
+                self.index.alarm(box, f"recording {init['recording_id']}: {problems[0]}")
+            transfer.hand_over(
+                self.blobs,
+                key,
+                init,
+                {"manifest": init["manifest"], "signature": init["signature"], "tid": tid},
+            )
+            self._index(box, tid, init, key)
 
     def _refuse_other_bytes(self, box: str, init: dict) -> None:
         held = self.index.one(
@@ -148,10 +149,11 @@ class RecordingFiles:
         """After a crash cut a completion short (the file moved into the store, not indexed):
         index it if the store holds this transfer's whole file, by size and hash."""
         key = recording_key(box, init["recording_id"])
-        stat = self.blobs.head(key)
-        if stat is None or (stat.size, stat.sha256) != (init["size"], init["sha256"]):
-            return False
-        self._index(box, tid, init, key)
+        with recording_lock(self.root, box, init["recording_id"]):
+            stat = self.blobs.head(key)
+            if stat is None or (stat.size, stat.sha256) != (init["size"], init["sha256"]):
+                return False
+            self._index(box, tid, init, key)
         return True
 
     def _index(self, box: str, tid: str, init: dict, key: str) -> None:
