@@ -31,6 +31,7 @@ from edgebox.sync.outbox import queue_meta
 log = logging.getLogger(__name__)
 KEY_PREFIX = "job:"
 OVERDUE_GRACE = dt.timedelta(minutes=2)
+SOON_ENOUGH = dt.timedelta(seconds=2)  # `Jobs.soon` leaves a run due this soon as it is
 
 
 class Clock:
@@ -185,6 +186,7 @@ class Jobs:
         self.specs = {spec.id: spec for spec in specs}
         self.records: dict[str, dict] = {}
         self._lock = threading.Lock()
+        self._running: set[str] = set()
         self.scheduler = BackgroundScheduler(
             timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1}
         )
@@ -236,6 +238,20 @@ class Jobs:
         """Let paused jobs run again."""
         self.scheduler.resume()
 
+    def soon(self, job_id: str) -> bool:
+        """Bring a job's next run forward to now, in the scheduler's own thread (the caller
+        does not wait). Nothing changes while it runs or when its run is due within a few
+        seconds anyway, so a burst of callers costs one run. Returns whether it moved."""
+        with self._lock:
+            if job_id in self._running:
+                return False
+        job = self.scheduler.get_job(job_id)
+        now = dt.datetime.now(dt.UTC)
+        if job is None or job.next_run_time is None or job.next_run_time <= now + SOON_ENOUGH:
+            return False
+        job.modify(next_run_time=now)
+        return True
+
     def run_now(self, job_id: str):
         """Run one job at once in this thread, recorded like a scheduled run; errors propagate."""
         return self._execute(job_id)
@@ -257,6 +273,8 @@ class Jobs:
         spec = self.specs[job_id]
         started = utcnow()
         tick = time.monotonic()
+        with self._lock:
+            self._running.add(job_id)
         try:
             result = spec.func(self.box, now=self.clock())
         except Exception as exc:
@@ -264,6 +282,9 @@ class Jobs:
             log.error("job %s failed: %s", job_id, message)
             self._finished(job_id, started, tick, "error", error=message)
             raise
+        finally:
+            with self._lock:
+                self._running.discard(job_id)
         self._finished(job_id, started, tick, "ok", result=_summary(result))
         return result
 
@@ -350,6 +371,14 @@ def start_scheduler(
 def jobs_of(box) -> Jobs | None:
     """The scheduler running in this process for `box`, if any."""
     return _by_box.get(box)
+
+
+def refused_for_room(box) -> bool:
+    """A camera was just refused for room (507): bring the watermark check forward, so what
+    it may free (`edgebox.storage`, synced copies giving way to new footage) is freed now,
+    not at its next minute. Returns whether a run was brought forward."""
+    jobs = jobs_of(box)
+    return jobs is not None and jobs.soon("storage_watermarks")
 
 
 def jobs_report(box) -> dict[str, dict]:

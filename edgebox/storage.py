@@ -164,6 +164,9 @@ def _free_old_copies(box, now: dt.datetime, low: float, result: Relief) -> None:
     )
 
 
+# A refused upload is told to come back after the watermark check's cadence; the refusal
+# brings that check forward too (`edgebox.scheduler.refused_for_room`).
+RETRY_AFTER_FULL_SECONDS = 60
 ROOM_CLIPS = 20  # when new footage is refused, room is made for this many usual clips
 
 

@@ -38,6 +38,7 @@ from tests.axis_controller import (
     make_clips,
 )
 from tests.conftest import run_cli
+from tests.test_full_disk import only_refusals_run_the_watermark_check, wait_for_watermark_check
 from tests.test_web_auth import PASSWORD, login
 
 START = dt.datetime(2026, 11, 28, 16, 0, 0, tzinfo=dt.UTC)
@@ -424,10 +425,13 @@ def test_every_error_code_and_nothing_changes(box, controller, clips):
     for _ in range(box.config.axis.max_parallel_uploads):
         box.axis._busy.release()
     assert busy.status_code == 503 and busy.headers["Retry-After"]
-    # 507: the disk cannot keep its reserve
+    # 507: the disk cannot keep its reserve; the watermark check is brought forward
+    runs = only_refusals_run_the_watermark_check(box)
     settings = box.uploads.settings
     box.uploads.settings = dataclasses.replace(settings, reserve_free_bytes=1 << 60)
-    assert _put(conn, good, "20261128_160002_2.mp4", data).http_status == 507
+    full = _put(conn, good, "20261128_160002_2.mp4", data)
+    assert full.http_status == 507 and full.http_response_headers["Retry-After"] == "60"
+    wait_for_watermark_check(box, runs)
     box.uploads.settings = settings
     assert _counts(box)[:3] == stored[:3] and _counts(box)[3] == before[3] == []
     failed = box.store.query("SELECT state FROM uploads WHERE state != 'finished'")

@@ -23,7 +23,7 @@ from edgebox.config import load_config
 from edgebox.errors import VaultError
 from edgebox.keys import x25519_private_from_file
 from edgebox.recordings import data_key_for
-from edgebox.scheduler import jobs_of
+from edgebox.scheduler import jobs_of, jobs_report
 from edgebox.verify import verify_box
 from tests.conftest import enroll, make_box
 from tests.sync_fixtures import central_workers, upstream_env, wait_for
@@ -257,6 +257,62 @@ def test_full_disk_end_to_end(tmp_path, small_disk, broker, pki):
         assert box.status()["alarms"] == []
         assert verify_box(box).ok, verify_box(box).problems
     finally:
+        box.stop()
+        for worker in workers:
+            worker.stop()
+
+
+def only_refusals_run_the_watermark_check(box) -> int:
+    """Put the box's watermark check an hour apart (so only a refusal brings it forward
+    within the test); returns how many times it has run."""
+    jobs_of(box).scheduler.reschedule_job("storage_watermarks", trigger="interval", seconds=3600)
+    return jobs_report(box)["storage_watermarks"]["runs"]
+
+
+def wait_for_watermark_check(box, runs_before: int) -> None:
+    """Wait until the watermark check has run once more than `runs_before` (and finished)."""
+    wait_for(
+        lambda: jobs_report(box)["storage_watermarks"]["runs"] > runs_before,
+        timeout=60,
+        what="the watermark check brought forward by the refusal",
+    )
+
+
+def test_a_refused_camera_finds_room_made_when_it_comes_back(tmp_path, small_disk, broker, pki):
+    """The refusal (507, Retry-After 60) brings the watermark check forward: synced copies give
+    way to new footage at once, not at the check's next run (an hour off here)."""
+    workers = central_workers(tmp_path / "central", broker, pki, count=1)
+    config = make_box(small_disk / "box", box_id="van-room")
+    env = {
+        **upstream_env(broker, pki, "van-room"),
+        "EDGEBOX_INGEST__RESERVE_FREE_BYTES": str(8 * MIB),
+        "EDGEBOX_RETENTION__KEEP_SYNCED_DAYS": "7",
+        "EDGEBOX_REPLICATION__ENABLED": "false",
+    }
+    box = Box(load_config(config, environ=env)).start(("127.0.0.1", 0))
+    filler = small_disk / "filler"
+    try:
+        runs = only_refusals_run_the_watermark_check(box)
+        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"], "CAM-R")
+        synced = []
+        for _ in range(4):
+            response, _ = upload_all(camera, os.urandom(CLIP), metadata={"started_at": iso()})
+            synced.append(response.headers["EdgeBox-Recording-Id"])
+        wait_for(lambda: all_synced(box), timeout=120, what="recordings synced")
+        fill_up(filler, leave=8 * MIB + MIB)  # room for less than one clip past the reserve
+        assert jobs_report(box)["storage_watermarks"]["runs"] == runs
+
+        refused = try_upload(camera, os.urandom(CLIP), started_at=iso())
+        assert refused.status_code == 507 and refused.headers["Retry-After"] == "60"
+        wait_for_watermark_check(box, runs)
+        made_room = [rid for rid, why in deletions(box) if why == "room_for_new_footage"]
+        assert made_room == synced  # oldest first, every one confirmed by central
+        assert_never_lost(box, set())
+
+        response, _ = upload_all(camera, os.urandom(CLIP))  # the camera comes back: taken
+        assert_never_lost(box, {response.headers["EdgeBox-Recording-Id"]})
+    finally:
+        filler.unlink(missing_ok=True)
         box.stop()
         for worker in workers:
             worker.stop()

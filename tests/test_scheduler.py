@@ -145,3 +145,34 @@ def test_scheduled_runs_and_errors_are_recorded(box_config):
         jobs.stop()
     finally:
         reopened.store.close()
+
+
+def test_soon_brings_a_run_forward_once_for_a_burst(box_config):
+    """`Jobs.soon` (a camera refused for room calls it for the watermark check): the run
+    comes now instead of an hour on; calls while it is due or running change nothing."""
+    box = Box(load_config(box_config))
+    started, release, runs = threading.Event(), threading.Event(), []
+
+    def slow(box, now):
+        runs.append(now)
+        started.set()
+        release.wait(30)
+
+    jobs = start_scheduler(box, extra=[JobSpec("slow", slow, 3600)])
+    try:
+        assert jobs.soon("slow") is True
+        assert jobs.soon("slow") is False  # due now already
+        assert started.wait(30)
+        assert [jobs.soon("slow") for _ in range(10)] == [False] * 10  # running
+        release.set()
+        wait_for(lambda: jobs_report(box)["slow"]["runs"] == 1, timeout=30, what="the run")
+        next_run = parse_rfc3339(jobs_report(box)["slow"]["next_run"])
+        assert next_run - utcnow() > dt.timedelta(minutes=50)  # back to its interval
+        assert len(runs) == 1
+        assert jobs.soon("slow") is True  # and forward again
+        wait_for(lambda: len(runs) == 2, timeout=30, what="the second run")
+        assert jobs.soon("no-such-job") is False
+    finally:
+        release.set()
+        jobs.stop()
+        box.store.close()

@@ -10,6 +10,8 @@ from flask import Flask, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 
 from edgebox.errors import EdgeboxError
+from edgebox.scheduler import refused_for_room
+from edgebox.storage import RETRY_AFTER_FULL_SECONDS
 
 TUS_VERSION = "1.0.0"
 
@@ -102,7 +104,8 @@ def create_app(box, testing: bool = False) -> Flask:
             if g.get("tus_location"):  # created, then the body failed: resumable from here
                 response.headers["Location"] = g.tus_location
         if exc.status == 507:
-            response.headers["Retry-After"] = "300"
+            response.headers["Retry-After"] = str(RETRY_AFTER_FULL_SECONDS)
+            refused_for_room(box)
         if exc.status == 429:
             response.headers["Retry-After"] = "60"
         return response

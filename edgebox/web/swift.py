@@ -14,11 +14,13 @@ from edgebox.axis.documents import etag
 from edgebox.axis.names import meta_headers, read_meta
 from edgebox.errors import EdgeboxError, IngestError
 from edgebox.ingest.wire import DRAIN_LIMIT, discard_body
+from edgebox.scheduler import refused_for_room
+from edgebox.storage import RETRY_AFTER_FULL_SECONDS
 from edgebox.web.tus import request_body_stream
 
 swift = Blueprint("swift", __name__)
 CONTAINER_META, OBJECT_META = "X-Container-Meta-", "X-Object-Meta-"
-RETRY_AFTER = {503: "10", 507: "300"}
+RETRY_AFTER = {503: "10", 507: str(RETRY_AFTER_FULL_SECONDS)}
 
 
 def _axis():
@@ -38,6 +40,8 @@ def _error(exc: EdgeboxError):
     response.status = exc.status
     if exc.status in RETRY_AFTER:
         response.headers["Retry-After"] = RETRY_AFTER[exc.status]
+    if exc.status == 507:
+        refused_for_room(current_app.extensions["edgebox"])
     return response
 
 
