@@ -31,7 +31,7 @@ from edgebox.sync.outbox import queue_meta
 log = logging.getLogger(__name__)
 KEY_PREFIX = "job:"
 OVERDUE_GRACE = dt.timedelta(minutes=2)
-SOON_ENOUGH = dt.timedelta(seconds=2)  # `Jobs.soon` leaves a run due this soon as it is
+ROOM_CHECK_DELAY_SECONDS = 10  # well inside the Retry-After a refused camera is told
 
 
 class Clock:
@@ -238,18 +238,18 @@ class Jobs:
         """Let paused jobs run again."""
         self.scheduler.resume()
 
-    def soon(self, job_id: str) -> bool:
-        """Bring a job's next run forward to now, in the scheduler's own thread (the caller
-        does not wait). Nothing changes while it runs or when its run is due within a few
-        seconds anyway, so a burst of callers costs one run. Returns whether it moved."""
+    def soon(self, job_id: str, after: float = 0) -> bool:
+        """Bring a job's next run forward to `after` seconds from now, in the scheduler's own
+        thread (the caller does not wait). Nothing changes while it runs or when its run is
+        due by then anyway, so a burst of callers costs one run. Returns whether it moved."""
         with self._lock:
             if job_id in self._running:
                 return False
         job = self.scheduler.get_job(job_id)
-        now = dt.datetime.now(dt.UTC)
-        if job is None or job.next_run_time is None or job.next_run_time <= now + SOON_ENOUGH:
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=after)
+        if job is None or job.next_run_time is None or job.next_run_time <= when:
             return False
-        job.modify(next_run_time=now)
+        job.modify(next_run_time=when)
         return True
 
     def run_now(self, job_id: str):
@@ -375,10 +375,13 @@ def jobs_of(box) -> Jobs | None:
 
 def refused_for_room(box) -> bool:
     """A camera was just refused for room (507): bring the watermark check forward, so what
-    it may free (`edgebox.storage`, synced copies giving way to new footage) is freed now,
-    not at its next minute. Returns whether a run was brought forward."""
+    it may free (`edgebox.storage`, synced copies giving way to new footage) is freed before
+    the camera comes back, not at the check's next minute. It runs ROOM_CHECK_DELAY_SECONDS
+    on, not at once: a refusal can pass by itself (an unfinished upload's reserved room
+    given back, a stray file removed), and then the check frees nothing. Returns whether a
+    run was brought forward."""
     jobs = jobs_of(box)
-    return jobs is not None and jobs.soon("storage_watermarks")
+    return jobs is not None and jobs.soon("storage_watermarks", after=ROOM_CHECK_DELAY_SECONDS)
 
 
 def jobs_report(box) -> dict[str, dict]:

@@ -160,6 +160,10 @@ def test_soon_brings_a_run_forward_once_for_a_burst(box_config):
 
     jobs = start_scheduler(box, extra=[JobSpec("slow", slow, 3600)])
     try:
+        assert jobs.soon("slow", after=600) is True
+        next_run = parse_rfc3339(jobs_report(box)["slow"]["next_run"]) - utcnow()
+        assert dt.timedelta(minutes=5) < next_run < dt.timedelta(minutes=11)  # an hour before
+        assert jobs.soon("slow", after=900) is False  # due by then already
         assert jobs.soon("slow") is True
         assert jobs.soon("slow") is False  # due now already
         assert started.wait(30)
