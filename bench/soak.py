@@ -93,7 +93,7 @@ FILLS_MIB_PER_HOUR = 500  # two cameras' review copies and the local Litestream 
 def disk_mib_for(minutes: float) -> int:
     """A loop disk the run's own footage does not fill: at 1 GiB a 115-minute run filled it
     (917 MiB), the box made room 20 usual clips at a time, and the cameras waited out its
-    Retry-After of 300 s in two cycles that were not meant to test a full disk."""
+    Retry-After (300 s then) in two cycles that were not meant to test a full disk."""
     return max(1024, math.ceil(FILLS_MIB_PER_HOUR * minutes / 60 * 1.5))
 
 

@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from bench.common import machine, write_section
+from edgebox.storage import RETRY_AFTER_FULL_SECONDS
 
 BOX_KILLING = {"kill_ingest", "kill_sync", "power_cut"}
 HEADING = "Reliability"
@@ -240,7 +241,8 @@ def report(soak, world, ran: int, args) -> int:
         f"{'found' if getattr(soak, 'canary', False) else 'DID NOT find'} a clip's bytes planted "
         "in the box's folder at the end, so it can see them). 507 answers while the disk was "
         f"full: {soak.full_disk_answers.get('disk_full', 0)} (cameras then wait for the "
-        "Retry-After of 300 s; the soak frees the disk and lets them retry at once); 507s "
+        f"Retry-After of {RETRY_AFTER_FULL_SECONDS} s; the soak frees the disk and lets them "
+        "retry at once); 507s "
         "in other cycles, when the box's own disk filled up between retention sweeps: "
         f"{sum(n for f, n in soak.full_disk_answers.items() if f != 'disk_full')}. 5xx "
         "excludes those 507s. At the end every clip at central was decrypted with central's "

@@ -169,7 +169,7 @@ class Camera(threading.Thread):
         self.recording.set()
 
     def retry_now(self) -> None:
-        """Forget the box's Retry-After (after a full disk the box asks for 300 s; the soak
+        """Forget the box's Retry-After (after a full disk the box asks for 30 s; the soak
         has freed the disk and does not wait that long)."""
         self.sim._not_before = 0.0  # noqa: SLF001 - the soak's shortcut, said in its report
 

@@ -164,9 +164,10 @@ def _free_old_copies(box, now: dt.datetime, low: float, result: Relief) -> None:
     )
 
 
-# A refused upload is told to come back after the watermark check's cadence; the refusal
-# brings that check forward too (`edgebox.scheduler.refused_for_room`).
-RETRY_AFTER_FULL_SECONDS = 60
+# A refused upload is told to come back after this; the refusal brings the watermark check
+# forward to 10 s later (`edgebox.scheduler.refused_for_room`), which leaves it 20 s to make
+# room (shredding many small synced copies took the soak up to 15 s).
+RETRY_AFTER_FULL_SECONDS = 30
 ROOM_CLIPS = 20  # when new footage is refused, room is made for this many usual clips
 
 

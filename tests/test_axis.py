@@ -430,7 +430,7 @@ def test_every_error_code_and_nothing_changes(box, controller, clips):
     settings = box.uploads.settings
     box.uploads.settings = dataclasses.replace(settings, reserve_free_bytes=1 << 60)
     full = _put(conn, good, "20261128_160002_2.mp4", data)
-    assert full.http_status == 507 and full.http_response_headers["Retry-After"] == "60"
+    assert full.http_status == 507 and full.http_response_headers["Retry-After"] == "30"
     wait_for_watermark_check(box, runs)
     box.uploads.settings = settings
     assert _counts(box)[:3] == stored[:3] and _counts(box)[3] == before[3] == []

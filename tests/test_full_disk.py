@@ -279,7 +279,7 @@ def wait_for_watermark_check(box, runs_before: int) -> None:
 
 
 def test_a_refused_camera_finds_room_made_when_it_comes_back(tmp_path, small_disk, broker, pki):
-    """The refusal (507, Retry-After 60) brings the watermark check forward: synced copies give
+    """The refusal (507, Retry-After 30) brings the watermark check forward: synced copies give
     way to new footage at once, not at the check's next run (an hour off here)."""
     workers = central_workers(tmp_path / "central", broker, pki, count=1)
     config = make_box(small_disk / "box", box_id="van-room")
@@ -303,7 +303,7 @@ def test_a_refused_camera_finds_room_made_when_it_comes_back(tmp_path, small_dis
         assert jobs_report(box)["storage_watermarks"]["runs"] == runs
 
         refused = try_upload(camera, os.urandom(CLIP), started_at=iso())
-        assert refused.status_code == 507 and refused.headers["Retry-After"] == "60"
+        assert refused.status_code == 507 and refused.headers["Retry-After"] == "30"
         wait_for_watermark_check(box, runs)
         made_room = [rid for rid, why in deletions(box) if why == "room_for_new_footage"]
         assert made_room == synced  # oldest first, every one confirmed by central
