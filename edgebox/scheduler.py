@@ -16,11 +16,20 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+)
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from edgebox import retention, storage
@@ -186,11 +195,14 @@ class Jobs:
         self.specs = {spec.id: spec for spec in specs}
         self.records: dict[str, dict] = {}
         self._lock = threading.Lock()
-        self._running: set[str] = set()
+        self._running: Counter[str] = Counter()  # runs under way (scheduled and run_now)
+        self._again: set[str] = set()  # asked for by `soon` while a run was under way
+        self._stopping = False
         self.scheduler = BackgroundScheduler(
             timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1}
         )
         self.scheduler.add_listener(self._skipped, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        self.scheduler.add_listener(self._ran, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
         now = utcnow()
         for spec in specs:
             first = spec.first_after if spec.first_after is not None else spec.seconds
@@ -226,6 +238,7 @@ class Jobs:
 
     def stop(self) -> None:
         """Stop the scheduler (waiting for running jobs); next runs are cleared."""
+        self._stopping = True  # `soon` returns at once: shutdown holds the job stores meanwhile
         self.scheduler.shutdown(wait=True)
         for job_id in self.specs:
             self._update(job_id, next_run=None)
@@ -239,17 +252,25 @@ class Jobs:
         self.scheduler.resume()
 
     def soon(self, job_id: str, after: float = 0) -> bool:
-        """Bring a job's next run forward to `after` seconds from now, in the scheduler's own
-        thread (the caller does not wait). Nothing changes while it runs or when its run is
-        due by then anyway, so a burst of callers costs one run. Returns whether it moved."""
-        with self._lock:
-            if job_id in self._running:
-                return False
-        job = self.scheduler.get_job(job_id)
-        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=after)
-        if job is None or job.next_run_time is None or job.next_run_time <= when:
+        """Have a job run `after` seconds from now, in the scheduler's own thread (the caller
+        does not wait); while it runs, once more right after (the run under way may have
+        looked before the caller's reason arose). A run due by then anyway is left as it is,
+        so a burst of callers costs one run. Never raises: returns whether a run was brought
+        forward or queued (not for an unknown job, nor once the scheduler stops)."""
+        if self._stopping or job_id not in self.specs:
             return False
-        job.modify(next_run_time=when)
+        with self._lock:
+            if self._running[job_id]:
+                self._again.add(job_id)
+                return True
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=after)
+        try:
+            job = self.scheduler.get_job(job_id)
+            if job is None or job.next_run_time is None or job.next_run_time <= when:
+                return False
+            job.modify(next_run_time=when)
+        except (JobLookupError, SchedulerNotRunningError):  # stopped meanwhile
+            return False
         return True
 
     def run_now(self, job_id: str):
@@ -274,7 +295,7 @@ class Jobs:
         started = utcnow()
         tick = time.monotonic()
         with self._lock:
-            self._running.add(job_id)
+            self._running[job_id] += 1
         try:
             result = spec.func(self.box, now=self.clock())
         except Exception as exc:
@@ -284,7 +305,7 @@ class Jobs:
             raise
         finally:
             with self._lock:
-                self._running.discard(job_id)
+                self._running[job_id] -= 1
         self._finished(job_id, started, tick, "ok", result=_summary(result))
         return result
 
@@ -304,6 +325,15 @@ class Jobs:
                 changes["last_result"] = result
         changes["next_run"] = self._next_run(job_id)
         self._update(job_id, **changes)
+
+    def _ran(self, event: JobEvent) -> None:
+        """After a scheduled run, once the executor no longer counts it (a run brought forward
+        before then would be skipped as one too many): the run `soon` asked for meanwhile."""
+        with self._lock:
+            again = event.job_id in self._again
+            self._again.discard(event.job_id)
+        if again:
+            self.soon(event.job_id)
 
     def _skipped(self, event: JobEvent) -> None:
         if event.job_id in self.specs:
@@ -381,7 +411,13 @@ def refused_for_room(box) -> bool:
     given back, a stray file removed), and then the check frees nothing. Returns whether a
     run was brought forward."""
     jobs = jobs_of(box)
-    return jobs is not None and jobs.soon("storage_watermarks", after=ROOM_CHECK_DELAY_SECONDS)
+    if jobs is None:
+        return False
+    try:
+        return jobs.soon("storage_watermarks", after=ROOM_CHECK_DELAY_SECONDS)
+    except Exception:  # noqa: BLE001 - the camera's 507 must be answered whatever this does
+        log.exception("could not bring the watermark check forward")
+        return False
 
 
 def jobs_report(box) -> dict[str, dict]:

@@ -24,6 +24,7 @@ from edgebox import catalog, vault
 from edgebox.axis.groups import open_recordings
 from edgebox.keys import x25519_private_from_file
 from edgebox.recordings import data_key_for
+from edgebox.scheduler import jobs_of
 from edgebox.verify import verify_box
 from tests.axis_controller import (
     CONTROLLER,
@@ -426,13 +427,14 @@ def test_every_error_code_and_nothing_changes(box, controller, clips):
         box.axis._busy.release()
     assert busy.status_code == 503 and busy.headers["Retry-After"]
     # 507: the disk cannot keep its reserve; the watermark check is brought forward
-    runs = only_refusals_run_the_watermark_check(box)
     settings = box.uploads.settings
-    box.uploads.settings = dataclasses.replace(settings, reserve_free_bytes=1 << 60)
-    full = _put(conn, good, "20261128_160002_2.mp4", data)
-    assert full.http_status == 507 and full.http_response_headers["Retry-After"] == "30"
-    wait_for_watermark_check(box, runs)
-    box.uploads.settings = settings
+    with only_refusals_run_the_watermark_check(box) as runs:
+        box.uploads.settings = dataclasses.replace(settings, reserve_free_bytes=1 << 60)
+        full = _put(conn, good, "20261128_160002_2.mp4", data)
+        assert full.http_status == 507 and full.http_response_headers["Retry-After"] == "30"
+        wait_for_watermark_check(box, runs)
+        box.uploads.settings = settings
+    assert jobs_of(box).run_now("storage_watermarks")["alarm"] is False  # space again
     assert _counts(box)[:3] == stored[:3] and _counts(box)[3] == before[3] == []
     failed = box.store.query("SELECT state FROM uploads WHERE state != 'finished'")
     assert {r["state"] for r in failed} <= {"failed"}

@@ -5,6 +5,7 @@ ingest resumes by itself when space returns."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -262,11 +263,17 @@ def test_full_disk_end_to_end(tmp_path, small_disk, broker, pki):
             worker.stop()
 
 
-def only_refusals_run_the_watermark_check(box) -> int:
-    """Put the box's watermark check an hour apart (so only a refusal brings it forward
-    within the test); returns how many times it has run."""
-    jobs_of(box).scheduler.reschedule_job("storage_watermarks", trigger="interval", seconds=3600)
-    return jobs_report(box)["storage_watermarks"]["runs"]
+@contextlib.contextmanager
+def only_refusals_run_the_watermark_check(box):
+    """Within the block the box's watermark check is an hour apart, so only a refusal brings
+    it forward; yields how many times it has run. Its own interval again afterwards."""
+    jobs = jobs_of(box)
+    jobs.scheduler.reschedule_job("storage_watermarks", trigger="interval", seconds=3600)
+    try:
+        yield jobs_report(box)["storage_watermarks"]["runs"]
+    finally:
+        seconds = jobs.specs["storage_watermarks"].seconds
+        jobs.scheduler.reschedule_job("storage_watermarks", trigger="interval", seconds=seconds)
 
 
 def wait_for_watermark_check(box, runs_before: int) -> None:
@@ -279,8 +286,9 @@ def wait_for_watermark_check(box, runs_before: int) -> None:
 
 
 def test_a_refused_camera_finds_room_made_when_it_comes_back(tmp_path, small_disk, broker, pki):
-    """The refusal (507, Retry-After 30) brings the watermark check forward: synced copies give
-    way to new footage at once, not at the check's next run (an hour off here)."""
+    """The refusal (507, Retry-After 30) brings the watermark check forward (10 s on): synced
+    copies give way to new footage before the camera comes back, not at the check's next run
+    (an hour off here)."""
     workers = central_workers(tmp_path / "central", broker, pki, count=1)
     config = make_box(small_disk / "box", box_id="van-room")
     env = {
@@ -292,25 +300,25 @@ def test_a_refused_camera_finds_room_made_when_it_comes_back(tmp_path, small_dis
     box = Box(load_config(config, environ=env)).start(("127.0.0.1", 0))
     filler = small_disk / "filler"
     try:
-        runs = only_refusals_run_the_watermark_check(box)
-        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"], "CAM-R")
-        synced = []
-        for _ in range(4):
-            response, _ = upload_all(camera, os.urandom(CLIP), metadata={"started_at": iso()})
-            synced.append(response.headers["EdgeBox-Recording-Id"])
-        wait_for(lambda: all_synced(box), timeout=120, what="recordings synced")
-        fill_up(filler, leave=8 * MIB + MIB)  # room for less than one clip past the reserve
-        assert jobs_report(box)["storage_watermarks"]["runs"] == runs
+        with only_refusals_run_the_watermark_check(box) as runs:
+            camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"], "CAM-R")
+            synced = []
+            for _ in range(4):
+                response, _ = upload_all(camera, os.urandom(CLIP), metadata={"started_at": iso()})
+                synced.append(response.headers["EdgeBox-Recording-Id"])
+            wait_for(lambda: all_synced(box), timeout=120, what="recordings synced")
+            fill_up(filler, leave=8 * MIB + MIB)  # room for less than one clip past the reserve
+            assert jobs_report(box)["storage_watermarks"]["runs"] == runs
 
-        refused = try_upload(camera, os.urandom(CLIP), started_at=iso())
-        assert refused.status_code == 507 and refused.headers["Retry-After"] == "30"
-        wait_for_watermark_check(box, runs)
-        made_room = [rid for rid, why in deletions(box) if why == "room_for_new_footage"]
-        assert made_room == synced  # oldest first, every one confirmed by central
-        assert_never_lost(box, set())
+            refused = try_upload(camera, os.urandom(CLIP), started_at=iso())
+            assert refused.status_code == 507 and refused.headers["Retry-After"] == "30"
+            wait_for_watermark_check(box, runs)
+            made_room = [rid for rid, why in deletions(box) if why == "room_for_new_footage"]
+            assert made_room == synced  # oldest first, every one confirmed by central
+            assert_never_lost(box, set())
 
-        response, _ = upload_all(camera, os.urandom(CLIP))  # the camera comes back: taken
-        assert_never_lost(box, {response.headers["EdgeBox-Recording-Id"]})
+            response, _ = upload_all(camera, os.urandom(CLIP))  # the camera comes back: taken
+            assert_never_lost(box, {response.headers["EdgeBox-Recording-Id"]})
     finally:
         filler.unlink(missing_ok=True)
         box.stop()

@@ -31,6 +31,9 @@ from edgebox.lowlevel import direct_io
 from edgebox.lowlevel.durable import atomic_write, fsync_dir
 
 LOCK_STRIPES = 64
+# Held across a hand-over to the store (an S3 upload), so more of them: two recordings that
+# share one wait for each other.
+RECORDING_LOCK_STRIPES = 1024
 
 
 def recording_lock(root: Path, box_id: str, recording_id: str):
@@ -39,7 +42,7 @@ def recording_lock(root: Path, box_id: str, recording_id: str):
     one recording with different bytes have different transfer ids, so their own locks do
     not exclude each other. Taken only under a transfer's lock, never the other way round,
     and from lock files of its own, so the two never wait on each other in a circle."""
-    stripe = zlib.crc32(f"{box_id}/{recording_id}".encode()) % LOCK_STRIPES
+    stripe = zlib.crc32(f"{box_id}/{recording_id}".encode()) % RECORDING_LOCK_STRIPES
     return _held(Path(root) / "transfers" / ".locks" / f"recording-{stripe}.lock")
 
 
