@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from edgebox import custody, header_changes, serving, storage, vault
+from edgebox import custody, header_changes, retention, serving, storage, vault
 from edgebox.clock import iso
 from edgebox.config import Config
 from edgebox.db import Store
@@ -77,10 +77,15 @@ class Box:
         report["axis_dropped"] = self.axis.recover()
         with vault.header_change(self.uploads.vault_dir):  # after the journals were replayed
             settled = header_changes.settle(self)
+            # A shred a crash cut short left its row live and its file aside: finished now,
+            # not at the next sweep (until then `verify` found the file missing).
+            shreds = retention.finish_interrupted(self)
         self._record_config()
         details = {"recovered": {k: len(v) for k, v in report.items()}}
         if any(settled.values()):  # which recordings, for the auditor
             details["header_changes"] = settled
+        if shreds:
+            details["shreds_completed"] = shreds
         custody.record(self.store, "box.started", "box", None, details)
         from edgebox.replication.litestream import Replicator
 

@@ -8,6 +8,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -309,6 +312,57 @@ def test_a_shred_cut_short_is_completed(rbox, rcam, keys_destroyed):
     assert details["shredded_sha256"] != row["stored_sha256"]  # the keys went before the file
     assert keyless is None or details["shredded_sha256"] == keyless
     assert verify_box(rbox).ok
+
+
+# A shred in a process of its own that kills itself (SIGKILL) right after the file left its
+# place, inside the open write transaction: what a kill -9 of the box mid-shred leaves.
+SHRED_KILLED = """
+import os, signal, sys
+from pathlib import Path
+from edgebox import retention
+from edgebox.box import Box
+from edgebox.clock import utcnow
+from edgebox.config import load_config
+
+box = Box(load_config(Path(sys.argv[1])))
+retention.destroy_keys = lambda path: os.kill(os.getpid(), signal.SIGKILL)
+retention.shred(box, sys.argv[2], "test", utcnow(), check=lambda row, policy, now: {})
+"""
+
+
+def test_a_shred_cut_short_by_a_kill_is_completed_as_the_box_starts(tmp_path):
+    """The soak found it: a kill -9 mid-shred left the row live and its file aside, and
+    `edgebox verify` said "file missing" for every cycle until a sweep ran (hourly, or under
+    disk pressure). Now the box completes the shred as it starts."""
+    config = make_box(tmp_path / "box")
+    box = Box(load_config(config)).start(("127.0.0.1", 0))
+    try:
+        camera = enroll(box.url, box.keys.tls_cert, box.pairing.new_code()["code"])
+        rid, _ = record(camera, started_at=iso())
+        set_state(box, rid)
+        path = box.uploads.vault_path(rid)
+    finally:
+        box.stop()
+    killed = subprocess.run(
+        [sys.executable, "-c", SHRED_KILLED, str(config), rid], capture_output=True, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    tomb = path.with_name(path.name + retention.TOMB_SUFFIX)
+    assert tomb.exists() and not path.exists()
+
+    restarted = Box(load_config(config)).start(("127.0.0.1", 0))
+    try:
+        assert not tomb.exists()
+        row = restarted.store.one("SELECT * FROM recordings WHERE id = ?", (rid,))
+        assert retention.is_deleted(row)
+        entry = restarted.store.one(
+            "SELECT details FROM custody WHERE subject = ? AND event = 'recording.deleted'", (rid,)
+        )
+        assert json.loads(entry["details"])["reason"] == "interrupted_shred"
+        report = verify_box(restarted)
+        assert report.ok, report.problems
+    finally:
+        restarted.stop()
 
 
 def test_a_hold_placed_during_a_cut_short_shred_keeps_the_recording(rbox, rcam):
