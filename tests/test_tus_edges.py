@@ -219,8 +219,12 @@ def test_bytes_already_written_are_not_reserved_twice_at_creation(box, camera):
     )  # 40 MiB usable: 8 MiB still due on the first upload (not 64), 8 MiB for the second
     second = camera.create(8 * MIB)
     assert second.status_code == 201, second.text
-    refused = camera.create(36 * MIB)  # 8 + 8 + 36 > 40: refused, nothing created
+    # 8 + 8 + 400 > 40: refused, nothing created. Far over, not just over: the disk is the
+    # machine's own, and other processes' files come and go while the test runs (a soak that
+    # freed 12 MiB meanwhile once had a 36 MiB upload taken).
+    refused = camera.create(400 * MIB)
     assert refused.status_code == 507
+    assert box.store.one("SELECT COUNT(*) AS n FROM uploads")["n"] == 2
 
 
 def _b64_sha256(data: bytes) -> str:
